@@ -1,0 +1,162 @@
+"""The `embedmix` command line: train locally, and inspect the spec schema and catalog."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="embedmix: train embedding models with mixup and contrastive methods.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _load(spec_path: Path):
+    from core.spec import SpecError, load_spec_file
+
+    if not spec_path.is_file():
+        _fail(f"{spec_path}: no such file")
+    try:
+        return load_spec_file(spec_path)
+    except SpecError as exc:
+        for err in exc.errors:
+            console.print(f"[red]invalid[/red] {err['field']}: {err['message']}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def schema() -> None:
+    """Print the JobSpec JSON schema."""
+    from core.spec import JobSpec
+
+    print(json.dumps(JobSpec.model_json_schema(), indent=2))
+
+
+@app.command("catalog")
+def show_catalog(as_json: bool = typer.Option(False, "--json", help="print the catalog as JSON")) -> None:
+    """List every dataset, encoder, loss, mixing method and metric with its parameters."""
+    from core.catalog import SECTIONS, catalog_json
+
+    if as_json:
+        print(json.dumps(catalog_json(), indent=2))
+        return
+    out = Console()
+    for section, entries in SECTIONS.items():
+        table = Table(title=section, show_lines=False)
+        for col in ("name", "parameters (default)", "needs", "summary"):
+            table.add_column(col, overflow="fold")
+        for e in entries.values():
+            params = ", ".join(f"{p.name}={p.default}" for p in e.params)
+            needs = f"labels={e.labels}" + (f", views={e.views}" if e.views > 1 else "")
+            summary = e.summary + ("" if e.implemented else " [not implemented yet]")
+            table.add_row(e.name, params, needs, summary)
+        out.print(table)
+
+
+@app.command()
+def validate(spec_path: Path) -> None:
+    """Validate a spec file; print the normalised spec with every default filled in."""
+    spec = _load(spec_path)
+    print(json.dumps(spec.model_dump(mode="json"), indent=2))
+
+
+class _CliCallbacks:
+    """Writes metrics.jsonl and the latest checkpoint into the output directory, drives the progress bar."""
+
+    def __init__(self, out: Path, bar: Progress, task_id: Any):
+        self.out, self.bar, self.task_id = out, bar, task_id
+        self.metrics = open(out / "metrics.jsonl", "a", buffering=1)
+        self.last_eval: dict[str, float] = {}
+
+    def on_progress(self, p) -> None:
+        eta = "-" if math.isinf(p.eta_s) else f"{p.eta_s:.0f}s"
+        self.bar.update(self.task_id, completed=p.step, total=p.total_steps,
+                        info=f"epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} loss {p.loss:.4f} ETA {eta}")
+
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        now = time.time()
+        for name, value in values.items():
+            self.metrics.write(json.dumps({"name": name, "step": step, "epoch": epoch, "value": value, "time": now}) + "\n")
+            if name.startswith("eval/"):
+                self.last_eval[name] = value
+
+    def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
+        tmp = self.out / "checkpoint.pt.tmp"
+        tmp.write_bytes(state)
+        os.replace(tmp, self.out / "checkpoint.pt")
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@app.command()
+def train(
+    spec_path: Path = typer.Argument(..., help="job spec (JSON)"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="output directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda; default: the spec's train.device"),
+) -> None:
+    """Train a spec locally and export the model into OUT."""
+    import torch
+
+    from core.data import DataError, load_dataset
+    from core.export import export
+    from core.spec import SpecError
+    from core.train import UnsupportedSpec, train as run_training
+
+    spec = _load(spec_path)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    if resume and not ckpt.is_file():
+        _fail(f"--resume: {ckpt} does not exist")
+    if not resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    try:
+        data = load_dataset(spec)
+    except SpecError as exc:
+        _fail("; ".join(f"{e['field']}: {e['message']}" for e in exc.errors))
+    except DataError as exc:
+        _fail(str(exc))
+    console.print(f"data: {data.source} train {len(data.x_train)} test {len(data.x_test)} input {list(data.input_shape)}")
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task_id = bar.add_task(spec.name, total=None, info="starting")
+        callbacks = _CliCallbacks(out, bar, task_id)
+        try:
+            result = run_training(spec, data, callbacks, resume=ckpt.read_bytes() if resume else None,
+                                  device=torch.device(device) if device else None)
+        except (UnsupportedSpec, FloatingPointError) as exc:
+            _fail(str(exc))
+    card = export(result.encoder, spec, data, out, result.metrics,
+                  {"steps": result.step, "epochs": result.epoch, "seconds": round(result.seconds, 2)})
+    table = Table(title=f"{spec.name}: test metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+    for fmt, info in card["files"].items():
+        print(f"{fmt}: {out / info['file']}")
+    print(f"card: {out / 'card.json'}")
+
+
+def main() -> None:
+    app(prog_name="embedmix")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

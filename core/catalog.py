@@ -1,0 +1,223 @@
+"""Everything a job spec can name: datasets, encoders, losses, mixing methods, metrics.
+
+The catalog is data, not code: the spec validator, the CLI (`embedmix catalog`) and
+the HTTP API (`GET /v1/catalog`) all read it, so a name, a default or a data need is
+written down exactly once. Builders (`core.losses.build`, `core.models.build_encoder`,
+...) look their defaults up here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+LabelNeed = Literal["class", "target", "none", "optional"]
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter with its default and the range validation enforces."""
+
+    name: str
+    type: Literal["float", "int", "bool", "str"]
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named thing a spec can ask for."""
+
+    name: str
+    kind: Literal["dataset", "encoder", "loss", "mixup", "metric"]
+    summary: str
+    params: tuple[Param, ...] = ()
+    labels: LabelNeed = "optional"
+    views: int = 1
+    min_per_class: int = 1
+    needs_num_classes: bool = False
+    task: Task | None = None
+    paper: str | None = None
+    source: str | None = None
+    implemented: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["params"] = [asdict(p) for p in self.params]
+        return data
+
+
+def _f(name: str, default: float, lo: float | None = None, hi: float | None = None, help: str = "") -> Param:
+    return Param(name, "float", default, lo, hi, None, help)
+
+
+def _i(name: str, default: int, lo: int | None = None, hi: int | None = None, help: str = "") -> Param:
+    return Param(name, "int", default, lo, hi, None, help)
+
+
+def _s(name: str, default: str, choices: tuple[str, ...], help: str = "") -> Param:
+    return Param(name, "str", default, None, None, choices, help)
+
+
+DATASETS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "mnist1d", "dataset",
+            "MNIST-1D: 10 classes of 1-D templates, generated with the mnist1d package's own generator (seeded, cached).",
+            (_i("size", 5000, 100, 200_000, "number of samples generated"),),
+            labels="class", task="classification",
+            paper="Greydanus & Kobak, Scaling down deep learning with MNIST-1D (2020)",
+            extra={"input_shape": [40], "num_classes": 10},
+        ),
+        Entry(
+            "digits", "dataset", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes).",
+            labels="class", task="classification", extra={"input_shape": [1, 8, 8], "num_classes": 10},
+        ),
+        Entry(
+            "diabetes", "dataset", "scikit-learn's bundled diabetes regression set (442 rows, 10 features).",
+            labels="target", task="regression", extra={"input_shape": [10]},
+        ),
+        Entry(
+            "blobs", "dataset", "Synthetic Gaussian clusters of any size, for tests and benchmarks.",
+            (
+                _i("size", 2000, 10, 10_000_000, "number of samples"),
+                _i("num_classes", 10, 2, 100_000),
+                _i("num_features", 32, 1, 100_000),
+                _f("cluster_std", 1.0, 0.0, 100.0),
+            ),
+            labels="class", task="classification", extra={"input_shape": ["num_features"]},
+        ),
+    ]
+}
+
+ENCODERS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("mlp", "encoder", "Multi-layer perceptron over the flattened input.",
+              (_i("depth", 2, 1, 16, "hidden layers"),), extra={"input_rank": "any"}),
+        Entry("conv1d", "encoder", "1-D convolutional encoder for sequences of shape (length,) or (channels, length).",
+              (_i("depth", 3, 1, 8, "convolution blocks"),), extra={"input_rank": [1, 2]}),
+        Entry("conv2d", "encoder", "Small 2-D convolutional encoder for images (channels, height, width).",
+              (_i("depth", 3, 1, 6, "convolution blocks"),), extra={"input_rank": [3]}),
+        Entry("resnet18", "encoder", "CIFAR-style ResNet-18 (3x3 stem, no max-pool); meant for GPUs.",
+              extra={"input_rank": [3]}, paper="He et al., Deep Residual Learning (2016)"),
+    ]
+}
+
+_PML = "pytorch-metric-learning"
+
+LOSSES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("contrastive", "loss", "Pairs: pull positives within pos_margin, push negatives beyond neg_margin (Euclidean on unit vectors).",
+              (_f("pos_margin", 0.0, 0.0, 4.0), _f("neg_margin", 1.0, 0.0, 4.0)),
+              labels="class", min_per_class=2, paper="Hadsell et al. (2006)", source=f"{_PML} ContrastiveLoss"),
+        Entry("triplet", "loss", "Triplet margin loss over all, batch-hard or semi-hard triplets.",
+              (_f("margin", 0.05, 0.0, 4.0), _s("triplets", "all", ("all", "batch_hard", "semi_hard"))),
+              labels="class", min_per_class=2, paper="Schroff et al., FaceNet (2015)", source=f"{_PML} TripletMarginLoss"),
+        Entry("multi_similarity", "loss", "Multi-similarity loss with its pair miner.",
+              (_f("alpha", 2.0, 0.0, 100.0), _f("beta", 50.0, 0.0, 200.0), _f("base", 0.5, -1.0, 1.0),
+               _f("miner_epsilon", 0.1, 0.0, 2.0, "0 disables nothing; set miner to false to disable"),
+               Param("miner", "bool", True)),
+              labels="class", min_per_class=2, paper="Wang et al., Multi-Similarity Loss (2019)", source=f"{_PML} MultiSimilarityLoss"),
+        Entry("supcon", "loss", "Supervised contrastive loss (all same-class samples are positives).",
+              (_f("temperature", 0.1, 0.001, 10.0),),
+              labels="class", min_per_class=2, paper="Khosla et al., Supervised Contrastive Learning (2020)", source=f"{_PML} SupConLoss"),
+        Entry("ntxent", "loss", "NT-Xent / InfoNCE. Two views: the other view is the positive. With labels: every same-class sample is a positive, other positives leave the denominator.",
+              (_f("temperature", 0.07, 0.001, 10.0),),
+              labels="optional", views=2, paper="Chen et al., SimCLR (2020)", source=f"{_PML} NTXentLoss"),
+        Entry("proxy_anchor", "loss", "One learned proxy per class; anchors pull their class's data, push the rest.",
+              (_f("margin", 0.1, 0.0, 2.0), _f("alpha", 32.0, 0.0, 256.0)),
+              labels="class", needs_num_classes=True, paper="Kim et al., Proxy Anchor Loss (2020)", source=f"{_PML} ProxyAnchorLoss"),
+        Entry("normalized_softmax", "loss", "Softmax over cosine similarity to unit-norm class weights, no bias.",
+              (_f("temperature", 0.05, 0.001, 10.0),),
+              labels="class", needs_num_classes=True, paper="Zhai & Wu, Classification is a Strong Baseline (2019)", source=f"{_PML} NormalizedSoftmaxLoss"),
+        Entry("arcface", "loss", "Additive angular margin on the target logit.",
+              (_f("margin", 28.6, 0.0, 90.0, "degrees"), _f("scale", 64.0, 1.0, 256.0)),
+              labels="class", needs_num_classes=True, paper="Deng et al., ArcFace (2019)", source=f"{_PML} ArcFaceLoss"),
+        Entry("barlow_twins", "loss", "Redundancy reduction between two views' standardised embeddings.",
+              (_f("lambda_offdiag", 0.0051, 0.0, 10.0),),
+              labels="none", views=2, paper="Zbontar et al., Barlow Twins (2021)", source="facebookresearch/barlowtwins"),
+        Entry("decoupled_softmax", "loss", "DEXML's decoupled softmax: other positives leave each positive's denominator.",
+              (_f("temperature", 0.05, 0.001, 10.0),),
+              labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py"),
+    ]
+}
+
+_SEED = "../shared/seeds/papers.txt"
+
+MIXUPS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("input", "mixup", "Mix inputs and labels with lambda ~ Beta(alpha, alpha).", implemented=False,
+              paper="Zhang et al., mixup (2018)"),
+        Entry("manifold", "mixup", "Mix the hidden state after a chosen or random block.", implemented=False,
+              paper="Verma et al., Manifold Mixup (2019)"),
+        Entry("embedding", "mixup", "Mix final embeddings and labels.", implemented=False),
+        Entry("cutmix", "mixup", "Paste a box from the partner image; lambda from the pasted area.", implemented=False,
+              paper="Yun et al., CutMix (2019)"),
+        Entry("metrix", "mixup", "Metric Mix: mixed pairs weight the positive term by lambda and the negative by 1 - lambda.",
+              labels="class", min_per_class=2, implemented=False,
+              paper="Venkataramanan et al., It Takes Two to Tango: Mixup for Deep Metric Learning (ICLR 2022)", source="billpsomas/metrix"),
+        Entry("supremix", "mixup", "Mix-neg and mix-pos pairs for supervised contrastive regression.", labels="target", views=2,
+              implemented=False, paper="Wu et al., Mixup Your Own Pairs (2023)"),
+        Entry("decoupled_mixup", "mixup", "Mixup cross-entropy plus a decoupled regulariser.", labels="class",
+              implemented=False, paper="Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
+              source="Westlake-AI/openmixup"),
+        Entry("mochi", "mixup", "Hard negative mixing over a MoCo queue.", labels="none", views=2, implemented=False,
+              paper="Kalantidis et al., Hard Negative Mixing for Contrastive Learning (NeurIPS 2020)"),
+        Entry("c_mixup", "mixup", "Partners drawn by a Gaussian kernel on regression targets.", labels="target",
+              implemented=False, paper="Yao et al., C-Mixup (NeurIPS 2022)", source="huaxiuyao/C-Mixup"),
+        Entry("rankmixup", "mixup", "Calibration by ranking raw over mixed confidences (MRL, M-NDCG).", labels="class",
+              implemented=False, paper="Noh et al., RankMixup (ICCV 2023)", source="cvlab-yonsei/RankMixup"),
+        Entry("mixed_barlow_twins", "mixup", "Mixup regulariser for Barlow Twins.", labels="none", views=2,
+              implemented=False, paper="Bandara et al., Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)",
+              source="wgcban/mix-bt"),
+        Entry("mixoe", "mixup", "Mix in-distribution inputs with outliers for OOD detection.", labels="class",
+              implemented=False, paper="Zhang et al., Mixture Outlier Exposure (WACV 2023)", source="zjysteven/MixOE"),
+    ]
+}
+
+METRICS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("precision_at_1", "metric", "Fraction of queries whose nearest neighbour shares their class.", labels="class", task="classification"),
+        Entry("recall_at_k", "metric", "Fraction of queries with a same-class item among the k nearest (reported as recall_at_1, recall_at_4, ...).",
+              labels="class", task="classification"),
+        Entry("r_precision", "metric", "Precision among the R nearest, R = number of same-class references.", labels="class", task="classification"),
+        Entry("map_at_r", "metric", "Mean average precision over the R nearest.", labels="class", task="classification"),
+        Entry("nmi", "metric", "Normalised mutual information of k-means clusters and classes.", labels="class", task="classification"),
+        Entry("ami", "metric", "Adjusted mutual information of k-means clusters and classes.", labels="class", task="classification"),
+        Entry("knn_accuracy", "metric", "Weighted kNN classification of test by train embeddings (weights exp(s/T)).", labels="class", task="classification"),
+        Entry("linear_probe_accuracy", "metric", "Logistic regression on frozen train embeddings, scored on test.", labels="class", task="classification"),
+        Entry("alignment", "metric", "Mean squared distance between same-class embeddings (Wang & Isola).", labels="class", task="classification"),
+        Entry("uniformity", "metric", "log E exp(-2 ||f(x) - f(y)||^2) over all pairs (Wang & Isola).", labels="optional"),
+        Entry("mae", "metric", "Mean absolute error of a linear probe on the embeddings.", labels="target", task="regression"),
+        Entry("rmse", "metric", "Root mean squared error of a linear probe.", labels="target", task="regression"),
+        Entry("r2", "metric", "Coefficient of determination of a linear probe.", labels="target", task="regression"),
+        Entry("spearman", "metric", "Spearman rank correlation of linear-probe predictions and targets.", labels="target", task="regression"),
+    ]
+}
+
+DEFAULT_METRICS: dict[Task, list[str]] = {
+    "classification": ["precision_at_1", "recall_at_k", "map_at_r", "r_precision", "knn_accuracy"],
+    "regression": ["mae", "rmse", "r2", "spearman"],
+}
+
+SECTIONS: dict[str, dict[str, Entry]] = {
+    "datasets": DATASETS, "encoders": ENCODERS, "losses": LOSSES, "mixups": MIXUPS, "metrics": METRICS,
+}
+
+
+def catalog_json() -> dict[str, list[dict[str, Any]]]:
+    """The whole catalog as plain JSON, for the CLI and `GET /v1/catalog`."""
+    return {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}

@@ -1,0 +1,88 @@
+"""Data: built-in and user datasets, splits, and on-device augmentation.
+
+`load_dataset(spec)` is the one entry point: it reads or generates the raw arrays,
+checks them, splits them, and refuses data the spec's loss cannot train on, all
+before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import catalog
+from core.data.arrays import check_features, check_rows, labels_to_indices
+from core.data.builtin import load_builtin
+from core.data.dataset import DataError, Dataset
+from core.data.files import read_file
+from core.data.split import split
+from core.spec import JobSpec, SpecError, compatibility_errors
+
+__all__ = ["DataError", "Dataset", "load_dataset", "dataset_from_arrays"]
+
+
+def _labels(raw: dict[str, Any], where: str):
+    """Map train and test labels together so string classes get one shared index."""
+    if raw.get("y") is None:
+        return None, None
+    y_all = raw["y"] if "y_test" not in raw else np.concatenate([raw["y"], raw["y_test"]])
+    idx, task, names = labels_to_indices(np.asarray(y_all), where)
+    n = len(raw["y"])
+    raw["y"] = idx[:n]
+    if "y_test" in raw:
+        raw["y_test"] = idx[n:]
+    return task, names
+
+
+def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Dataset:
+    """Check raw arrays against the spec, split them, and return the tensors to train on."""
+    raw = dict(raw)
+    raw["x"] = check_features(np.asarray(raw["x"]), f"{source}: x")
+    check_rows(raw["x"], raw.get("y"), f"{source}: x/y")
+    task, names = _labels(raw, f"{source}: y")
+    errors = compatibility_errors(spec, task=task, input_rank=raw["x"].ndim - 1)
+    if errors:
+        raise SpecError(errors)
+    arrays, desc = split(raw, task, spec.dataset.split, spec.train.seed)
+    _check_class_counts(arrays["y_train"], task, spec)
+    as_y = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
+    return Dataset(
+        x_train=torch.from_numpy(np.ascontiguousarray(arrays["x_train"], dtype=np.float32)),
+        y_train=as_y(arrays["y_train"]),
+        x_test=torch.from_numpy(np.ascontiguousarray(arrays["x_test"], dtype=np.float32)),
+        y_test=as_y(arrays["y_test"]),
+        task=task, source=source, class_names=names, split=desc,
+    )
+
+
+def _check_class_counts(y_train: np.ndarray | None, task: str | None, spec: JobSpec) -> None:
+    loss = catalog.LOSSES[spec.objective.loss]
+    if task != "classification" or spec.views() == 2:
+        return  # a second view makes every sample its own positive
+    need = loss.min_per_class
+    counts = Counter(y_train.tolist())
+    small = sorted(c for c, k in counts.items() if k < need)
+    if small:
+        raise DataError(f"classes {small[:10]} have fewer than {need} training samples; {loss.name!r} needs at least {need} per class "
+                        "(drop them, gather more, or train with objective.views = 2)")
+    if len(counts) < 2 and loss.labels == "class":
+        raise DataError(f"the training set has a single class; {loss.name!r} needs at least two")
+
+
+def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Dataset:
+    """The spec's dataset: built-in by name, a local file by `dataset.path`, or `file_path` (an upload the caller resolved)."""
+    ds = spec.dataset
+    if ds.name is not None:
+        raw = load_builtin(ds.name, ds.size, ds.params)
+        source = ds.name
+    else:
+        path = Path(file_path if file_path is not None else ds.path or "")
+        if ds.path is None and file_path is None:
+            raise DataError(f"dataset {ds.id} must be resolved to a file by the service before loading")
+        raw = read_file(path, ds.label_column)
+        source = ds.id or path.name
+    return dataset_from_arrays(raw, spec, source)

@@ -1,0 +1,56 @@
+"""The in-memory dataset the engine trains on, and the one error type for bad data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Task = Literal["classification", "regression"]
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on; the message says what is wrong and where."""
+
+
+@dataclass
+class Dataset:
+    """Train and test arrays as CPU tensors, plus what the model card must record about them.
+
+    `y_*` are int64 class indices for classification, float32 targets for regression,
+    or None for unlabelled data. `class_names[i]` is the original label of index i.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor | None
+    x_test: torch.Tensor
+    y_test: torch.Tensor | None
+    task: Task | None
+    source: str
+    class_names: list[str] | None = None
+    split: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.task != "classification" or self.y_train is None:
+            return None
+        return int(max(self.y_train.max(), self.y_test.max() if self.y_test is not None and len(self.y_test) else 0)) + 1
+
+    def describe(self) -> dict[str, Any]:
+        """What the model card and the API show about the data."""
+        return {
+            "source": self.source,
+            "task": self.task,
+            "input_shape": list(self.input_shape),
+            "input_dtype": str(self.x_train.dtype).removeprefix("torch."),
+            "train_rows": len(self.x_train),
+            "test_rows": len(self.x_test),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "split": self.split,
+        }

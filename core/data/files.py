@@ -1,0 +1,87 @@
+"""Reading user data files (npz, csv, parquet) without ever unpickling anything."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.data.arrays import check_features, check_rows
+from core.data.dataset import DataError
+
+SUFFIXES = (".npz", ".csv", ".parquet")
+SPLIT_COLUMN = "split"
+
+
+def read_npz(path: Path) -> dict[str, Any]:
+    """Arrays `x`, `y`, optionally `x_test`, `y_test`; object arrays (pickles) are refused."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            if "x" not in keys:
+                raise DataError(f"{path.name}: npz needs an array named 'x' (found {sorted(keys) or 'none'})")
+            unknown = keys - {"x", "y", "x_test", "y_test"}
+            if unknown:
+                raise DataError(f"{path.name}: unknown arrays {sorted(unknown)}; allowed: x, y, x_test, y_test")
+            out = {k: f[k] for k in keys}
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path.name}: holds a pickled object array, which is never loaded; store plain numeric or string arrays") from None
+        raise DataError(f"{path.name}: not a readable npz file ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path.name}: not a readable npz file ({exc.__class__.__name__}: {exc})") from None
+    if ("x_test" in out) != ("y_test" in out) and "y" in out:
+        raise DataError(f"{path.name}: give both x_test and y_test, or neither")
+    return out
+
+
+def read_table(path: Path, label_column: str | None) -> dict[str, Any]:
+    """Feature columns plus one label column; an optional 'split' column (train/test) gives a test set."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many types for malformed files
+        raise DataError(f"{path.name}: not a readable {path.suffix[1:]} file ({exc.__class__.__name__}: {exc})") from None
+    column = label_column or ("label" if "label" in frame.columns else None)
+    if column is None:
+        raise DataError(f"{path.name}: no label column; name it with dataset.label_column (columns: {list(frame.columns)[:20]})")
+    if column not in frame.columns:
+        raise DataError(f"{path.name}: label column {column!r} not found (columns: {list(frame.columns)[:20]})")
+    y = frame.pop(column)
+    split = frame.pop(SPLIT_COLUMN).astype(str).str.lower() if SPLIT_COLUMN in frame.columns else None
+    non_numeric = [c for c in frame.columns if frame[c].dtype.kind not in "biuf"]
+    if non_numeric:
+        raise DataError(f"{path.name}: feature columns must be numeric; not numeric: {non_numeric[:10]}")
+    if y.isna().any():
+        raise DataError(f"{path.name}: label column {column!r} has {int(y.isna().sum())} empty values")
+    y_arr = y.to_numpy().astype(str) if y.dtype.kind == "O" else y.to_numpy()
+    x = frame.to_numpy()
+    if split is None:
+        return {"x": x, "y": y_arr}
+    bad = set(split.unique()) - {"train", "test"}
+    if bad:
+        raise DataError(f"{path.name}: column 'split' may only hold 'train' or 'test', found {sorted(bad)[:5]}")
+    test = (split == "test").to_numpy()
+    return {"x": x[~test], "y": y_arr[~test], "x_test": x[test], "y_test": y_arr[test]}
+
+
+def read_file(path: str | Path, label_column: str | None = None) -> dict[str, Any]:
+    """Raw arrays from a user file, with shapes and values checked."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path.name}: unsupported file type {path.suffix!r}; use one of {list(SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = read_npz(path) if path.suffix == ".npz" else read_table(path, label_column)
+    for prefix in ("", "_test"):
+        if f"x{prefix}" in raw:
+            raw[f"x{prefix}"] = check_features(np.asarray(raw[f"x{prefix}"]), f"{path.name}: x{prefix}")
+            check_rows(raw[f"x{prefix}"], raw.get(f"y{prefix}"), f"{path.name}: x{prefix}/y{prefix}")
+    if "x_test" in raw and raw["x_test"].shape[1:] != raw["x"].shape[1:]:
+        raise DataError(f"{path.name}: x_test samples have shape {raw['x_test'].shape[1:]}, x samples {raw['x'].shape[1:]}")
+    return raw

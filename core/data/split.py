@@ -1,0 +1,62 @@
+"""Train/test splits: random (stratified when labelled), class hold-out, or the file's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.data.dataset import DataError, Task
+from core.spec import SplitSpec
+
+
+def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    if task == "classification":
+        test = np.zeros(n, dtype=bool)
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            rng.shuffle(idx)
+            k = int(round(fraction * len(idx)))
+            test[idx[:k]] = True
+    else:
+        test = np.zeros(n, dtype=bool)
+        test[rng.permutation(n)[: int(round(fraction * n))]] = True
+    if test.all() or not test.any():
+        raise DataError(f"a test_fraction of {fraction} leaves an empty train or test set with {n} rows")
+    return test
+
+
+def split(raw: dict[str, Any], task: Task | None, spec: SplitSpec, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Return x_train, y_train, x_test, y_test and a description for the model card.
+
+    'random' pools any test arrays the file carries and draws a fresh stratified split;
+    'given' uses the file's x_test/y_test as they are.
+    """
+    if spec.kind == "given":
+        if "x_test" not in raw:
+            raise DataError("split kind 'given' needs a test set in the data (x_test/y_test arrays, or a 'split' column)")
+        arrays = {"x_train": raw["x"], "y_train": raw.get("y"), "x_test": raw["x_test"], "y_test": raw.get("y_test")}
+        return arrays, {"kind": "given"}
+    x, y = raw["x"], raw.get("y")
+    if "x_test" in raw:
+        x = np.concatenate([x, raw["x_test"]])
+        y = None if y is None else np.concatenate([y, raw["y_test"]])
+    if spec.kind == "classes":
+        if task != "classification":
+            raise DataError("split kind 'classes' needs class labels")
+        present = set(np.unique(y).tolist())
+        missing = [c for c in spec.holdout_classes if c not in present]
+        if missing:
+            raise DataError(f"holdout_classes {missing} do not occur in the data (classes: {sorted(present)[:20]})")
+        test = np.isin(y, spec.holdout_classes)
+        if test.all():
+            raise DataError("holdout_classes hold out every class; nothing is left to train on")
+        desc = {"kind": "classes", "holdout_classes": list(spec.holdout_classes)}
+    else:
+        test = _random(x, y, task, spec.test_fraction, seed)
+        desc = {"kind": "random", "test_fraction": spec.test_fraction, "seed": seed, "stratified": task == "classification"}
+    arrays = {"x_train": x[~test], "x_test": x[test],
+              "y_train": None if y is None else y[~test], "y_test": None if y is None else y[test]}
+    return arrays, desc

@@ -1,0 +1,260 @@
+"""JobSpec: the one contract shared by the API, the worker and the CLI.
+
+Every field has bounds and a default that works, unknown fields are refused, and
+`validate_spec` adds the checks that need the catalog (names, parameters, whether
+a loss can run on a dataset) so that a bad spec fails before any training starts,
+with an error that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core import catalog
+
+Name = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(Strict):
+    """How the test set is made: a random stratified share, held-out classes (open set), or the file's own test arrays."""
+
+    kind: Literal["random", "classes", "given"] = "random"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    holdout_classes: list[int] | None = Field(None, min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _classes_need_holdout(self) -> SplitSpec:
+        if self.kind == "classes" and not self.holdout_classes:
+            raise ValueError("split kind 'classes' needs holdout_classes")
+        if self.kind != "classes" and self.holdout_classes:
+            raise ValueError("holdout_classes is only used with split kind 'classes'")
+        return self
+
+
+class DatasetSpec(Strict):
+    """Exactly one of: a built-in `name`, an uploaded dataset `id`, or a local `path` (CLI only)."""
+
+    name: str | None = Field(None, max_length=64)
+    id: str | None = Field(None, pattern=r"^ds_[A-Za-z0-9]{1,64}$")
+    path: str | None = Field(None, max_length=4096)
+    label_column: str | None = Field(None, min_length=1, max_length=256)
+    size: int | None = Field(None, ge=10, le=10_000_000)
+    params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        given = [k for k in ("name", "id", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, id or path (got {given or 'none'})")
+        return self
+
+
+class ModelSpec(Strict):
+    encoder: str = "mlp"
+    embedding_dim: int = Field(128, ge=2, le=8192)
+    width: int = Field(128, ge=4, le=8192, description="hidden units (mlp) or channels (conv)")
+    params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
+    projection_dim: int | None = Field(None, ge=2, le=8192, description="training-only projection head; None for none")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ObjectiveSpec(Strict):
+    loss: str = "supcon"
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=16)
+    views: Literal[1, 2] | None = Field(None, description="views per sample; None takes the loss's default")
+
+
+class MixupSpec(Strict):
+    method: str
+    alpha: float = Field(1.0, gt=0.0, le=100.0)
+    level: Literal["input", "manifold", "feature", "embedding"] | None = None
+    weight: float = Field(1.0, ge=0.0, le=100.0)
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=16)
+
+
+class AugmentSpec(Strict):
+    """Batched, on-device augmentations that make the views of two-view objectives."""
+
+    enabled: bool | None = Field(None, description="None: on exactly when the objective uses two views")
+    noise_std: float = Field(0.05, ge=0.0, le=10.0)
+    max_shift: float = Field(0.1, ge=0.0, le=0.5, description="fraction of the length / side")
+    scale_range: float = Field(0.1, ge=0.0, le=0.9)
+    mask_fraction: float = Field(0.0, ge=0.0, le=0.9)
+    flip: bool = False
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=2, le=65_536)
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
+    step_epochs: int = Field(30, ge=1, le=10_000, description="step schedule: epochs between decays")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0, le=1e6)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast; only on CUDA")
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000, description="None: once per epoch")
+    max_attempts: int = Field(3, ge=1, le=20)
+
+
+class EvalSpec(Strict):
+    metrics: list[str] | None = Field(None, max_length=32, description="None: the task's defaults")
+    every_epochs: int = Field(1, ge=0, le=10_000, description="0: only at the end")
+    recall_k: list[int] = Field(default_factory=lambda: [1, 4], min_length=1, max_length=8)
+    knn_k: int = Field(20, ge=1, le=1000)
+    knn_temperature: float = Field(0.07, gt=0.0, le=10.0)
+
+
+class ExportSpec(Strict):
+    formats: list[Literal["safetensors", "onnx", "torchscript"]] = Field(default_factory=lambda: ["safetensors"], min_length=1)
+    onnx_opset: int = Field(18, ge=17, le=23)
+
+
+class JobSpec(Strict):
+    name: str = Field("job", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    mixup: MixupSpec | None = None
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    def views(self) -> int:
+        return self.objective.views or catalog.LOSSES[self.objective.loss].views
+
+    def loss_params(self) -> dict[str, Any]:
+        return {**catalog.LOSSES[self.objective.loss].defaults(), **self.objective.params}
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; `errors` is a list of {"field", "message"}, the field as a dotted path."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": field, "message": msg})
+    return out
+
+
+def _check_params(field: str, given: dict[str, Any], entry: catalog.Entry) -> list[dict[str, str]]:
+    errors = []
+    known = {p.name: p for p in entry.params}
+    for key, value in given.items():
+        p = known.get(key)
+        where = f"{field}.{key}"
+        if p is None:
+            errors.append({"field": where, "message": f"unknown parameter for {entry.name!r}; known: {sorted(known) or 'none'}"})
+            continue
+        ok_type = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}[p.type]
+        if isinstance(value, bool) and p.type != "bool" or not isinstance(value, ok_type):
+            errors.append({"field": where, "message": f"must be {p.type}"})
+        elif p.choices and value not in p.choices:
+            errors.append({"field": where, "message": f"must be one of {list(p.choices)}"})
+        elif p.min is not None and value < p.min or p.max is not None and value > p.max:
+            errors.append({"field": where, "message": f"must be within [{p.min}, {p.max}]"})
+    return errors
+
+
+def _lookup(field: str, name: str, table: dict[str, catalog.Entry]) -> list[dict[str, str]]:
+    if name in table:
+        return []
+    return [{"field": field, "message": f"unknown name {name!r}; choose one of {sorted(table)}"}]
+
+
+def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Checks that need the catalog: names exist, parameters fit, the combination can run."""
+    errors = _lookup("model.encoder", spec.model.encoder, catalog.ENCODERS)
+    errors += _lookup("objective.loss", spec.objective.loss, catalog.LOSSES)
+    if spec.dataset.name is not None:
+        errors += _lookup("dataset.name", spec.dataset.name, catalog.DATASETS)
+    if spec.mixup is not None:
+        errors += _lookup("mixup.method", spec.mixup.method, catalog.MIXUPS)
+    for m in spec.eval.metrics or []:
+        errors += _lookup("eval.metrics", m, catalog.METRICS)
+    if errors:
+        return errors
+    loss = catalog.LOSSES[spec.objective.loss]
+    errors += _check_params("objective.params", spec.objective.params, loss)
+    errors += _check_params("model.params", spec.model.params, catalog.ENCODERS[spec.model.encoder])
+    if spec.dataset.name is not None:
+        ds = catalog.DATASETS[spec.dataset.name]
+        errors += _check_params("dataset.params", spec.dataset.params, ds)
+        errors += compatibility_errors(spec, task=ds.task, input_rank=len(ds.extra["input_shape"]))
+    if loss.labels == "none" and spec.views() != 2:
+        errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
+    if spec.train.batch_size < 2 * loss.min_per_class:
+        errors.append({"field": "train.batch_size",
+                       "message": f"{loss.name!r} needs at least {loss.min_per_class} samples per class in a batch; batch_size must be >= {2 * loss.min_per_class}"})
+    return errors
+
+
+def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) -> list[dict[str, str]]:
+    """Whether the loss, encoder and metrics can run on data of this task and input rank.
+
+    `task` is 'classification', 'regression' or None (no labels). Used for built-in
+    datasets at validation time and for files once they are loaded.
+    """
+    errors = []
+    loss = catalog.LOSSES[spec.objective.loss]
+    if loss.labels == "class" and task != "classification":
+        what = "regression targets" if task == "regression" else "no labels"
+        errors.append({"field": "objective.loss",
+                       "message": f"{loss.name!r} needs class labels, but the dataset has {what}"})
+    if loss.labels == "optional" and spec.views() == 1 and task != "classification":
+        errors.append({"field": "objective.views",
+                       "message": f"{loss.name!r} with one view uses class labels as positives; the dataset has none, so use views = 2"})
+    ranks = catalog.ENCODERS[spec.model.encoder].extra["input_rank"]
+    if ranks != "any" and input_rank not in ranks:
+        errors.append({"field": "model.encoder",
+                       "message": f"{spec.model.encoder!r} takes inputs of rank {ranks}, the dataset's samples have rank {input_rank}"})
+    for m in spec.eval.metrics or []:
+        need = catalog.METRICS[m].task
+        if need is not None and need != task:
+            errors.append({"field": "eval.metrics", "message": f"{m!r} is a {need} metric; the dataset is {task or 'unlabelled'}"})
+    return errors
+
+
+def validate_spec(data: dict[str, Any] | str | bytes) -> JobSpec:
+    """Parse and fully validate a spec; raise SpecError naming each bad field."""
+    try:
+        spec = JobSpec.model_validate_json(data) if isinstance(data, (str, bytes)) else JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_errors(exc)) from None
+    errors = semantic_errors(spec)
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def load_spec_file(path: str | Path) -> JobSpec:
+    text = Path(path).read_text()
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError([{"field": "spec", "message": f"not valid JSON: {exc}"}]) from None
+    return validate_spec(text)
