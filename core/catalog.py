@@ -51,7 +51,8 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["params"] = [asdict(p) for p in self.params]
+        # plain JSON types only (choices are tuples here), so the API's answer equals what a client parses
+        data["params"] = [{**asdict(p), "choices": None if p.choices is None else list(p.choices)} for p in self.params]
         return data
 
 

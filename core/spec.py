@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -28,7 +28,7 @@ class SplitSpec(Strict):
 
     kind: Literal["random", "classes", "given"] = "random"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    holdout_classes: list[int] | None = Field(None, min_length=1, max_length=100_000)
+    holdout_classes: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, max_length=100_000)
 
     @model_validator(mode="after")
     def _classes_need_holdout(self) -> SplitSpec:
@@ -114,7 +114,7 @@ class TrainSpec(Strict):
 class EvalSpec(Strict):
     metrics: list[str] | None = Field(None, max_length=32, description="None: the task's defaults")
     every_epochs: int = Field(1, ge=0, le=10_000, description="0: only at the end")
-    recall_k: list[int] = Field(default_factory=lambda: [1, 4], min_length=1, max_length=8)
+    recall_k: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=lambda: [1, 4], min_length=1, max_length=8)
     knn_k: int = Field(20, ge=1, le=1000)
     knn_temperature: float = Field(0.07, gt=0.0, le=10.0)
 
@@ -186,6 +186,18 @@ def _lookup(field: str, name: str, table: dict[str, catalog.Entry]) -> list[dict
     return [{"field": field, "message": f"unknown name {name!r}; choose one of {sorted(table)}"}]
 
 
+def _size_errors(size: int | None, ds: catalog.Entry) -> list[dict[str, str]]:
+    """`dataset.size` is the dataset's own `size` parameter, so it obeys that parameter's range."""
+    if size is None:
+        return []
+    p = next((p for p in ds.params if p.name == "size"), None)
+    if p is None:
+        return [{"field": "dataset.size", "message": f"{ds.name!r} has a fixed size; leave size out"}]
+    if p.min is not None and size < p.min or p.max is not None and size > p.max:
+        return [{"field": "dataset.size", "message": f"must be within [{p.min}, {p.max}] for {ds.name!r}"}]
+    return []
+
+
 def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     """Checks that need the catalog: names exist, parameters fit, the combination can run."""
     errors = _lookup("model.encoder", spec.model.encoder, catalog.ENCODERS)
@@ -204,9 +216,12 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.dataset.name is not None:
         ds = catalog.DATASETS[spec.dataset.name]
         errors += _check_params("dataset.params", spec.dataset.params, ds)
+        errors += _size_errors(spec.dataset.size, ds)
         errors += compatibility_errors(spec, task=ds.task, input_rank=len(ds.extra["input_shape"]))
     if loss.labels == "none" and spec.views() != 2:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
+    if spec.mixup is not None and catalog.MIXUPS[spec.mixup.method].views == 2 and spec.views() != 2:
+        errors.append({"field": "mixup.method", "message": f"{spec.mixup.method!r} works on two views of each sample; use objective.views = 2"})
     if spec.train.batch_size < 2 * loss.min_per_class:
         errors.append({"field": "train.batch_size",
                        "message": f"{loss.name!r} needs at least {loss.min_per_class} samples per class in a batch; batch_size must be >= {2 * loss.min_per_class}"})
@@ -232,6 +247,13 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
     if ranks != "any" and input_rank not in ranks:
         errors.append({"field": "model.encoder",
                        "message": f"{spec.model.encoder!r} takes inputs of rank {ranks}, the dataset's samples have rank {input_rank}"})
+    if spec.mixup is not None:
+        mix = catalog.MIXUPS[spec.mixup.method]
+        need = {"class": "classification", "target": "regression"}.get(mix.labels)
+        if need is not None and task != need:
+            errors.append({"field": "mixup.method",
+                           "message": f"{mix.name!r} mixes {'class labels' if need == 'classification' else 'regression targets'}; "
+                                      f"the dataset is {task or 'unlabelled'}"})
     for m in spec.eval.metrics or []:
         need = catalog.METRICS[m].task
         if need is not None and need != task:

@@ -43,6 +43,11 @@ def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Data
     raw = dict(raw)
     raw["x"] = check_features(np.asarray(raw["x"]), f"{source}: x")
     check_rows(raw["x"], raw.get("y"), f"{source}: x/y")
+    if raw.get("x_test") is not None:
+        raw["x_test"] = check_features(np.asarray(raw["x_test"]), f"{source}: x_test")
+        check_rows(raw["x_test"], raw.get("y_test"), f"{source}: x_test/y_test")
+        if raw["x_test"].shape[1:] != raw["x"].shape[1:]:
+            raise DataError(f"{source}: x_test samples have shape {raw['x_test'].shape[1:]}, x samples {raw['x'].shape[1:]}")
     task, names = _labels(raw, f"{source}: y")
     errors = compatibility_errors(spec, task=task, input_rank=raw["x"].ndim - 1)
     if errors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +34,14 @@ def mnist1d(size: int, seed: int = 42) -> RawArrays:
 
     args = get_dataset_args()
     args.num_samples, args.seed = size, seed
-    data = make_dataset(args)
+    # make_dataset reseeds the global `random` and `np.random` generators; keep the
+    # caller's states so loading (a cache miss or a hit) leaves no trace on them.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
     x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
     y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")

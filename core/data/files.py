@@ -17,6 +17,12 @@ SPLIT_COLUMN = "split"
 
 def read_npz(path: Path) -> dict[str, Any]:
     """Arrays `x`, `y`, optionally `x_test`, `y_test`; object arrays (pickles) are refused."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    # np.load also takes a bare .npy (returning an array, not an archive) and refuses
+    # anything else as "pickled data"; say plainly that an npz is a zip archive instead.
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path.name}: not a readable npz file (an npz is a zip archive of .npy arrays, as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
@@ -36,6 +42,8 @@ def read_npz(path: Path) -> dict[str, Any]:
         raise DataError(f"{path.name}: not a readable npz file ({exc.__class__.__name__}: {exc})") from None
     if ("x_test" in out) != ("y_test" in out) and "y" in out:
         raise DataError(f"{path.name}: give both x_test and y_test, or neither")
+    if "y_test" in out and "y" not in out:
+        raise DataError(f"{path.name}: y_test without y; give labels for the training rows too, or drop y_test")
     return out
 
 
@@ -57,16 +65,21 @@ def read_table(path: Path, label_column: str | None) -> dict[str, Any]:
     non_numeric = [c for c in frame.columns if frame[c].dtype.kind not in "biuf"]
     if non_numeric:
         raise DataError(f"{path.name}: feature columns must be numeric; not numeric: {non_numeric[:10]}")
+    empty = [c for c in frame.columns if frame[c].isna().any()]
+    if empty:
+        raise DataError(f"{path.name}: feature columns have empty (NaN) values: {empty[:10]}")
     if y.isna().any():
         raise DataError(f"{path.name}: label column {column!r} has {int(y.isna().sum())} empty values")
     y_arr = y.to_numpy().astype(str) if y.dtype.kind == "O" else y.to_numpy()
-    x = frame.to_numpy()
+    x = frame.to_numpy(dtype=np.float64)  # also turns nullable (Int64, boolean) columns into plain numbers
     if split is None:
         return {"x": x, "y": y_arr}
     bad = set(split.unique()) - {"train", "test"}
     if bad:
         raise DataError(f"{path.name}: column 'split' may only hold 'train' or 'test', found {sorted(bad)[:5]}")
     test = (split == "test").to_numpy()
+    if not test.any():  # a split column with only training rows gives no test set ('given' then says so)
+        return {"x": x, "y": y_arr}
     return {"x": x[~test], "y": y_arr[~test], "x_test": x[test], "y_test": y_arr[test]}
 
 
