@@ -1,0 +1,88 @@
+"""Engine steps per second against a plain PyTorch loop with the same model, loss and batches.
+
+The plain loop is what a user would write by hand: the same network, loss, optimizer
+and data order, with no callbacks, checkpoints, schedules or evaluation. The engine
+run includes everything it does for a real job with null callbacks (per-epoch
+checkpoint serialisation, progress reports, the final evaluation), so the ratio is
+the true cost of the engine. Runs alternate and the median of `--repeats` is kept.
+
+    python bench/engine.py [--repeats 3] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from core import losses
+from core.data import load_dataset
+from core.models import build_net
+from core.spec import validate_spec
+from core.train import Trainer, epoch_order
+
+CASES = {
+    "mlp/blobs": {"dataset": {"name": "blobs", "size": 20000, "params": {"num_features": 64}},
+                  "model": {"encoder": "mlp", "width": 256, "embedding_dim": 64}},
+    "conv1d/mnist1d": {"dataset": {"name": "mnist1d"}, "model": {"encoder": "conv1d", "embedding_dim": 64}},
+}
+
+
+def make_spec(case: str, epochs: int):
+    return validate_spec({"name": "bench", **CASES[case], "objective": {"loss": "supcon"},
+                          "train": {"epochs": epochs, "batch_size": 256, "lr": 1e-3, "seed": 0},
+                          "eval": {"metrics": ["precision_at_1"], "every_epochs": 0}})
+
+
+def plain_loop(spec, data) -> tuple[float, int]:
+    """A hand-written loop: same net, loss, optimizer and batches, nothing else."""
+    torch.manual_seed(spec.train.seed)
+    net = build_net(spec.model, data.x_train)
+    loss_fn = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=spec.model.embedding_dim)
+    opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    x, y, b = data.x_train, data.y_train, spec.train.batch_size
+    steps_per_epoch = len(x) // b
+    start = time.perf_counter()
+    for epoch in range(spec.train.epochs):
+        order = epoch_order(spec.train.seed, epoch, len(x))
+        for i in range(steps_per_epoch):
+            idx = order[i * b:(i + 1) * b]
+            loss = loss_fn(net(net.encoder.preprocess(x[idx])), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start, spec.train.epochs * steps_per_epoch
+
+
+def engine(spec, data) -> tuple[float, int]:
+    trainer = Trainer(spec, data)
+    start = time.perf_counter()
+    result = trainer.run()
+    return time.perf_counter() - start, result.step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("| case | plain loop steps/s | engine steps/s | engine / plain |")
+    print("|---|---|---|---|")
+    for case in CASES:
+        spec = make_spec(case, args.epochs)
+        data = load_dataset(spec)
+        plain, eng = [], []
+        for _ in range(args.repeats):
+            seconds, steps = plain_loop(spec, data)
+            plain.append(steps / seconds)
+            seconds, steps = engine(spec, data)
+            eng.append(steps / seconds)
+        p, e = statistics.median(plain), statistics.median(eng)
+        print(f"| {case} | {p:.1f} | {e:.1f} | {e / p:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

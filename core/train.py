@@ -1,0 +1,314 @@
+"""The training loop. Everything outside it (worker, CLI) talks to it through `Callbacks`.
+
+A run is a pure function of (spec, data, seed): the data order of epoch e is a
+permutation drawn from a generator seeded by (seed, e), and every other random draw
+(augmentation, dropout, mixing) comes from RNGs whose states go into each checkpoint.
+So a checkpoint at step s plus the same spec continues exactly the sequence an
+uninterrupted run would have taken (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from core import catalog, losses
+from core.data import Dataset
+from core.data.augment import augment
+from core.evaluate import evaluate
+from core.models import Encoder, TrainingNet, build_net
+from core.spec import JobSpec
+
+CHECKPOINT_FORMAT = 1
+
+
+class UnsupportedSpec(ValueError):
+    """A valid spec that this engine version cannot run yet (the message says which field)."""
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    eta_s: float
+    samples_per_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 1.0
+
+
+class Callbacks(Protocol):
+    """How the loop reports to its caller; each method must return quickly."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None: ...
+    def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+class NullCallbacks:
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        pass
+
+    def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    encoder: Encoder
+    metrics: dict[str, float]
+    step: int
+    epoch: int
+    stopped: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_runnable(spec: JobSpec) -> None:
+    """Refuse, never ignore, what this engine does not implement yet."""
+    if spec.mixup is not None:
+        entry = catalog.MIXUPS[spec.mixup.method]
+        if not entry.implemented:
+            raise UnsupportedSpec(f"mixup.method: {spec.mixup.method!r} is in the catalog but not implemented by this engine yet; "
+                                  "remove the mixup block to train without mixing")
+
+
+def pick_device(spec: JobSpec) -> torch.device:
+    if spec.train.device == "cuda" or (spec.train.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UnsupportedSpec("train.device: 'cuda' was asked for but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def lr_at(spec: JobSpec, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a step: linear warm-up, then cosine, step decay or constant."""
+    t = spec.train
+    total = t.epochs * steps_per_epoch
+    warmup = int(t.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return t.lr * (step + 1) / warmup
+    if t.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if t.schedule == "step":
+        return t.lr * t.step_gamma ** (step // steps_per_epoch // t.step_epochs)
+    return t.lr
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of an epoch, a function of (seed, epoch) alone so resume needs no state for it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, x: torch.Tensor, device: torch.device, batch: int = 1024) -> torch.Tensor:
+    """Normalised embeddings of raw inputs, in eval mode, in batches; returned on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = [encoder(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)
+
+
+class Trainer:
+    """One run's state; `run()` trains from the current step to the end or a stop."""
+
+    def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None):
+        check_runnable(spec)
+        self.spec, self.data = spec, data
+        self.cb = callbacks or NullCallbacks()
+        self.device = device or pick_device(spec)
+        _seed_everything(spec.train.seed)
+        self.net = build_net(spec.model, data.x_train).to(self.device)
+        out_dim = spec.model.projection_dim or spec.model.embedding_dim
+        self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
+                                 **spec.objective.params).to(self.device)
+        self.views = spec.views()
+        self.use_labels = catalog.LOSSES[spec.objective.loss].labels != "none" and not (self.views == 2 and self.loss.two_view)
+        aug = spec.augment.enabled
+        self.augment = self.views == 2 if aug is None else aug
+        self.x = data.x_train.to(self.device)
+        self.y = data.y_train.to(self.device) if data.y_train is not None else None
+        n = len(self.x)
+        self.batch = min(spec.train.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch)
+        self.total_steps = spec.train.epochs * self.steps_per_epoch
+        params = list(self.net.parameters()) + list(self.loss.parameters())
+        self.opt = _optimizer(spec, params, self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
+        self.step = 0
+        self.last_loss = float("nan")
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.train.amp
+                         else nullcontext())
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints -------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "net": self.net.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_gen": self.gen.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore a checkpoint; weights_only=True so a tampered blob cannot run code."""
+        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+        self.net.load_state_dict(state["net"])
+        self.loss.load_state_dict(state["loss"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        self.gen.set_state(state["rng_gen"].cpu() if self.device.type == "cpu" else state["rng_gen"])
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+
+    def _checkpoint(self) -> None:
+        self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
+
+    # -- the loop ----------------------------------------------------------------
+    def _batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.net.encoder.preprocess(self.x[idx])
+        y = self.y[idx] if self.y is not None else None
+        if self.views == 1:
+            xs = [augment(x, self.spec.augment, self.gen) if self.augment else x]
+        else:
+            xs = [augment(x, self.spec.augment, self.gen) if self.augment else x for _ in range(2)]
+        with self.autocast:
+            zs = [self.net(v).float() for v in xs]
+        if not self.use_labels:
+            return self.loss(zs[0], zs[1])
+        if len(zs) == 2:
+            return self.loss(torch.cat(zs), torch.cat([y, y]))
+        return self.loss(zs[0], y)
+
+    def _train_step(self, idx: torch.Tensor) -> float:
+        lr = lr_at(self.spec, self.step, self.steps_per_epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss = self._batch_loss(idx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower train.lr or enable train.grad_clip")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.spec.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.spec.train.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return loss.detach().item()
+
+    def evaluate(self) -> dict[str, float]:
+        names = self.spec.eval.metrics or catalog.DEFAULT_METRICS.get(self.data.task or "", ["uniformity"])
+        train_emb = embed(self.net.encoder, self.data.x_train, self.device)
+        test_emb = embed(self.net.encoder, self.data.x_test, self.device)
+        return evaluate(names, train=(train_emb, self.data.y_train), test=(test_emb, self.data.y_test),
+                        recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
+                        knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
+
+    def _report_eval(self, epoch: int) -> dict[str, float]:
+        values = self.evaluate()
+        self.cb.on_metrics(self.step, epoch, {f"eval/{k}": v for k, v in values.items()})
+        self.history.append({"step": self.step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}})
+        return values
+
+    def run(self) -> TrainResult:
+        t = self.spec.train
+        start, start_step = time.perf_counter(), self.step
+        log_every = max(1, self.total_steps // 1000)
+        checkpoint_every = t.checkpoint_every_steps or self.steps_per_epoch
+        every_epochs = self.spec.eval.every_epochs
+        self.net.train()
+        running, count, metrics, stopped = 0.0, 0, {}, False
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            order = epoch_order(t.seed, epoch, len(self.x)).to(self.device)
+            idx = order[offset * self.batch:(offset + 1) * self.batch]
+            self.last_loss = self._train_step(idx)
+            running += self.last_loss
+            count += 1
+            done_epoch = self.step % self.steps_per_epoch == 0
+            epoch_now = self.step // self.steps_per_epoch
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                self.cb.on_metrics(self.step, epoch_now, {"train/loss": running / count})
+                running, count = 0.0, 0
+            self._progress(start, start_step)
+            if done_epoch and every_epochs and epoch_now % every_epochs == 0 and self.step < self.total_steps:
+                self._report_eval(epoch_now)
+            if self.step % checkpoint_every == 0 and self.step < self.total_steps:
+                self._checkpoint()
+            if self.cb.should_stop():
+                stopped = True
+                self._checkpoint()
+                break
+        if not stopped:
+            metrics = self._report_eval(self.step // self.steps_per_epoch)
+            self._checkpoint()
+        return TrainResult(self.net.encoder, metrics, self.step, self.step // self.steps_per_epoch, stopped,
+                           time.perf_counter() - start, self.history)
+
+    def _progress(self, start: float, start_step: int) -> None:
+        elapsed = time.perf_counter() - start
+        done = self.step - start_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        self.cb.on_progress(Progress(
+            step=self.step, total_steps=self.total_steps, epoch=self.step // self.steps_per_epoch,
+            epochs=self.spec.train.epochs, loss=self.last_loss,
+            lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
+            eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
+        ))
+
+
+def _optimizer(spec: JobSpec, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    t = spec.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type == "cuda")
+
+
+def _seed_everything(seed: int) -> None:
+    """Model initialisation and any incidental numpy/python randomness follow the spec's seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, *, resume: bytes | None = None,
+          device: torch.device | None = None) -> TrainResult:
+    """Train `spec` on `data`; with `resume`, continue from that checkpoint."""
+    trainer = Trainer(spec, data, callbacks, device)
+    if resume is not None:
+        trainer.load_state(resume)
+    return trainer.run()
