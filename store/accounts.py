@@ -1,0 +1,103 @@
+"""Owners and their API keys.
+
+A key is shown to its owner once, at creation, and only its sha256 is stored:
+a leaked database does not leak working keys. Keys carry 256 random bits, so
+an unsalted fast hash is enough (there is nothing to brute-force).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from store.models import ApiKey, Owner, utcnow
+from store.sql import affected_rows
+
+KEY_PREFIX = "em_"
+DISPLAY_PREFIX_LENGTH = 8
+# Writing last_used_at on every request would turn every read into a write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: its sha256 as hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_owner(session: Session, name: str, *, is_admin: bool = False) -> Owner:
+    """Add an owner; it can do nothing until it has a key (:func:`create_api_key`)."""
+    owner = Owner(name=name, is_admin=is_admin)
+    session.add(owner)
+    session.flush()
+    return owner
+
+
+def get_owner(session: Session, owner_id: int) -> Owner | None:
+    """The owner with this id, if any."""
+    return session.get(Owner, owner_id)
+
+
+def create_api_key(session: Session, owner_id: int) -> tuple[ApiKey, str]:
+    """A new key for ``owner_id``: the stored row and the plain key, which is never retrievable again."""
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(owner_id=owner_id, prefix=plain[:DISPLAY_PREFIX_LENGTH], key_hash=hash_key(plain))
+    session.add(key)
+    session.flush()
+    return key, plain
+
+
+def list_api_keys(session: Session, owner_id: int) -> list[ApiKey]:
+    """An owner's keys, revoked ones included, oldest first (only prefixes can be shown)."""
+    query = select(ApiKey).where(ApiKey.owner_id == owner_id).order_by(ApiKey.id)
+    return list(session.scalars(query))
+
+
+def authenticate(session: Session, key: str, *, now: datetime | None = None) -> Owner | None:
+    """The owner of ``key``, or None if the key is unknown, malformed or revoked.
+
+    Candidates are found by their display prefix and confirmed with
+    ``hmac.compare_digest`` on the hash, so that the comparison takes the same
+    time however many characters match.
+    """
+    if not key.startswith(KEY_PREFIX):
+        return None
+    presented = hash_key(key)
+    candidates = session.scalars(
+        select(ApiKey).where(
+            ApiKey.prefix == key[:DISPLAY_PREFIX_LENGTH], ApiKey.revoked_at.is_(None)
+        )
+    )
+    for candidate in candidates:
+        if hmac.compare_digest(candidate.key_hash, presented):
+            _touch(session, candidate.id, now or utcnow())
+            return session.get(Owner, candidate.owner_id)
+    return None
+
+
+def _touch(session: Session, key_id: int, now: datetime) -> None:
+    """Record use of a key, at most once per :data:`LAST_USED_RESOLUTION`."""
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def revoke_api_key(session: Session, owner_id: int, key_id: int) -> bool:
+    """Revoke one of the owner's keys; False if it is not theirs or already revoked."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    return affected_rows(result) == 1

@@ -1,0 +1,79 @@
+"""Engines, sessions and migrations: the only place that knows which database we talk to.
+
+Repository functions take a :class:`~sqlalchemy.orm.Session` and never commit;
+whoever opens the session (an API request, a worker step) decides where the
+transaction ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+# Long enough for a writer to finish a 1 MiB chunk insert on a slow disk; short
+# enough that a stuck lock surfaces as an error instead of a hang.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine tuned for its backend.
+
+    SQLite gets WAL (readers never block the writer), enforced foreign keys
+    (off by default in SQLite) and a busy timeout (concurrent writers wait
+    instead of failing at once). PostgreSQL gets ``pool_pre_ping`` so that a
+    connection dropped by a database restart is replaced, not handed out.
+    """
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    """Per-connection SQLite settings; they are not persistent, so each new connection needs them."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # With WAL, NORMAL loses no committed data on an application crash and
+        # avoids an fsync per commit.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (API handlers serialise them afterwards)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic configuration built in code, so migrating needs no ini file or working directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser treats '%' as interpolation; URL-escaped passwords contain it.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` up to ``revision`` (``embedmix up`` and the compose migrate service)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()

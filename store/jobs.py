@@ -1,0 +1,317 @@
+"""Jobs: submission with idempotency, owner-scoped reads, the guarded state machine and leases.
+
+Every state change is one UPDATE guarded by ``WHERE status IN (...)``; its row
+count says whether it happened. Two actors racing (a user cancelling, a worker
+finishing, a reaper requeuing) cannot both win, and a terminal state is never
+overwritten because no function accepts one as a starting point.
+
+Leases: a worker owns a job while ``lease_owner`` is its token and
+``lease_expires_at`` is in the future. Once that moment passes the lease is
+dead: it can no longer be renewed, another worker may claim it, and the reaper
+(:func:`reap_expired`) requeues or fails the job. Expiry is judged by the
+application clock (``now``), so machines running workers need synchronised
+clocks, with a TTL well above their skew.
+
+``attempts`` counts successful claims: the first run is attempt 1. Claiming
+refuses a job that has used ``max_attempts``, which also stops a job that keeps
+killing its worker from being redelivered for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, new_id, utcnow
+from store.paging import page
+from store.sql import affected_rows, upsert_insert
+
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
+CLAIMABLE_STATUSES = ("queued", "running")
+PROGRESS_STATUSES = ("running", "cancelling")
+
+# Columns a transition may set alongside the status; identity, ownership and
+# the submitted request are fixed at creation.
+TRANSITION_FIELDS = frozenset(
+    {
+        "started_at",
+        "finished_at",
+        "step",
+        "total_steps",
+        "epoch",
+        "metrics",
+        "error",
+        "attempts",
+        "lease_owner",
+        "lease_expires_at",
+        "model_artifacts",
+        "card",
+    }
+)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was already used for a different request body (HTTP 409)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"idempotency key already used for job {job_id} with a different request")
+        self.job_id = job_id
+
+
+def create_job(
+    session: Session,
+    owner_id: int,
+    spec: dict[str, Any],
+    *,
+    name: str,
+    max_attempts: int = 3,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[Job, bool]:
+    """Queue a job; returns ``(job, created)``.
+
+    With an idempotency key, a repeat of the same request (same ``request_hash``)
+    returns the job the first one created, with ``created`` False; the same key
+    with another hash raises :class:`IdempotencyConflict`. The insert is
+    ``ON CONFLICT DO NOTHING`` on (owner, key), so two simultaneous requests
+    with one key create one job, without savepoints.
+    """
+    if idempotency_key is not None and request_hash is None:
+        raise ValueError("an idempotency key needs the request hash it guards")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    job_id = new_id("job_")
+    insert = upsert_insert(session, Job).values(
+        id=job_id,
+        owner_id=owner_id,
+        name=name,
+        spec=spec,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    result = session.execute(
+        insert.on_conflict_do_nothing(index_elements=["owner_id", "idempotency_key"])
+    )
+    if affected_rows(result) == 1:
+        return session.get_one(Job, job_id), True
+    existing = session.scalars(
+        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+    ).one()
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict(existing.id)
+    return existing, False
+
+
+def get_job(session: Session, owner_id: int, job_id: str) -> Job | None:
+    """The owner's job, or None if it does not exist or belongs to someone else (both are 404)."""
+    return session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).first()
+
+
+def get_job_unscoped(session: Session, job_id: str) -> Job | None:
+    """Any owner's job: for workers and the reaper only, never for a request handler."""
+    return session.get(Job, job_id)
+
+
+def get_job_status(session: Session, job_id: str) -> str | None:
+    """Just the status, read fresh from the database (a training loop's cheap should-stop check)."""
+    return session.scalars(select(Job.status).where(Job.id == job_id)).first()
+
+
+def list_jobs(
+    session: Session,
+    owner_id: int,
+    *,
+    status: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """The owner's jobs, newest first, optionally of one status; returns ``(rows, next_cursor)``."""
+    query = select(Job).where(Job.owner_id == owner_id)
+    if status is not None:
+        _check_status(status)
+        query = query.where(Job.status == status)
+    return page(session, query, Job.created_at, Job.id, limit, cursor)
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    from_statuses: Iterable[str],
+    to_status: str,
+    **fields: Any,
+) -> bool:
+    """Move the job to ``to_status`` if its status is one of ``from_statuses``; True if it moved.
+
+    ``fields`` are other columns to set in the same UPDATE (see
+    :data:`TRANSITION_FIELDS`); values may be SQL expressions. Entering
+    ``running`` stamps ``started_at`` the first time only; entering a terminal
+    state stamps ``finished_at`` unless given.
+    """
+    expected = tuple(from_statuses)
+    for status in (*expected, to_status):
+        _check_status(status)
+    if TERMINAL_STATUSES.intersection(expected):
+        raise ValueError(f"terminal states are final; cannot leave {expected}")
+    unknown = fields.keys() - TRANSITION_FIELDS
+    if unknown:
+        raise ValueError(f"transition cannot set {sorted(unknown)}")
+    values: dict[str, Any] = {"status": to_status, **fields}
+    if to_status == "running":
+        values.setdefault("started_at", func.coalesce(Job.started_at, utcnow()))
+    if to_status in TERMINAL_STATUSES:
+        values.setdefault("finished_at", utcnow())
+    return _guarded_update(session, job_id, [Job.status.in_(expected)], values)
+
+
+def request_cancel(session: Session, owner_id: int, job_id: str) -> Job | None:
+    """Cancel the owner's job: queued becomes cancelled at once, running becomes cancelling.
+
+    The worker sees ``cancelling``, saves and moves the job to ``cancelled``.
+    A job already finished is returned unchanged; None means not found.
+    """
+    job = get_job(session, owner_id, job_id)
+    if job is None:
+        return None
+    if not transition(session, job_id, ["queued"], "cancelled"):
+        transition(session, job_id, ["running"], "cancelling")
+    session.refresh(job)
+    return job
+
+
+def update_progress(
+    session: Session,
+    job_id: str,
+    *,
+    step: int,
+    epoch: int,
+    total_steps: int | None = None,
+    metrics: dict[str, float] | None = None,
+) -> bool:
+    """Record where a running job is (and its latest eval values); False once it is no longer running."""
+    values: dict[str, Any] = {"step": step, "epoch": epoch}
+    if total_steps is not None:
+        values["total_steps"] = total_steps
+    if metrics is not None:
+        values["metrics"] = metrics
+    return _guarded_update(session, job_id, [Job.status.in_(PROGRESS_STATUSES)], values)
+
+
+def claim_lease(
+    session: Session, job_id: str, owner_token: str, ttl_s: float, *, now: datetime | None = None
+) -> bool:
+    """Take the job's lease for ``ttl_s`` seconds and count an attempt; False if someone holds it.
+
+    Succeeds only for a queued or running job with attempts left whose lease is
+    free or expired. Two workers claiming at once: exactly one UPDATE matches.
+    """
+    now = now or utcnow()
+    return _guarded_update(
+        session,
+        job_id,
+        [
+            Job.status.in_(CLAIMABLE_STATUSES),
+            Job.attempts < Job.max_attempts,
+            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now),
+        ],
+        {
+            "lease_owner": owner_token,
+            "lease_expires_at": now + timedelta(seconds=ttl_s),
+            "attempts": Job.attempts + 1,
+        },
+    )
+
+
+def renew_lease(
+    session: Session, job_id: str, owner_token: str, ttl_s: float, *, now: datetime | None = None
+) -> bool:
+    """Extend a live lease held by ``owner_token`` (the heartbeat); False means stop working."""
+    now = now or utcnow()
+    return _guarded_update(
+        session,
+        job_id,
+        [
+            Job.lease_owner == owner_token,
+            Job.lease_expires_at > now,
+            Job.status.in_(ACTIVE_STATUSES),
+        ],
+        {"lease_expires_at": now + timedelta(seconds=ttl_s)},
+    )
+
+
+def release_lease(session: Session, job_id: str, owner_token: str) -> bool:
+    """Give the lease up (after a terminal transition, or to hand the job back); False if not held."""
+    return _guarded_update(
+        session,
+        job_id,
+        [Job.lease_owner == owner_token],
+        {"lease_owner": None, "lease_expires_at": None},
+    )
+
+
+def expired_leases(session: Session, now: datetime | None = None) -> list[str]:
+    """Ids of unfinished jobs whose lease has expired, longest-expired first (the reaper's work list)."""
+    query = (
+        select(Job.id)
+        .where(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at <= (now or utcnow()))
+        .order_by(Job.lease_expires_at)
+    )
+    return list(session.scalars(query))
+
+
+def reap_expired(session: Session, job_id: str, *, now: datetime | None = None) -> str | None:
+    """Settle a job whose lease expired; returns its new status, or None if there was nothing to do.
+
+    cancelling -> cancelled; queued or running with attempts left -> queued
+    (the caller re-enqueues it, and the next attempt resumes from the latest
+    checkpoint); out of attempts -> failed. Each outcome is one guarded UPDATE
+    that also requires the lease to be still expired, so a heartbeat that lands
+    first wins.
+    """
+    now = now or utcnow()
+    expired = Job.lease_expires_at <= now
+    freed = {"lease_owner": None, "lease_expires_at": None}
+    outcomes: list[tuple[str, list[ColumnElement[bool]], dict[str, Any]]] = [
+        ("cancelled", [Job.status == "cancelling"], {"finished_at": now}),
+        ("queued", [Job.status.in_(CLAIMABLE_STATUSES), Job.attempts < Job.max_attempts], {}),
+        (
+            "failed",
+            [Job.status.in_(CLAIMABLE_STATUSES), Job.attempts >= Job.max_attempts],
+            {
+                "finished_at": now,
+                "error": {
+                    "code": "lease_expired",
+                    "message": "the worker stopped responding and no attempts are left",
+                },
+            },
+        ),
+    ]
+    for status, conditions, values in outcomes:
+        if _guarded_update(
+            session, job_id, [expired, *conditions], {"status": status, **freed, **values}
+        ):
+            return status
+    return None
+
+
+def _guarded_update(
+    session: Session, job_id: str, conditions: list[ColumnElement[bool]], values: dict[str, Any]
+) -> bool:
+    """One ``UPDATE jobs SET ... WHERE id = :id AND <conditions>``; True if it changed the row."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, *conditions)
+        .values(values)
+        .execution_options(synchronize_session="fetch")
+    )
+    return affected_rows(result) == 1
+
+
+def _check_status(status: str) -> None:
+    """Refuse a status outside the state machine before it reaches SQL."""
+    if status not in JOB_STATUSES:
+        raise ValueError(f"unknown job status {status!r}; expected one of {JOB_STATUSES}")
