@@ -1,0 +1,41 @@
+"""Service settings, read from the environment (EMBEDMIX_*), shared by the API and the worker.
+
+They live in `store` because both service processes import `store` and nothing
+else of each other; `core` and the CLI's local `train` never read them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TRAIN_TASK = "embedmix.train"
+TRAIN_QUEUE = "embedmix"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDMIX_", extra="ignore")
+
+    database_url: str = Field("sqlite:///embedmix.db", description="SQLAlchemy URL; PostgreSQL in production")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
+    artifacts: str = Field("db", description="'db' (chunked blobs in the database) or a directory / file:// URL")
+    work_dir: str = Field("", description="scratch space for workers; empty: the system temp dir")
+
+    lease_ttl_s: float = Field(30.0, gt=1.0, description="a worker's lease on its job; renewed every ttl/3")
+    reaper_interval_s: float = Field(10.0, gt=0.1)
+    metrics_flush_s: float = Field(1.0, gt=0.0, description="metrics and events are written in batches at most this often")
+    cancel_poll_s: float = Field(0.5, gt=0.0, description="how often a running job checks for a cancel request")
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(1024 * 1024, gt=0, description="JSON bodies (specs, embed requests)")
+    max_embed_inputs: int = Field(10_000, gt=0)
+    max_active_jobs_per_owner: int = Field(50, gt=0, description="queued + running")
+    admin_key: str | None = Field(None, description="if set, this key is created for the admin owner on start")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
