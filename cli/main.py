@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="embedmix: train embedding models with mixup and contrastive methods.", no_args_is_help=True,
+app = typer.Typer(help="embedmix: train embedding models with mixup and contrastive methods, locally or as a service.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 
@@ -152,6 +152,16 @@ def train(
     for fmt, info in card["files"].items():
         print(f"{fmt}: {out / info['file']}")
     print(f"card: {out / 'card.json'}")
+
+
+def _register_service_commands() -> None:
+    from cli import server, service
+
+    service.register(app)
+    server.register(app)
+
+
+_register_service_commands()
 
 
 def main() -> None:

@@ -104,13 +104,13 @@ ENCODERS: dict[str, Entry] = {
     e.name: e
     for e in [
         Entry("mlp", "encoder", "Multi-layer perceptron over the flattened input.",
-              (_i("depth", 2, 1, 16, "hidden layers"),), extra={"input_rank": "any"}),
+              (_i("depth", 2, 1, 16, "hidden layers"),), extra={"input_rank": "any", "default_width": 256}),
         Entry("conv1d", "encoder", "1-D convolutional encoder for sequences of shape (length,) or (channels, length).",
-              (_i("depth", 3, 1, 8, "convolution blocks"),), extra={"input_rank": [1, 2]}),
+              (_i("depth", 3, 1, 8, "convolution blocks"),), extra={"input_rank": [1, 2], "default_width": 64}),
         Entry("conv2d", "encoder", "Small 2-D convolutional encoder for images (channels, height, width).",
-              (_i("depth", 3, 1, 6, "convolution blocks"),), extra={"input_rank": [3]}),
+              (_i("depth", 3, 1, 6, "convolution blocks"),), extra={"input_rank": [3], "default_width": 64}),
         Entry("resnet18", "encoder", "CIFAR-style ResNet-18 (3x3 stem, no max-pool); meant for GPUs.",
-              extra={"input_rank": [3]}, paper="He et al., Deep Residual Learning (2016)"),
+              extra={"input_rank": [3], "default_width": 64}, paper="He et al., Deep Residual Learning (2016)"),
     ]
 }
 

@@ -336,6 +336,9 @@ def uniformity(embeddings: Tensor, chunk: int = 1024) -> float:
 # --------------------------------------------------------------------------- dispatcher
 
 
+# Metrics that fit on, or look up in, the training embeddings; the rest need only the test set.
+USES_TRAIN = frozenset(REGRESSION) | {"knn_accuracy", "linear_probe_accuracy"}
+
 def metric_keys(names: Sequence[str], recall_k: Sequence[int] = (1, 4)) -> list[str]:
     """The result keys `evaluate` returns for `names`: recall_at_k expands to recall_at_1, recall_at_4, ...
 
@@ -352,7 +355,7 @@ def metric_keys(names: Sequence[str], recall_k: Sequence[int] = (1, 4)) -> list[
 def evaluate(
     names: Sequence[str],
     *,
-    train: tuple[Tensor, Tensor],
+    train: tuple[Tensor, Tensor] | None,
     test: tuple[Tensor, Tensor],
     recall_k: Sequence[int] = (1, 4),
     knn_k: int = 20,
@@ -361,7 +364,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Compute exactly the metrics named (catalog names), sharing work between them.
 
-    `train` and `test` are (embeddings, labels or targets). Retrieval, clustering,
+    `train` and `test` are (embeddings, labels or targets); `train` may be None when
+    no name is in USES_TRAIN. Retrieval, clustering,
     alignment and uniformity look at the test set alone (every test item queries
     all others); knn_accuracy, linear_probe_accuracy and the regression metrics
     use train as the reference or fit set and score test. One retrieval pass
@@ -370,7 +374,9 @@ def evaluate(
     """
     keys = metric_keys(names, recall_k)
     wanted = set(names)
-    (train_x, train_y), (test_x, test_y) = train, test
+    if train is None and wanted & USES_TRAIN:
+        raise ValueError(f"metrics {sorted(wanted & USES_TRAIN)} need the training embeddings")
+    (train_x, train_y), (test_x, test_y) = train or (None, None), test
     results: dict[str, float] = {}
     if wanted & set(RETRIEVAL):
         results |= retrieval_metrics(test_x, test_y, ks=recall_k)

@@ -61,7 +61,7 @@ class DatasetSpec(Strict):
 class ModelSpec(Strict):
     encoder: str = "mlp"
     embedding_dim: int = Field(128, ge=2, le=8192)
-    width: int = Field(128, ge=4, le=8192, description="hidden units (mlp) or channels (conv)")
+    width: int | None = Field(None, ge=4, le=8192, description="hidden units (mlp) or channels (conv); None: the encoder's default")
     params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
     projection_dim: int | None = Field(None, ge=2, le=8192, description="training-only projection head; None for none")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -24,7 +24,7 @@ from torch import nn
 from core import catalog, losses
 from core.data import Dataset
 from core.data.augment import augment
-from core.evaluate import evaluate
+from core.evaluate import USES_TRAIN, evaluate
 from core.models import Encoder, TrainingNet, build_net
 from core.spec import JobSpec
 
@@ -232,9 +232,11 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         names = self.spec.eval.metrics or catalog.DEFAULT_METRICS.get(self.data.task or "", ["uniformity"])
-        train_emb = embed(self.net.encoder, self.data.x_train, self.device)
+        train = None
+        if USES_TRAIN & set(names):
+            train = (embed(self.net.encoder, self.data.x_train, self.device), self.data.y_train)
         test_emb = embed(self.net.encoder, self.data.x_test, self.device)
-        return evaluate(names, train=(train_emb, self.data.y_train), test=(test_emb, self.data.y_test),
+        return evaluate(names, train=train, test=(test_emb, self.data.y_test),
                         recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
                         knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
 

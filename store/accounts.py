@@ -101,3 +101,24 @@ def revoke_api_key(session: Session, owner_id: int, key_id: int) -> bool:
         .execution_options(synchronize_session="fetch")
     )
     return affected_rows(result) == 1
+
+
+def ensure_admin_key(session: Session, plain: str, *, name: str = "admin") -> Owner:
+    """Make `plain` a working admin key (the operator's EMBEDMIX_ADMIN_KEY, or `embedmix up`'s saved one).
+
+    Idempotent: a restart with the same key finds it and changes nothing; a key that
+    was revoked stays revoked (the operator must choose a new one).
+    """
+    if not plain.startswith(KEY_PREFIX) or len(plain) < 24:
+        raise ValueError(f"an admin key must start with {KEY_PREFIX!r} and be at least 24 characters")
+    existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plain))).first()
+    if existing is not None:
+        owner = session.get(Owner, existing.owner_id)
+        if existing.revoked_at is not None or owner is None or not owner.is_admin:
+            raise ValueError("that admin key was revoked or belongs to a non-admin owner; choose a new one")
+        return owner
+    owner = session.scalars(select(Owner).where(Owner.is_admin.is_(True)).order_by(Owner.id)).first()
+    owner = owner or create_owner(session, name, is_admin=True)
+    session.add(ApiKey(owner_id=owner.id, prefix=plain[:DISPLAY_PREFIX_LENGTH], key_hash=hash_key(plain)))
+    session.flush()
+    return owner

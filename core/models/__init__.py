@@ -15,8 +15,10 @@ _BUILDERS = {"mlp": mlp, "conv1d": conv1d, "conv2d": conv2d, "resnet18": resnet1
 
 
 def build_encoder(spec: ModelSpec, input_shape: tuple[int, ...], preprocess: Standardize) -> Encoder:
-    params = {**catalog.ENCODERS[spec.encoder].defaults(), **spec.params}
-    blocks, embed = _BUILDERS[spec.encoder](tuple(input_shape), spec.width, spec.embedding_dim, dropout=spec.dropout, **params)
+    entry = catalog.ENCODERS[spec.encoder]
+    params = {**entry.defaults(), **spec.params}
+    width = spec.width or entry.extra["default_width"]
+    blocks, embed = _BUILDERS[spec.encoder](tuple(input_shape), width, spec.embedding_dim, dropout=spec.dropout, **params)
     return Encoder(preprocess, blocks, embed, spec.embedding_dim)
 
 

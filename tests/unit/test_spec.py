@@ -70,7 +70,7 @@ def test_design_example_as_json_text_and_bytes():
 def test_defaults_are_filled():
     spec = validate_spec(DESIGN_EXAMPLE)
     # fields the example leaves out take their documented defaults
-    assert spec.model.width == 128 and spec.model.projection_dim is None and spec.model.dropout == 0.0
+    assert spec.model.width is None and spec.model.projection_dim is None and spec.model.dropout == 0.0
     assert spec.objective.params == {} and spec.objective.views is None
     assert spec.train.weight_decay == 1e-4 and spec.train.optimizer == "adamw" and spec.train.schedule == "cosine"
     assert spec.train.max_attempts == 3 and spec.train.device == "auto"

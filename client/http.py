@@ -1,0 +1,152 @@
+"""EmbedmixClient: one method per v1 call, errors raised as ApiError with the server's code and field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ApiError(Exception):
+    """A 4xx/5xx answer; `param` names the offending field when the server says which."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        self.status, self.code, self.message, self.param = status, code, message, param
+        where = f" ({param})" if param else ""
+        super().__init__(f"{status} {code}: {message}{where}")
+
+
+class EmbedmixClient:
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0):
+        self.url = (url or os.environ.get("EMBEDMIX_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = api_key or os.environ.get("EMBEDMIX_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> EmbedmixClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            err = resp.json()["error"]
+            raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", ""), err.get("param"))
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(resp.status_code, "http_error", resp.text[:500]) from None
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.http.request(method, path, **kwargs)
+        self._raise_for(resp)
+        return resp.json() if resp.content else None
+
+    # -- jobs --------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def jobs(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> dict[str, Any]:
+        params = {"limit": limit, **({"after": after} if after is not None else {})}
+        return self._call("GET", f"/v1/jobs/{job_id}/events", params=params)
+
+    def metrics(self, job_id: str, *, name: str | None = None, since_step: int | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"name": name, "since_step": since_step}.items() if v is not None}
+        return self._call("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+
+    def stream(self, job_id: str) -> Iterator[tuple[str, Any]]:
+        """Server-Sent Events of a job as (event, data) until the server closes the stream."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/stream", timeout=None) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._raise_for(resp)
+            event, data = "message", []
+            for line in resp.iter_lines():
+                if line == "":
+                    if data:
+                        text = "\n".join(data)
+                        try:
+                            yield event, json.loads(text)
+                        except ValueError:
+                            yield event, text
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
+
+    def card(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/model/card")
+
+    def download(self, job_id: str, fmt: str, dest: str | Path) -> Path:
+        """Stream the model to `dest` and check its sha256 against the ETag before keeping it."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/model", params={"format": fmt}) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._raise_for(resp)
+            etag = resp.headers.get("etag", "").strip('"')
+            with open(tmp, "wb") as f:
+                for chunk in resp.iter_bytes():
+                    digest.update(chunk)
+                    f.write(chunk)
+        if etag and digest.hexdigest() != etag:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(502, "checksum_mismatch", f"downloaded bytes have sha256 {digest.hexdigest()}, server said {etag}")
+        tmp.replace(dest)
+        return dest
+
+    def embed(self, job_id: str, inputs: list[Any]) -> list[list[float]]:
+        return self._call("POST", f"/v1/jobs/{job_id}/embed", json={"inputs": inputs})["embeddings"]
+
+    # -- datasets, catalog, keys -------------------------------------------------
+    def upload_dataset(self, path: str | Path, *, label_column: str | None = None) -> dict[str, Any]:
+        path = Path(path)
+        data = {"label_column": label_column} if label_column else {}
+        with open(path, "rb") as f:
+            return self._call("POST", "/v1/datasets", files={"file": (path.name, f)}, data=data, timeout=None)
+
+    def datasets(self, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self._call("GET", "/v1/datasets", params=params)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._call("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def catalog(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/catalog")
+
+    def create_key(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/v1/keys", json={"name": name, "admin": admin})
+
+    def revoke_key(self, key_id: int | str) -> None:
+        self._call("DELETE", f"/v1/keys/{key_id}")

@@ -1,0 +1,97 @@
+"""The `embedmix` command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EMBEDMIX = [sys.executable, "-m", "cli.main"]
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*EMBEDMIX, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def write_spec(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+SMALL = {
+    "name": "cli-small",
+    "dataset": {"name": "mnist1d", "size": 400},
+    "model": {"encoder": "conv1d", "embedding_dim": 16, "width": 16},
+    "objective": {"loss": "multi_similarity"},
+    "train": {"epochs": 2, "batch_size": 64},
+    "eval": {"metrics": ["precision_at_1", "map_at_r"]},
+    "export": {"formats": ["safetensors", "onnx", "torchscript"]},
+}
+
+
+def test_schema_and_catalog_print_json():
+    schema = json.loads(run("schema").stdout)
+    assert "dataset" in schema["properties"]
+    catalog = json.loads(run("catalog", "--json").stdout)
+    assert {e["name"] for e in catalog["losses"]} >= {"supcon", "multi_similarity", "ntxent"}
+    assert "metrix" in run("catalog").stdout
+
+
+def test_validate_names_the_bad_field(tmp_path):
+    bad = {**SMALL, "train": {"epochs": 0}, "objective": {"loss": "nope"}}
+    proc = run("validate", str(write_spec(tmp_path, bad)))
+    assert proc.returncode == 2
+    assert "train.epochs" in proc.stderr
+    good = run("validate", str(write_spec(tmp_path, SMALL)))
+    assert good.returncode == 0 and json.loads(good.stdout)["train"]["lr"] == 0.001
+
+
+def test_mixup_is_refused_before_training(tmp_path):
+    proc = run("train", str(ROOT / "examples/mnist1d-ms-metrix.json"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "mixup.method" in proc.stderr
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_train_writes_model_card_metrics_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    proc = run("train", str(write_spec(tmp_path, SMALL)), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model.safetensors", "model.onnx", "model.torchscript.pt", "card.json", "metrics.jsonl", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    card = json.loads((out / "card.json").read_text())
+    assert set(card["metrics"]) == {"precision_at_1", "map_at_r"}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/loss", "eval/precision_at_1"} <= {line["name"] for line in lines}
+    assert "precision_at_1" in proc.stdout and str(out / "model.onnx") in proc.stdout
+    again = run("train", str(write_spec(tmp_path, SMALL)), "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr  # already finished: resumes at the last step and re-exports
+
+
+def test_bad_data_file_fails_before_training(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    x[3, 2] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(50) % 5)
+    spec = {**SMALL, "dataset": {"path": str(tmp_path / "d.npz")}, "model": {"encoder": "mlp"}}
+    proc = run("train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "NaN" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quality_mnist1d_conv1d_supcon(tmp_path):
+    """The engine's quality bar: supcon + conv1d on MNIST-1D, random 80/20 split, within 30 epochs."""
+    spec = json.loads((ROOT / "examples/mnist1d-supcon.json").read_text())
+    assert spec["train"]["epochs"] <= 30
+    proc = run("train", str(ROOT / "examples/mnist1d-supcon.json"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "card.json").read_text())["metrics"]
+    assert metrics["precision_at_1"] >= 0.93
+    assert metrics["map_at_r"] >= 0.80
