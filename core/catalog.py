@@ -148,43 +148,83 @@ LOSSES: dict[str, Entry] = {
         Entry("barlow_twins", "loss", "Redundancy reduction between two views' standardised embeddings.",
               (_f("lambda_offdiag", 0.0051, 0.0, 10.0),),
               labels="none", views=2, paper="Zbontar et al., Barlow Twins (2021)", source="facebookresearch/barlowtwins"),
+        Entry("cross_entropy", "loss", "Linear classification head on the embedding, softmax cross-entropy (the base of classification mixing runs).",
+              labels="class", needs_num_classes=True),
+        Entry("mse", "loss", "Linear regression head on the embedding, mean squared error on standardised targets.",
+              labels="target"),
         Entry("decoupled_softmax", "loss", "DEXML's decoupled softmax: other positives leave each positive's denominator.",
               (_f("temperature", 0.05, 0.001, 10.0),),
               labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py"),
     ]
 }
 
-_SEED = "../shared/seeds/papers.txt"
+_PAIR_LOSSES = ["contrastive", "triplet", "multi_similarity", "supcon", "ntxent", "decoupled_softmax"]
+_CLASS_LOSSES = ["proxy_anchor", "normalized_softmax", "arcface", "cross_entropy"]
+_b = lambda name, default, help="": Param(name, "bool", default, None, None, None, help)  # noqa: E731
 
+# `spec.mixup.alpha`, `.level` and `.weight` are common to all methods; `params` below are each
+# method's own. extra["losses"] lists the objective losses a method can be combined with and
+# extra["levels"] the levels it can mix at (the first is the default).
 MIXUPS: dict[str, Entry] = {
     e.name: e
     for e in [
-        Entry("input", "mixup", "Mix inputs and labels with lambda ~ Beta(alpha, alpha).", implemented=False,
-              paper="Zhang et al., mixup (2018)"),
-        Entry("manifold", "mixup", "Mix the hidden state after a chosen or random block.", implemented=False,
-              paper="Verma et al., Manifold Mixup (2019)"),
-        Entry("embedding", "mixup", "Mix final embeddings and labels.", implemented=False),
-        Entry("cutmix", "mixup", "Paste a box from the partner image; lambda from the pasted area.", implemented=False,
-              paper="Yun et al., CutMix (2019)"),
-        Entry("metrix", "mixup", "Metric Mix: mixed pairs weight the positive term by lambda and the negative by 1 - lambda.",
-              labels="class", min_per_class=2, implemented=False,
-              paper="Venkataramanan et al., It Takes Two to Tango: Mixup for Deep Metric Learning (ICLR 2022)", source="billpsomas/metrix"),
-        Entry("supremix", "mixup", "Mix-neg and mix-pos pairs for supervised contrastive regression.", labels="target", views=2,
-              implemented=False, paper="Wu et al., Mixup Your Own Pairs (2023)"),
-        Entry("decoupled_mixup", "mixup", "Mixup cross-entropy plus a decoupled regulariser.", labels="class",
-              implemented=False, paper="Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
-              source="Westlake-AI/openmixup"),
-        Entry("mochi", "mixup", "Hard negative mixing over a MoCo queue.", labels="none", views=2, implemented=False,
-              paper="Kalantidis et al., Hard Negative Mixing for Contrastive Learning (NeurIPS 2020)"),
-        Entry("c_mixup", "mixup", "Partners drawn by a Gaussian kernel on regression targets.", labels="target",
-              implemented=False, paper="Yao et al., C-Mixup (NeurIPS 2022)", source="huaxiuyao/C-Mixup"),
-        Entry("rankmixup", "mixup", "Calibration by ranking raw over mixed confidences (MRL, M-NDCG).", labels="class",
-              implemented=False, paper="Noh et al., RankMixup (ICCV 2023)", source="cvlab-yonsei/RankMixup"),
-        Entry("mixed_barlow_twins", "mixup", "Mixup regulariser for Barlow Twins.", labels="none", views=2,
-              implemented=False, paper="Bandara et al., Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)",
-              source="wgcban/mix-bt"),
-        Entry("mixoe", "mixup", "Mix in-distribution inputs with outliers for OOD detection.", labels="class",
-              implemented=False, paper="Zhang et al., Mixture Outlier Exposure (WACV 2023)", source="zjysteven/MixOE"),
+        Entry("input", "mixup", "Mix inputs and labels with lambda ~ Beta(alpha, alpha); mixed labels become soft pair weights.",
+              (_s("partner", "permutation", ("permutation", "flip"), "random permutation or the flipped batch (timm)"),
+               _b("per_sample", False, "one lambda per sample instead of per batch")),
+              labels="class", paper="Zhang et al., mixup (2018)",
+              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["input"]}),
+        Entry("manifold", "mixup", "Mix the hidden state after a chosen or random block, and the labels.",
+              (_i("block", -1, -1, 64, "block index; -1 draws one per step"),
+               _s("partner", "permutation", ("permutation", "flip")), _b("per_sample", False)),
+              labels="class", paper="Verma et al., Manifold Mixup (2019)",
+              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["manifold"]}),
+        Entry("embedding", "mixup", "Mix the final embeddings and the labels.",
+              (_s("partner", "permutation", ("permutation", "flip")), _b("per_sample", False)),
+              labels="class", extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["embedding"]}),
+        Entry("cutmix", "mixup", "Paste a box of side sqrt(1 - lambda) from the partner image; lambda from the pasted area.",
+              (_s("partner", "permutation", ("permutation", "flip")),),
+              labels="class", paper="Yun et al., CutMix (2019)",
+              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["input"], "input_rank": [3]}),
+        Entry("metrix", "mixup", "Metric Mix: mix a positive with a negative of an anchor; the mixed pair weights the positive term by lambda, the negative by 1 - lambda. Total = clean + weight * mixed.",
+              (_s("mix", "pos_neg", ("pos_neg", "anchor_neg"), "mix a positive with a negative, or the anchor itself with a negative"),),
+              labels="class", min_per_class=2,
+              paper="Venkataramanan et al., It Takes Two to Tango: Mixup for Deep Metric Learning (ICLR 2022)", source="billpsomas/metrix",
+              extra={"losses": ["contrastive", "multi_similarity", "proxy_anchor"], "levels": ["feature", "input", "embedding"],
+                     "defaults": {"alpha": 2.0, "weight": 0.4}}),
+        Entry("supremix", "mixup", "Supervised contrastive regression with mix-neg (anchor-inclusive) and mix-pos (anchor-exclusive) pairs and a distance-magnified denominator.",
+              (_f("neg_beta_a", 2.0, 0.01, 100.0), _f("neg_beta_b", 8.0, 0.01, 100.0), _i("window", 5, 1, 1000),
+               _f("temperature", 0.3, 0.001, 10.0)),
+              labels="target", views=2, paper="Wu et al., Mixup Your Own Pairs (2023)",
+              extra={"losses": ["supcon"], "levels": ["embedding"]}),
+        Entry("decoupled_mixup", "mixup", "Mixup soft cross-entropy plus the decoupled regulariser (each mixed class's CE with the other removed).",
+              (_f("eta", 0.1, 0.0, 10.0), _s("mode", "both", ("both", "more", "less"))),
+              labels="class", paper="Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
+              source="Westlake-AI/openmixup", extra={"losses": ["cross_entropy"], "levels": ["input", "manifold"]}),
+        Entry("moco", "mixup", "MoCo v2: a momentum encoder and a queue of negatives, no mixing (MoCHi's baseline).",
+              (_i("queue_size", 4096, 16, 1_000_000), _f("momentum", 0.999, 0.0, 1.0)),
+              labels="none", views=2, paper="He et al., Momentum Contrast (2020); Chen et al., MoCo v2 (2020)",
+              extra={"losses": ["ntxent"], "levels": ["embedding"]}),
+        Entry("mochi", "mixup", "MoCHi: per query, mix the N hardest queue negatives (s of them) and the query with negatives (s'); synthetic negatives are detached.",
+              (_i("queue_size", 4096, 16, 1_000_000), _f("momentum", 0.999, 0.0, 1.0), _i("n_hard", 64, 2, 65536),
+               _i("s", 32, 0, 65536), _i("s_prime", 16, 0, 65536)),
+              labels="none", views=2, paper="Kalantidis et al., Hard Negative Mixing for Contrastive Learning (NeurIPS 2020)",
+              extra={"losses": ["ntxent"], "levels": ["embedding"]}),
+        Entry("c_mixup", "mixup", "C-Mixup: partner j of i drawn with P(j|i) ~ exp(-|y_i - y_j|^2 / (2 sigma^2)); MSE on the mixed target.",
+              (_f("sigma", 1.0, 1e-6, 1e6, "kernel bandwidth in target units"),),
+              labels="target", paper="Yao et al., C-Mixup (NeurIPS 2022)", source="huaxiuyao/C-Mixup",
+              extra={"losses": ["mse"], "levels": ["input", "manifold"], "defaults": {"alpha": 2.0}}),
+        Entry("rankmixup", "mixup", "RankMixup: raw samples must be more confident than mixed ones (MRL) or ranked by NDCG (M-NDCG).",
+              (_s("mode", "mrl", ("mrl", "mndcg")), _f("margin", 2.0, 0.0, 100.0), _i("n_mixed", 3, 1, 16)),
+              labels="class", paper="Noh et al., RankMixup (ICCV 2023)", source="cvlab-yonsei/RankMixup",
+              extra={"losses": ["cross_entropy"], "levels": ["input"], "defaults": {"weight": 0.1}}),
+        Entry("mixed_barlow_twins", "mixup", "Mixed Barlow Twins: the cross-correlation of a mixed view must interpolate the views' (l_reg * l_BT * ||C(M,.) - lambda C(A,.) - (1-lambda) C(B',.)||^2).",
+              (_f("l_reg", 4.0, 0.0, 1000.0),),
+              labels="none", views=2, paper="Bandara et al., Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)",
+              source="wgcban/mix-bt", extra={"losses": ["barlow_twins"], "levels": ["input"]}),
+        Entry("mixoe", "mixup", "Mixture Outlier Exposure: mix inputs with outliers; target lambda onehot + (1 - lambda) uniform.",
+              (_s("mix", "mixup", ("mixup", "cutmix")), _s("outliers", "noise", ("noise", "shuffled"), "how outliers are made from the data"),),
+              labels="class", paper="Zhang et al., Mixture Outlier Exposure (WACV 2023)", source="zjysteven/MixOE",
+              extra={"losses": ["cross_entropy"], "levels": ["input"], "defaults": {"weight": 5.0}}),
     ]
 }
 
@@ -206,6 +246,16 @@ METRICS: dict[str, Entry] = {
         Entry("rmse", "metric", "Root mean squared error of a linear probe.", labels="target", task="regression"),
         Entry("r2", "metric", "Coefficient of determination of a linear probe.", labels="target", task="regression"),
         Entry("spearman", "metric", "Spearman rank correlation of linear-probe predictions and targets.", labels="target", task="regression"),
+        Entry("accuracy", "metric", "Test accuracy of the jointly trained classification head (classification runs).", labels="class",
+              task="classification", extra={"from_methods": ["decoupled_mixup", "rankmixup", "mixoe"]}),
+        Entry("ece", "metric", "Expected calibration error of the head, 15 bins.", labels="class", task="classification",
+              extra={"from_methods": ["rankmixup", "decoupled_mixup", "mixoe"]}),
+        Entry("auroc", "metric", "Out-of-distribution AUROC of max-softmax scores (in-distribution vs outliers).", labels="class",
+              task="classification", extra={"from_methods": ["mixoe"]}),
+        Entry("tnr_at_95_tpr", "metric", "True negative rate on outliers at 95% true positive rate.", labels="class",
+              task="classification", extra={"from_methods": ["mixoe"]}),
+        Entry("utilization", "metric", "Metrix utilization: mean distance from test embeddings to the nearest training (clean or mixed) embedding.",
+              labels="class", task="classification", extra={"from_methods": ["metrix"]}),
     ]
 }
 
@@ -219,6 +269,16 @@ SECTIONS: dict[str, dict[str, Entry]] = {
 }
 
 
+def mixup_implemented(name: str) -> bool:
+    """Whether this engine build implements a mixing method (the registry, not the catalog, decides)."""
+    from core.mixup import METHODS  # imported here: core.mixup imports the spec, which imports this module
+
+    return name in METHODS
+
+
 def catalog_json() -> dict[str, list[dict[str, Any]]]:
     """The whole catalog as plain JSON, for the CLI and `GET /v1/catalog`."""
-    return {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}
+    out = {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}
+    for entry in out["mixups"]:
+        entry["implemented"] = mixup_implemented(entry["name"])
+    return out

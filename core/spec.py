@@ -220,12 +220,47 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors += compatibility_errors(spec, task=ds.task, input_rank=len(ds.extra["input_shape"]))
     if loss.labels == "none" and spec.views() != 2:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
-    if spec.mixup is not None and catalog.MIXUPS[spec.mixup.method].views == 2 and spec.views() != 2:
-        errors.append({"field": "mixup.method", "message": f"{spec.mixup.method!r} works on two views of each sample; use objective.views = 2"})
+    if spec.mixup is not None:
+        errors += _mixup_errors(spec)
+    errors += _method_metric_errors(spec)
     if spec.train.batch_size < 2 * loss.min_per_class:
         errors.append({"field": "train.batch_size",
                        "message": f"{loss.name!r} needs at least {loss.min_per_class} samples per class in a batch; batch_size must be >= {2 * loss.min_per_class}"})
     return errors
+
+
+def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """The mixing method's own parameters, and whether it can mix at this level with this loss."""
+    mix = catalog.MIXUPS[spec.mixup.method]
+    errors = _check_params("mixup.params", spec.mixup.params, mix)
+    losses = mix.extra.get("losses", [])
+    if spec.objective.loss not in losses:
+        errors.append({"field": "mixup.method",
+                       "message": f"{mix.name!r} cannot be combined with objective.loss {spec.objective.loss!r}; it works with {losses}"})
+    levels = mix.extra.get("levels", [])
+    if spec.mixup.level is not None and spec.mixup.level not in levels:
+        errors.append({"field": "mixup.level", "message": f"{mix.name!r} mixes at {levels}, not {spec.mixup.level!r}"})
+    if mix.views == 2 and spec.views() != 2:
+        errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
+    return errors
+
+
+def _method_metric_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Metrics that only a mixing method can compute (it owns the classifier head or the mixed points)."""
+    method = spec.mixup.method if spec.mixup is not None else None
+    errors = []
+    for m in spec.eval.metrics or []:
+        owners = catalog.METRICS[m].extra.get("from_methods")
+        if owners and method not in owners:
+            errors.append({"field": "eval.metrics", "message": f"{m!r} is computed by the mixing methods {owners}; set mixup.method to one of them"})
+    return errors
+
+
+def label_need(spec: JobSpec) -> str:
+    """The labels the run needs: a mixing method that works on regression targets overrides its loss's need."""
+    if spec.mixup is not None and catalog.MIXUPS[spec.mixup.method].labels == "target":
+        return "target"
+    return catalog.LOSSES[spec.objective.loss].labels
 
 
 def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) -> list[dict[str, str]]:
@@ -236,7 +271,11 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
     """
     errors = []
     loss = catalog.LOSSES[spec.objective.loss]
-    if loss.labels == "class" and task != "classification":
+    need = label_need(spec)
+    if need == "target" and task != "regression":
+        errors.append({"field": "objective.loss" if spec.mixup is None else "mixup.method",
+                       "message": f"the run needs regression targets, but the dataset has {task or 'no labels'}"})
+    if need == "class" and task != "classification":
         what = "regression targets" if task == "regression" else "no labels"
         errors.append({"field": "objective.loss",
                        "message": f"{loss.name!r} needs class labels, but the dataset has {what}"})

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core import catalog, losses
+from core import catalog, losses, mixup
 from core.data import Dataset
 from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
+from core.mixup import Batch
 from core.models import Encoder, TrainingNet, build_net
 from core.spec import JobSpec
 
@@ -89,8 +90,7 @@ class TrainResult:
 def check_runnable(spec: JobSpec) -> None:
     """Refuse, never ignore, what this engine does not implement yet."""
     if spec.mixup is not None:
-        entry = catalog.MIXUPS[spec.mixup.method]
-        if not entry.implemented:
+        if spec.mixup.method not in mixup.METHODS:
             raise UnsupportedSpec(f"mixup.method: {spec.mixup.method!r} is in the catalog but not implemented by this engine yet; "
                                   "remove the mixup block to train without mixing")
 
@@ -157,7 +157,11 @@ class Trainer:
         self.batch = min(spec.train.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch)
         self.total_steps = spec.train.epochs * self.steps_per_epoch
+        self.method = mixup.build(spec, self.loss, num_classes=data.num_classes, embedding_dim=out_dim)
+        if self.method is not None:
+            self.method.to(self.device)
         params = list(self.net.parameters()) + list(self.loss.parameters())
+        params += list(self.method.parameters()) if self.method is not None else []
         self.opt = _optimizer(spec, params, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
         self.step = 0
@@ -173,6 +177,7 @@ class Trainer:
             "step": self.step,
             "net": self.net.state_dict(),
             "loss": self.loss.state_dict(),
+            "method": self.method.state_dict() if self.method is not None else {},
             "optimizer": self.opt.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_gen": self.gen.get_state(),
@@ -189,6 +194,8 @@ class Trainer:
             raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
         self.net.load_state_dict(state["net"])
         self.loss.load_state_dict(state["loss"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
         self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         self.gen.set_state(state["rng_gen"].cpu() if self.device.type == "cpu" else state["rng_gen"])
@@ -200,13 +207,17 @@ class Trainer:
         self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
 
     # -- the loop ----------------------------------------------------------------
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.spec.augment, self.gen) if self.augment else x
+
     def _batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.net.encoder.preprocess(self.x[idx])
         y = self.y[idx] if self.y is not None else None
-        if self.views == 1:
-            xs = [augment(x, self.spec.augment, self.gen) if self.augment else x]
-        else:
-            xs = [augment(x, self.spec.augment, self.gen) if self.augment else x for _ in range(2)]
+        if self.method is not None:
+            batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
+            with self.autocast:
+                return self.method.batch_loss(self.net, batch).float()
+        xs = [self._view(x) for _ in range(self.views)]
         with self.autocast:
             zs = [self.net(v).float() for v in xs]
         if not self.use_labels:
@@ -227,6 +238,8 @@ class Trainer:
         if self.spec.train.grad_clip:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.spec.train.grad_clip)
         self.opt.step()
+        if self.method is not None:
+            self.method.after_step(self.net)
         self.step += 1
         return loss.detach().item()
 
@@ -236,9 +249,12 @@ class Trainer:
         if USES_TRAIN & set(names):
             train = (embed(self.net.encoder, self.data.x_train, self.device), self.data.y_train)
         test_emb = embed(self.net.encoder, self.data.x_test, self.device)
-        return evaluate(names, train=train, test=(test_emb, self.data.y_test),
-                        recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
-                        knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
+        values = evaluate(names, train=train, test=(test_emb, self.data.y_test),
+                          recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
+                          knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
+        if self.method is not None:
+            values |= self.method.extra_metrics(self.net.encoder, self.data, self.device)
+        return values
 
     def _report_eval(self, epoch: int) -> dict[str, float]:
         values = self.evaluate()

@@ -303,7 +303,9 @@ def test_every_default_lies_within_its_own_range(section):
 def test_every_loss_default_validates_as_explicit_params():
     """Writing each loss's defaults out explicitly must be accepted by the validator."""
     for name, entry in catalog.LOSSES.items():
-        data = {"dataset": {"name": "mnist1d"}, "objective": {"loss": name, "params": entry.defaults()}}
+        dataset = "diabetes" if entry.labels == "target" else "mnist1d"
+        views = {"views": 2} if entry.labels == "none" else {}
+        data = {"dataset": {"name": dataset}, "objective": {"loss": name, "params": entry.defaults(), **views}}
         spec = validate_spec(data)
         assert spec.loss_params() == entry.defaults()
 

@@ -109,8 +109,11 @@ def test_stop_keeps_a_checkpoint_and_reports_stopped():
     assert rec.checkpoints[-1][0] == 3
 
 
-def test_unimplemented_mixup_is_refused_not_ignored():
-    spec = _spec(mixup={"method": "metrix", "alpha": 2.0})
+def test_unimplemented_mixup_is_refused_not_ignored(monkeypatch):
+    from core import mixup
+
+    monkeypatch.delitem(mixup.METHODS, "metrix", raising=False)
+    spec = _spec(mixup={"method": "metrix", "alpha": 2.0}, objective={"loss": "multi_similarity"})
     with pytest.raises(UnsupportedSpec, match="mixup.method"):
         Trainer(spec, load_dataset(spec))
 
