@@ -157,6 +157,8 @@ class Trainer:
         self.batch = min(spec.train.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch)
         self.total_steps = spec.train.epochs * self.steps_per_epoch
+        if hasattr(self.loss, "fit_targets"):
+            self.loss.fit_targets(data.y_train)
         self.method = mixup.build(spec, self.loss, num_classes=data.num_classes, embedding_dim=out_dim)
         if self.method is not None:
             self.method.to(self.device)
