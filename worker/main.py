@@ -1,0 +1,71 @@
+"""Starting the service's background processes: a training worker, or the reaper alone.
+
+One worker process per device: the default pool is ``solo`` (the job runs in
+the worker's main thread, which also lets a warm shutdown hand the job back
+with a checkpoint). Torch sees only the devices in CUDA_VISIBLE_DEVICES, so
+pinning a worker to a GPU is done in its environment, not here.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Literal
+
+from celery.utils.nodenames import default_nodename, host_format
+
+from store.settings import TRAIN_QUEUE, Settings
+from worker.celery_app import create_app
+from worker.reaper import run_reaper
+
+Pool = Literal["solo", "threads", "prefork"]
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    pool: Pool | None = None,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
+    reaper: bool = True,
+) -> int:
+    """Run a Celery worker on the train queue until it is stopped; returns its exit code.
+
+    ``pool`` defaults to ``solo`` for one job at a time and ``prefork`` (one
+    process per job) above that. Only ``solo`` and ``threads`` hand running
+    jobs back on a warm shutdown; a ``prefork`` worker waits for its children.
+    ``reaper`` runs the reaper in this process too (the default: every worker
+    helps, so no extra service is needed). ``hostname`` is a Celery node name;
+    ``%h`` stands for this machine's host name.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    pool = pool or ("solo" if concurrency == 1 else "prefork")
+    if pool == "solo" and concurrency != 1:
+        raise ValueError("the solo pool runs one job at a time; use threads or prefork for concurrency > 1")
+    app = create_app(settings)
+    worker = app.Worker(
+        hostname=host_format(default_nodename(hostname or "embedmix@%h")),
+        pool_cls=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        queues=[TRAIN_QUEUE],
+        # Gossip, mingle and event heartbeats serve monitoring tools only, and
+        # mingle alone adds seconds to every start.
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        optimization="fair",
+        embedmix_reaper=reaper,
+    )
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+def serve_reaper(settings: Settings) -> None:
+    """Run the reaper alone until SIGTERM or SIGINT (for deployments that want it as its own service)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_reaper(settings, stop)

@@ -1,0 +1,191 @@
+"""The reaper: gives jobs whose worker vanished, or whose message vanished, another chance.
+
+Two ways a job gets stuck, two remedies:
+
+* Its worker died (lease expired). ``store.reap_expired`` settles it with one
+  guarded UPDATE (queued while attempts are left, else failed; a cancelling
+  job becomes cancelled) and the reaper sends a fresh message for a re-queued
+  job; the next attempt resumes from the newest checkpoint.
+* Its message was lost (Redis restarted without persistence, the API died
+  between commit and publish): the job sits queued, unleased, with nothing in
+  the broker. The broker cannot be asked cheaply whether a message exists, so
+  the reaper re-sends one once the job has waited ``lost_after_s`` since its
+  last message, then waits twice as long before the next, and so on (capped at
+  ``MAX_RESEND_INTERVAL_S``). A re-sent message that was not lost after all is
+  harmless: its delivery finds the job leased or finished and exits. The
+  doubling keeps a long, legitimately busy queue from filling with copies.
+
+Every message the reaper (or a worker handing a job back) sends is recorded as
+an ``enqueued`` event whose dedup key counts the sends, so when several
+reapers run (every worker runs one) exactly one of them wins each re-send.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.events import NewEvent, add_events
+from store.jobs import expired_leases, get_job_unscoped, reap_expired
+from store.models import Event, Job, utcnow
+from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings
+from worker.context import session_factory_for
+from worker.events import ENQUEUED, status_event
+
+log = logging.getLogger("embedmix.reaper")
+
+LOST_AFTER_S = 120.0
+MAX_RESEND_INTERVAL_S = 6 * 3600.0
+
+
+class TaskSender(Protocol):
+    """The one thing the reaper needs from a Celery app."""
+
+    def send_task(self, name: str, args: list[str] | None = None, **options: object) -> object: ...
+
+
+def reap_once(
+    session_factory: sessionmaker[Session],
+    celery_app: TaskSender,
+    *,
+    lost_after_s: float = LOST_AFTER_S,
+    now: datetime | None = None,
+) -> list[str]:
+    """One pass: settle expired leases and re-send lost messages; returns the ids of the jobs re-enqueued.
+
+    A job re-queued in this pass has just had its send recorded, so the
+    lost-message check that follows does not send it a second time.
+    """
+    now = now or utcnow()
+    requeued = _reap_expired_leases(session_factory, now)
+    requeued += _resend_lost_messages(session_factory, now, lost_after_s)
+    return [job_id for job_id in requeued if _send(celery_app, job_id)]
+
+
+def _send(celery_app: TaskSender, job_id: str) -> bool:
+    """Publish the job's message; a failure is logged and left to a later pass (the job looks lost then)."""
+    try:
+        celery_app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+    except Exception:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
+        log.exception("job %s: could not re-enqueue; a later pass will retry", job_id)
+        return False
+    log.info("job %s: re-enqueued", job_id)
+    return True
+
+
+def _reap_expired_leases(session_factory: sessionmaker[Session], now: datetime) -> list[str]:
+    """Settle each job whose lease expired, each in its own transaction; returns those back in the queue."""
+    with session_factory() as session:
+        candidates = expired_leases(session, now)
+    requeued = []
+    for job_id in candidates:
+        with session_factory() as session:
+            status = reap_expired(session, job_id, now=now)
+            if status is None:
+                continue  # a heartbeat or another reaper got there first
+            job = get_job_unscoped(session, job_id)
+            assert job is not None
+            events = [_reaped_event(job, status)]
+            if status == "queued":
+                events.append(_enqueued_event(session, job_id, "lease_expired", now))
+                requeued.append(job_id)
+            add_events(session, job_id, events)
+            session.commit()
+        log.warning("job %s: lease expired; now %s", job_id, status)
+    return requeued
+
+
+def _reaped_event(job: Job, status: str) -> NewEvent:
+    """The status event for a job whose worker stopped responding."""
+    messages = {
+        "queued": f"the worker stopped responding; re-queued after attempt {job.attempts} of {job.max_attempts}",
+        "failed": f"the worker stopped responding and all {job.max_attempts} attempts are used",
+        "cancelled": "cancelled (the worker stopped responding while cancelling)",
+    }
+    return status_event(
+        job.id, status, messages[status], key=f"{job.attempts}:reaped", reason="lease_expired", attempt=job.attempts
+    )
+
+
+def _resend_lost_messages(session_factory: sessionmaker[Session], now: datetime, lost_after_s: float) -> list[str]:
+    """Queued, unleased jobs that have waited past their resend interval; each claims its re-send by event."""
+    resent = []
+    with session_factory() as session:
+        waiting = _waiting_jobs(session, now - timedelta(seconds=lost_after_s))
+    for job_id, created_at in waiting:
+        with session_factory() as session:
+            sends, last_sent = _sends(session, job_id)
+            interval = min(lost_after_s * 2**sends, MAX_RESEND_INTERVAL_S)
+            if now - max(created_at, last_sent or created_at) < timedelta(seconds=interval):
+                continue
+            if add_events(session, job_id, [_enqueued_event(session, job_id, "lost_message", now)]):
+                resent.append(job_id)
+            session.commit()
+    return resent
+
+
+def _waiting_jobs(session: Session, created_before: datetime) -> list[tuple[str, datetime]]:
+    """Queued jobs nobody holds, old enough that their first message should long have been taken."""
+    query = select(Job.id, Job.created_at).where(
+        Job.status == "queued", Job.lease_owner.is_(None), Job.created_at <= created_before
+    )
+    return [(job_id, created_at) for job_id, created_at in session.execute(query)]
+
+
+def _sends(session: Session, job_id: str) -> tuple[int, datetime | None]:
+    """How many times a message was re-sent for the job, and when the last one went."""
+    query = select(func.count(), func.max(Event.time)).where(Event.job_id == job_id, Event.type == ENQUEUED)
+    count, last = session.execute(query).one()
+    return count, last
+
+
+def _enqueued_event(session: Session, job_id: str, reason: str, now: datetime) -> NewEvent:
+    """The record of one re-send, stamped with the pass's clock (the backoff is measured from it).
+
+    Its key is the send's ordinal, so reapers racing to re-send collide on it and one wins.
+    """
+    sends, _ = _sends(session, job_id)
+    messages = {
+        "lease_expired": "message re-sent after the worker stopped responding",
+        "lost_message": "message re-sent: no worker took the job (its message may have been lost)",
+    }
+    return NewEvent(
+        type=ENQUEUED,
+        message=messages[reason],
+        data={"reason": reason},
+        dedup_key=f"{job_id}:enqueued:{sends + 1}",
+        time=now,
+    )
+
+
+def run_reaper(
+    settings: Settings, stop_event: threading.Event, *, celery_app: TaskSender | None = None
+) -> None:
+    """Reap every ``reaper_interval_s`` until ``stop_event`` is set (``embedmix reaper`` and the worker's thread)."""
+    if celery_app is None:
+        from worker.celery_app import create_app
+
+        celery_app = create_app(settings)
+    session_factory = session_factory_for(settings.database_url)
+    log.info("reaper running every %.1fs", settings.reaper_interval_s)
+    while True:
+        try:
+            reap_once(session_factory, celery_app)
+        except Exception:  # noqa: BLE001 - a database or broker outage must not end the loop
+            log.exception("reaper pass failed; retrying in %.1fs", settings.reaper_interval_s)
+        if stop_event.wait(settings.reaper_interval_s):
+            return
+
+
+def start_reaper_thread(settings: Settings, stop_event: threading.Event, celery_app: TaskSender) -> threading.Thread:
+    """Run the reaper in a daemon thread of this process (each worker runs one; they do not conflict)."""
+    thread = threading.Thread(
+        target=run_reaper, args=(settings, stop_event), kwargs={"celery_app": celery_app}, name="embedmix-reaper", daemon=True
+    )
+    thread.start()
+    return thread

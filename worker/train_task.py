@@ -1,0 +1,437 @@
+"""The body of the ``embedmix.train`` task: claim a job, train it, report how it ended.
+
+Celery delivers a message at least once, so everything here is written to be
+run again: the lease makes a second delivery exit while the first is alive or
+once the job is finished; metrics are keyed by step and events by dedup key, so
+a resumed attempt overwrites instead of duplicating; a new attempt resumes from
+the newest checkpoint whose bytes still match their sha256.
+
+Every ending is one transaction that first renews the lease (proving this
+worker still owns the job; on PostgreSQL it also locks the row), then makes the
+guarded status change, clears the lease and writes the status event. If that
+transaction cannot happen (the database is down), the exception goes to Celery
+and the lease is left to expire: the reaper then re-queues the job, which is
+why the lease is not released on that path (a running job without a lease
+would be invisible to the reaper).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from core.data import DataError, Dataset, load_dataset
+from core.export import export
+from core.spec import JobSpec, SpecError, validate_spec
+from core.train import TrainResult, UnsupportedSpec, pick_device, train
+from store.artifacts import CHUNK_SIZE
+from store.events import NewEvent, add_events
+from store.jobs import get_job_unscoped, release_lease, transition
+from store.models import Checkpoint, Job
+from worker.callbacks import StopReason, StoreCallbacks
+from worker.checkpoints import ResumePoint, load_resume_point
+from worker.context import WorkerContext
+from worker.dataset_files import dataset_file
+from worker.events import ENQUEUED, TRACEBACK, log_event, record, status_event, warning_event
+from worker.lease import Lease
+
+log = logging.getLogger("embedmix.worker")
+
+Enqueue = Callable[[str], None]
+
+# Errors the user can act on, by the code clients see in job.error; anything
+# else is our fault and reported as internal_error without its details.
+FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (SpecError, "invalid_spec"),
+    (DataError, "invalid_data"),
+    (UnsupportedSpec, "unsupported"),
+    (FloatingPointError, "diverged"),
+    (torch.OutOfMemoryError, "out_of_memory"),
+)
+MAX_ERROR_MESSAGE = 2000
+MAX_INTERNAL_MESSAGE = 200
+
+
+class ModelStoreError(RuntimeError):
+    """An exported file did not reach the artifact store intact."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What the run needs from the job row, read once when it starts."""
+
+    job_id: str
+    owner_id: int
+    spec: dict[str, Any]
+    attempt: int
+    run_key: str
+
+
+def run_job(
+    job_id: str,
+    context: WorkerContext,
+    *,
+    shutdown: threading.Event | None = None,
+    enqueue: Enqueue | None = None,
+) -> str | None:
+    """Handle one delivery of a job's message; returns the status it left the job in, None if it did nothing.
+
+    ``shutdown``, once set, makes the run save a checkpoint and hand the job
+    back to the queue (re-sent through ``enqueue``; without one the reaper
+    notices the job has no message and re-sends it).
+    """
+    lease = Lease.claim(context.session_factory, job_id, context.settings.lease_ttl_s)
+    if lease is None:
+        log.info("job %s: not claimable (finished, cancelled, or leased by a live worker); skipping", job_id)
+        return None
+    with lease:
+        job = _start(context, lease)
+        if job is None:
+            return None
+        try:
+            return _train_and_finish(context, lease, job, shutdown or threading.Event(), enqueue)
+        except (OperationalError, InterfaceError):
+            # The database went away: not the job's fault, and nothing can be
+            # recorded now. The lease lapses, the reaper re-queues the job and
+            # the next attempt resumes from the last checkpoint.
+            log.exception("job %s: database unreachable; leaving the job to the reaper", job_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must end the job, whatever raised it
+            return _fail(context, lease, job, exc)
+
+
+def _start(context: WorkerContext, lease: Lease) -> ClaimedJob | None:
+    """Move the claimed job to running; None (lease released) if it was cancelled meanwhile."""
+    job_id, attempt = lease.job_id, lease.attempt
+    with context.session_factory() as session:
+        if not transition(session, job_id, ["queued", "running"], "running"):
+            release_lease(session, job_id, lease.token)
+            session.commit()
+            log.info("job %s: no longer queued or running; skipping", job_id)
+            return None
+        job = get_job_unscoped(session, job_id)
+        assert job is not None  # the transition just matched its row
+        message = f"running (attempt {attempt} of {job.max_attempts})"
+        add_events(session, job_id, [status_event(job_id, "running", message, key=lease.run_key, attempt=attempt)])
+        claimed = ClaimedJob(job_id, job.owner_id, dict(job.spec), attempt, lease.run_key)
+        session.commit()
+    log.info("job %s: %s", job_id, message)
+    return claimed
+
+
+def _train_and_finish(
+    context: WorkerContext,
+    lease: Lease,
+    job: ClaimedJob,
+    shutdown: threading.Event,
+    enqueue: Enqueue | None,
+) -> str | None:
+    """Load, train from the newest good checkpoint, then end the job as the run's outcome says."""
+    spec = validate_spec(job.spec)
+    device = pick_device(spec)
+    with tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
+        data = _load_data(context, job, spec, Path(scratch))
+        resume = _resume_point(context, job)
+        record(context.session_factory, job.job_id, _start_event(job, device, resume))
+        callbacks = StoreCallbacks(context, lease, shutdown=shutdown)
+        result = train(spec, data, callbacks, resume=resume.state if resume else None, device=device)
+        callbacks.flush()
+        if result.stopped:
+            return _end_stopped(context, lease, job, callbacks.stop_reason(), result, enqueue)
+        info = _training_info(job, device, result, resume)
+        return _succeed(context, lease, job, spec, data, result, Path(scratch) / "export", info)
+
+
+def _work_dir(context: WorkerContext) -> Path | None:
+    """Where the job's scratch directory goes (dataset copy, exported files); None: the system temp dir."""
+    if not context.settings.work_dir:
+        return None
+    path = Path(context.settings.work_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _load_data(context: WorkerContext, job: ClaimedJob, spec: JobSpec, scratch: Path) -> Dataset:
+    """The job's dataset, built in or copied from its upload, with a summary in the timeline."""
+    file_path = dataset_file(context.session_factory, context.artifacts, job.owner_id, spec, scratch)
+    data = load_dataset(spec, file_path=file_path)
+    summary = {k: v for k, v in data.describe().items() if k != "class_names"}
+    classes = summary["num_classes"] or "no"
+    message = (
+        f"dataset {summary['source']}: {summary['train_rows']} train / {summary['test_rows']} test rows, "
+        f"input shape {summary['input_shape']}, {classes} classes"
+    )
+    record(context.session_factory, job.job_id, log_event(job.job_id, job.run_key, "dataset", message, **summary))
+    return data
+
+
+def _resume_point(context: WorkerContext, job: ClaimedJob) -> ResumePoint | None:
+    """The newest intact checkpoint; each corrupt one on the way is reported and dropped."""
+
+    def report(checkpoint: Checkpoint) -> None:
+        record(
+            context.session_factory,
+            job.job_id,
+            warning_event(
+                job.job_id,
+                job.run_key,
+                f"corrupt-checkpoint:{checkpoint.id}",
+                f"checkpoint at step {checkpoint.step} does not match its sha256; "
+                "falling back to the one before it",
+                checkpoint_id=checkpoint.id,
+                step=checkpoint.step,
+            ),
+        )
+
+    return load_resume_point(context.session_factory, context.artifacts, job.job_id, report)
+
+
+def _start_event(job: ClaimedJob, device: torch.device, resume: ResumePoint | None) -> NewEvent:
+    """One line saying where training starts: from scratch or from which checkpoint, on which device."""
+    where = _device_name(device)
+    if resume is None:
+        return log_event(job.job_id, job.run_key, "start", f"training from scratch on {where}", device=where)
+    return log_event(
+        job.job_id,
+        job.run_key,
+        "start",
+        f"resumed from checkpoint at step {resume.step} (epoch {resume.epoch}) on {where}",
+        device=where,
+        resumed_from_step=resume.step,
+        checkpoint_id=resume.checkpoint_id,
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _training_info(
+    job: ClaimedJob, device: torch.device, result: TrainResult, resume: ResumePoint | None
+) -> dict[str, Any]:
+    """What the model card records about how this model was trained."""
+    return {
+        "job_id": job.job_id,
+        "attempt": job.attempt,
+        "device": _device_name(device),
+        "steps": result.step,
+        "epochs": result.epoch,
+        "seconds_last_attempt": round(result.seconds, 3),
+        "resumed_from_step": resume.step if resume else None,
+    }
+
+
+def _end_stopped(
+    context: WorkerContext,
+    lease: Lease,
+    job: ClaimedJob,
+    reason: StopReason | None,
+    result: TrainResult,
+    enqueue: Enqueue | None,
+) -> str | None:
+    """End a run the loop stopped early; the engine has saved a checkpoint (unless the lease was lost)."""
+    if reason is StopReason.LEASE_LOST or reason is None:
+        log.warning("job %s: lease lost at step %d; leaving the job to its new owner", job.job_id, result.step)
+        return None
+    if reason is StopReason.SHUTDOWN and _hand_back(context, lease, job, result):
+        _send_again(job.job_id, enqueue)
+        return "queued"
+    event = status_event(
+        job.job_id,
+        "cancelled",
+        f"cancelled at step {result.step}; its checkpoint is kept",
+        key="final",
+        step=result.step,
+    )
+    done = _finalize(context, lease, ["cancelling"], "cancelled", [event], step=result.step, epoch=result.epoch)
+    return "cancelled" if done else None
+
+
+def _hand_back(context: WorkerContext, lease: Lease, job: ClaimedJob, result: TrainResult) -> bool:
+    """Return a running job to the queue because this worker is stopping; False if it is being cancelled.
+
+    The attempt is given back too (``attempts - 1``): a worker that was asked
+    to stop did not fail, and a deploy must not use up a job's attempts.
+    """
+    key = f"{job.run_key}:handback"
+    events = [
+        status_event(
+            job.job_id,
+            "queued",
+            f"worker stopping; re-queued at step {result.step} (this attempt does not count)",
+            key=key,
+            reason="worker_shutdown",
+            step=result.step,
+        ),
+        NewEvent(
+            type=ENQUEUED,
+            message="message re-sent: the worker handed the job back",
+            data={"reason": "worker_shutdown"},
+            dedup_key=f"{job.job_id}:{key}:enqueued",
+        ),
+    ]
+    return _finalize(context, lease, ["running"], "queued", events, attempts=Job.attempts - 1)
+
+
+def _send_again(job_id: str, enqueue: Enqueue | None) -> None:
+    """Re-send a handed-back job's message; if that fails, the reaper's lost-message pass sends it."""
+    if enqueue is None:
+        return
+    try:
+        enqueue(job_id)
+    except Exception:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
+        log.warning("job %s: could not re-send its message; the reaper will", job_id, exc_info=True)
+
+
+def _succeed(
+    context: WorkerContext,
+    lease: Lease,
+    job: ClaimedJob,
+    spec: JobSpec,
+    data: Dataset,
+    result: TrainResult,
+    out_dir: Path,
+    info: dict[str, Any],
+) -> str | None:
+    """Export every format, store the files, and mark the job succeeded with its final metrics.
+
+    Non-finite metric values are left out: JSON (and so the job row and the
+    model card) cannot carry NaN; the run's events already warned about them.
+    """
+    metrics = {name: value for name, value in result.metrics.items() if math.isfinite(value)}
+    card = export(result.encoder, spec, data, out_dir, metrics, info)
+    files = _store_model_files(context, out_dir, card)
+    summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+    event = status_event(
+        job.job_id,
+        "succeeded",
+        f"succeeded at step {result.step}" + (f": {summary}" if summary else ""),
+        key="final",
+        metrics=metrics,
+    )
+    done = _finalize(
+        context,
+        lease,
+        ["running", "cancelling"],
+        "succeeded",
+        [event],
+        metrics=metrics,
+        step=result.step,
+        epoch=result.epoch,
+        model_artifacts=files,
+        card=card,
+    )
+    if done:
+        return "succeeded"
+    _delete_artifacts(context, [entry["artifact_id"] for entry in files.values()])
+    return None
+
+
+def _store_model_files(context: WorkerContext, out_dir: Path, card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Put each exported file into the artifact store, one transaction each; check what was stored."""
+    stored: dict[str, dict[str, Any]] = {}
+    for fmt, entry in card["files"].items():
+        with context.session_factory() as session:
+            artifact = context.artifacts.put(session, _file_chunks(out_dir / entry["file"]))
+            if artifact.sha256 != entry["sha256"] or artifact.bytes != entry["bytes"]:
+                session.rollback()
+                raise ModelStoreError(f"{entry['file']} did not reach the artifact store intact")
+            stored[fmt] = {
+                "artifact_id": artifact.id,
+                "sha256": artifact.sha256,
+                "bytes": artifact.bytes,
+                "file": entry["file"],
+            }
+            session.commit()
+    return stored
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in the store's chunk size, so a large model never sits in memory whole."""
+    with path.open("rb") as file:
+        while piece := file.read(CHUNK_SIZE):
+            yield piece
+
+
+def _delete_artifacts(context: WorkerContext, artifact_ids: list[str]) -> None:
+    """Drop files stored for an ending that did not happen (someone else owns the job now)."""
+    with context.session_factory() as session:
+        for artifact_id in artifact_ids:
+            context.artifacts.delete(session, artifact_id)
+        session.commit()
+
+
+def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception) -> str | None:
+    """Mark the job failed: a code and message the user can act on, the traceback only in an event."""
+    code = next((code for kind, code in FAILURE_CODES if isinstance(exc, kind)), "internal_error")
+    error: dict[str, Any] = {"code": code, "message": _error_message(code, exc)}
+    if isinstance(exc, SpecError):
+        error["errors"] = exc.errors
+    events = [status_event(job.job_id, "failed", f"failed: {error['message']}", key="final", code=code)]
+    if code == "internal_error":
+        log.exception("job %s: internal error", job.job_id)
+        events.append(
+            NewEvent(
+                type=TRACEBACK,
+                message=f"internal error: {error['message']}",
+                level="error",
+                data={"traceback": "".join(traceback.format_exception(exc))},
+                dedup_key=f"{job.job_id}:{job.run_key}:traceback",
+            )
+        )
+    else:
+        log.info("job %s: failed with %s: %s", job.job_id, code, error["message"])
+    return "failed" if _finalize(context, lease, ["running", "cancelling"], "failed", events, error=error) else None
+
+
+def _error_message(code: str, exc: Exception) -> str:
+    """User errors keep their (helpful) message; internal ones say only what kind of error it was."""
+    if code != "internal_error":
+        return str(exc)[:MAX_ERROR_MESSAGE]
+    first_line = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line}"[:MAX_INTERNAL_MESSAGE]
+
+
+def _finalize(
+    context: WorkerContext,
+    lease: Lease,
+    from_statuses: list[str],
+    to_status: str,
+    events: list[NewEvent],
+    **fields: Any,
+) -> bool:
+    """One transaction: prove the lease, change the status, clear the lease, write the events."""
+    with context.session_factory() as session:
+        if not lease.renew(session):
+            session.rollback()
+            log.warning("job %s: lease lost before it could become %s", lease.job_id, to_status)
+            return False
+        moved = transition(
+            session,
+            lease.job_id,
+            from_statuses,
+            to_status,
+            lease_owner=None,
+            lease_expires_at=None,
+            **fields,
+        )
+        if not moved:
+            session.rollback()
+            log.info("job %s: not in %s any more; leaving it", lease.job_id, from_statuses)
+            return False
+        add_events(session, lease.job_id, events)
+        session.commit()
+    log.info("job %s: %s", lease.job_id, to_status)
+    return True
