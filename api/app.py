@@ -1,0 +1,96 @@
+"""The application factory and the server entry point.
+
+``create_app(settings)`` builds an independent application (its own engine,
+broker client, caches and metrics registry), so tests and embedding hosts can
+run several side by side. ``run_api(settings, host, port)`` serves one with
+uvicorn; ``uvicorn --factory api.app:create_app`` does the same with settings
+from the ``EMBEDMIX_*`` environment.
+
+Database schema is not created here: ``embedmix up`` and the compose
+``migrate`` service run ``store.db.migrate`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Scope
+
+from api import catalog, datasets, health, jobs, keys, models, stream
+from api.errors import install_error_handlers
+from api.limits import BodyLimitMiddleware
+from api.runtime import Runtime
+from api.telemetry import RequestMetricsMiddleware
+from api.uploads import MULTIPART_OVERHEAD
+from store.settings import Settings, get_settings
+
+logger = logging.getLogger("embedmix.api")
+
+API_VERSION = "1"
+UPLOAD_PATH = "/v1/datasets"
+DESCRIPTION = """\
+Train embedding models over HTTP: submit a JobSpec, follow it live, download the encoder
+(safetensors, ONNX, TorchScript) or embed inputs with it.
+
+Authenticate with `Authorization: Bearer <api key>`. Lists return
+`{"data": [...], "has_more", "next_cursor"}`; errors return
+`{"error": {"code", "message", "param"}}`. Another owner's job or dataset is 404.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A ready application for ``settings`` (default: the ``EMBEDMIX_*`` environment)."""
+    settings = settings or get_settings()
+    runtime = Runtime.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        runtime.close()
+
+    app = FastAPI(
+        title="embedmix",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (jobs, stream, models, datasets, keys, catalog, health):
+        app.include_router(module.router)
+    _add_middleware(app, runtime)
+    return app
+
+
+def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
+    """Outermost last: metrics see every response, including 413s and CORS preflights."""
+    settings = runtime.settings
+    upload_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
+
+    def body_limit(scope: Scope) -> int:
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH:
+            return upload_limit
+        return settings.max_request_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    if settings.cors_origins:
+        # Bearer keys, not cookies: no credentials mode, so a listed origin cannot ride a session.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition"],
+        )
+    app.add_middleware(RequestMetricsMiddleware, telemetry=runtime.telemetry)
+
+
+def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the API until interrupted (``embedmix up`` and the compose ``api`` service)."""
+    logger.info("embedmix API on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")

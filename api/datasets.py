@@ -1,0 +1,188 @@
+"""``/v1/datasets``: upload, list, read, delete.
+
+An upload is validated exactly as the engine will read it
+(``core.data.files.read_file``: no pickles, numeric features, finite values,
+consistent shapes) before a byte is stored, so a job never fails on data the
+service already accepted. Formats are recognised by suffix: ``.npz``, ``.csv``,
+``.parquet`` (jsonl pairs are not supported by the engine yet). What the
+validation learned (task, input shape, classes, whether the file has its own
+test rows) is kept in ``info``; job submission checks specs against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CurrentOwner, PageDep, RuntimeDep, SessionDep
+from api.errors import ApiError, not_found
+from api.schemas import DatasetOut, ErrorOut, Page
+from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
+from core.data.arrays import labels_to_indices
+from core.data.dataset import DataError
+from core.data.files import SUFFIXES, read_file
+from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
+from store.jobs import ACTIVE_STATUSES
+from store.models import Job, Owner
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+READ_CHUNK = 1 << 20
+DEFAULT_LABEL_COLUMN = "label"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422, 503)
+}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "an .npz, .csv or .parquet file",
+                        },
+                        "label_column": {
+                            "type": "string",
+                            "description": "csv/parquet: the label column (default 'label')",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", status_code=201, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+async def upload_dataset(
+    request: Request, owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
+) -> DatasetOut:
+    """Upload and validate a dataset; refer to it in a job spec as ``"dataset": {"id": ...}``."""
+    settings = runtime.settings
+    upload = await receive_upload(request, settings.max_upload_bytes, settings.work_dir or None)
+    try:
+        return await run_in_threadpool(_store_upload, session, runtime.artifacts, owner, upload)
+    finally:
+        upload.remove()
+
+
+def _store_upload(
+    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload
+) -> DatasetOut:
+    """Validate the received file, then store its bytes and its row in one transaction."""
+    path = upload.path
+    if path.suffix not in SUFFIXES:
+        raise bad_upload(
+            f"unsupported file type {path.suffix or '(none)'!r}; use one of {list(SUFFIXES)}"
+        )
+    label_column = upload.fields.get("label_column") or None
+    if path.suffix == ".npz" and label_column is not None:
+        raise bad_upload(
+            "label_column applies to csv and parquet files; an npz holds its labels in 'y'",
+            param="label_column",
+        )
+    try:
+        raw = read_file(path, label_column)
+        info = describe(raw, path, label_column)
+    except DataError as exc:
+        raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None
+    artifact = artifacts.put(session, _chunks(path))
+    dataset = create_dataset(
+        session,
+        owner.id,
+        filename=path.name,
+        format=path.suffix.removeprefix("."),
+        rows=info["train_rows"] + info["test_rows"],
+        info=info,
+        artifact=artifact,
+    )
+    session.commit()
+    return DatasetOut.model_validate(dataset)
+
+
+def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[str, Any]:
+    """What a job needs to know about the data without reading it again (see ``DatasetInfo``)."""
+    task, class_names, num_classes = None, None, None
+    if raw.get("y") is not None:
+        labels = [raw["y"], raw["y_test"]] if raw.get("y_test") is not None else [raw["y"]]
+        indices, task, class_names = labels_to_indices(np.concatenate(labels), f"{path.name}: y")
+        if task == "classification":
+            num_classes = int(indices.max()) + 1
+    return {
+        "task": task,
+        "input_shape": [int(d) for d in raw["x"].shape[1:]],
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "has_test": raw.get("x_test") is not None,
+        "train_rows": len(raw["x"]),
+        "test_rows": len(raw["x_test"]) if raw.get("x_test") is not None else 0,
+        "label_column": None if path.suffix == ".npz" else label_column or DEFAULT_LABEL_COLUMN,
+    }
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        while piece := file.read(READ_CHUNK):
+            yield piece
+
+
+DatasetId = Annotated[str, PathParam(max_length=64)]
+
+
+@router.get("", responses=_ERRORS)
+def list_own_datasets(owner: CurrentOwner, session: SessionDep, page: PageDep) -> Page[DatasetOut]:
+    """The caller's datasets, newest first."""
+    rows, next_cursor = list_datasets(session, owner.id, limit=page.limit, cursor=page.cursor)
+    return Page(
+        data=[DatasetOut.model_validate(d) for d in rows],
+        has_more=next_cursor is not None,
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/{dataset_id}", responses=_ERRORS)
+def read_dataset(dataset_id: DatasetId, owner: CurrentOwner, session: SessionDep) -> DatasetOut:
+    dataset = get_dataset(session, owner.id, dataset_id)
+    if dataset is None:
+        raise not_found("dataset", dataset_id, param="dataset_id")
+    return DatasetOut.model_validate(dataset)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=_ERRORS)
+def remove_dataset(
+    dataset_id: DatasetId, owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
+) -> None:
+    """Delete the dataset and its bytes; 409 while a queued or running job still needs it."""
+    users = _active_users(session, owner.id, dataset_id)
+    if users:
+        raise ApiError(
+            409,
+            "dataset_in_use",
+            f"dataset {dataset_id} is used by unfinished jobs {users[:5]}; cancel them or wait",
+            param="dataset_id",
+        )
+    if not delete_dataset(session, owner.id, dataset_id, runtime.artifacts):
+        raise not_found("dataset", dataset_id, param="dataset_id")
+    session.commit()
+
+
+def _active_users(session: Session, owner_id: int, dataset_id: str) -> list[str]:
+    """Ids of the owner's unfinished jobs whose spec names the dataset (few: active jobs are capped)."""
+    rows = session.execute(
+        select(Job.id, Job.spec).where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    return [job_id for job_id, spec in rows if spec.get("dataset", {}).get("id") == dataset_id]

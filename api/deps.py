@@ -1,0 +1,140 @@
+"""Dependencies every handler declares: the runtime, a database session, the caller, paging.
+
+One session per request. Handlers commit what they write themselves, before
+they answer, so a client that gets a 201 can read the row back at once; the
+session is closed (rolling back anything uncommitted) after the response has
+been sent, which keeps it usable while a download streams from the database.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found, unauthorized
+from api.runtime import Runtime
+from store import authenticate, ensure_admin_key, get_job
+from store.models import Job, Owner
+from store.settings import Settings
+
+logger = logging.getLogger("embedmix.api")
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with runtime.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Authorization: Bearer em_...` (POST /v1/keys makes one).",
+)
+
+
+def get_current_owner(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Owner:
+    """The owner of the presented key; 401 for a missing, unknown or revoked key (never which)."""
+    if credentials is None:
+        raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    key = credentials.credentials
+    owner = authenticate(session, key)
+    if (
+        owner is None
+        and settings.admin_key
+        and hmac.compare_digest(key.encode(), settings.admin_key.encode())
+    ):
+        owner = _provision_admin(session, key)
+    # authenticate() may stamp the key's last use; keep that apart from the handler's own transaction.
+    session.commit()
+    if owner is None:
+        raise unauthorized("invalid or revoked API key")
+    return owner
+
+
+def _provision_admin(session: Session, key: str) -> Owner | None:
+    """Store the configured admin key (``EMBEDMIX_ADMIN_KEY``) the first time it is presented.
+
+    Done on first use rather than at start, so an API that starts while the
+    database is down still honours the key once the database is back.
+    ``embedmix up`` stores it in advance; this makes a plain deployment with
+    the setting behave the same.
+    """
+    try:
+        return ensure_admin_key(session, key)
+    except ValueError as exc:  # malformed, or revoked by an admin: the setting must change
+        logger.error("EMBEDMIX_ADMIN_KEY is not usable: %s", exc)
+        return None
+
+
+CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
+
+
+def require_admin(owner: CurrentOwner) -> Owner:
+    if not owner.is_admin:
+        raise ApiError(403, "forbidden", "this call needs an admin key")
+    return owner
+
+
+AdminOwner = Annotated[Owner, Depends(require_admin)]
+
+
+def get_owned_job(
+    job_id: Annotated[str, Path(max_length=64)], owner: CurrentOwner, session: SessionDep
+) -> Job:
+    """The caller's job; someone else's is as absent as a job that never existed."""
+    job = get_job(session, owner.id, job_id)
+    if job is None:
+        raise not_found("job", job_id, param="job_id")
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    cursor: str | None
+
+
+def get_page(
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor)
+
+
+PageDep = Annotated[PageParams, Depends(get_page)]

@@ -1,0 +1,185 @@
+"""One error format for every failure: ``{"error": {"code", "message", "param"}}``.
+
+Clients branch on ``code`` (stable, snake case) and show ``message``;
+``param`` names the offending field as a dotted path (``train.lr``), a query
+parameter or a header, or is null. Validation errors may add ``details``, the
+full list of ``{"field", "message"}``. FastAPI's own errors (unknown route,
+bad query parameter, malformed JSON) are rewritten into this shape too, so a
+client never has to parse two formats.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from store import ArtifactNotFound, InvalidCursor
+
+logger = logging.getLogger("embedmix.api")
+
+# Seconds a client should wait before retrying when a dependency is down.
+RETRY_AFTER_UNAVAILABLE_S = 5
+
+# Codes for errors raised by FastAPI/Starlette themselves (routing, method, body limits).
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(StarletteHTTPException):
+    """An error to return as-is. A subclass of Starlette's HTTPException so that FastAPI
+    lets it through unchanged even when it is raised while the request body is read."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        details: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=dict(headers or {}))
+        self.code = code
+        self.message = message
+        self.param = param
+        self.details = list(details) if details is not None else None
+
+
+def not_found(what: str, identifier: str, *, param: str | None = None) -> ApiError:
+    """404 for anything absent *or owned by someone else*: the two are indistinguishable on purpose."""
+    return ApiError(404, "not_found", f"no {what} {identifier!r}", param=param)
+
+
+def unauthorized(message: str) -> ApiError:
+    """401 with the challenge header RFC 6750 asks for."""
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def unavailable(message: str) -> ApiError:
+    """503 with Retry-After: the request was fine, a dependency was not."""
+    return ApiError(
+        503, "unavailable", message, headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)}
+    )
+
+
+def error_body(
+    code: str,
+    message: str,
+    param: str | None = None,
+    details: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of an error response."""
+    error: dict[str, Any] = {"code": code, "message": message, "param": param}
+    if details is not None:
+        error["details"] = list(details)
+    return {"error": error}
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    details: Sequence[Mapping[str, Any]] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, param, details), status_code=status_code, headers=headers
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, ApiError):
+        return error_response(
+            exc.status_code,
+            exc.code,
+            exc.message,
+            param=exc.param,
+            headers=exc.headers,
+            details=exc.details,
+        )
+    code = _CODES_BY_STATUS.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+def _dotted(location: Sequence[Any]) -> str | None:
+    """('body', 'train', 'lr') -> 'train.lr'; ('query', 'limit') -> 'limit'."""
+    parts = [str(p) for p in location]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {
+            "field": _dotted(err.get("loc", ())) or "request",
+            "message": str(err.get("msg", "invalid")),
+        }
+        for err in exc.errors()
+    ] or [{"field": "request", "message": "invalid request"}]
+    first = details[0]
+    return error_response(
+        422,
+        "invalid_request",
+        f"{first['field']}: {first['message']}",
+        param=first["field"],
+        details=details,
+    )
+
+
+async def _invalid_cursor(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(422, "invalid_cursor", str(exc), param="cursor")
+
+
+async def _artifact_missing(request: Request, exc: Exception) -> JSONResponse:
+    # The row exists but its bytes are gone: an operator problem, reported without internals.
+    logger.error("artifact missing: %s", exc)
+    return error_response(404, "artifact_missing", "the stored file is missing; ask the operator")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", exc.__class__.__name__)
+    error = unavailable("the database is unavailable; retry shortly")
+    return await _http_error(request, error)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure through the one format."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InvalidCursor, _invalid_cursor)
+    app.add_exception_handler(ArtifactNotFound, _artifact_missing)
+    # A connection refused, dropped or timed out, or SQLite busy past its timeout:
+    # all transient from the client's side.
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)

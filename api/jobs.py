@@ -1,0 +1,341 @@
+"""``/v1/jobs``: submit, list, read, cancel, and a job's events and metric series.
+
+Submission validates the spec completely before anything is stored (every
+problem comes back at once as a 422 naming its field), stores the job, commits,
+and only then enqueues its id: a worker can never receive an id the database
+does not have yet.
+
+Choices the contract left open:
+
+* ``Idempotency-Key``: a repeat of the same key and body answers exactly like
+  the first request (201 and the same job, plus ``Idempotent-Replayed: true``),
+  so a client retrying after a timeout needs no special case; the same key with
+  another body is 409. Bodies are compared as JSON values (key order and
+  whitespace do not matter).
+* Cancel: queued -> cancelled at once; running -> cancelling (the worker stops
+  at its next step and moves it to cancelled). Cancelling a job that is already
+  cancelling or cancelled returns it unchanged (200), so cancel is safe to
+  retry; a job that has succeeded or failed cannot be cancelled (409).
+* A submission beyond ``max_active_jobs_per_owner`` queued + running jobs is
+  429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal, get_args
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.deps import (
+    CurrentOwner,
+    OwnedJob,
+    PageDep,
+    RuntimeDep,
+    SessionDep,
+)
+from api.errors import ApiError
+from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
+from core.spec import JobSpec, SpecError, compatibility_errors, validate_spec
+from store import (
+    IdempotencyConflict,
+    create_job,
+    get_dataset,
+    list_events,
+    list_jobs,
+    list_metrics,
+    request_cancel,
+)
+from store.jobs import ACTIVE_STATUSES
+from store.models import JOB_STATUSES, Job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+assert set(get_args(JobStatus)) == set(JOB_STATUSES), "JobStatus must list the store's statuses"
+
+RETRY_AFTER_QUOTA_S = 30
+MAX_METRIC_PAGE = 1000
+UNCANCELLABLE = ("succeeded", "failed")
+
+EXAMPLE_SPEC = {
+    "name": "mnist1d-ms-metrix",
+    "dataset": {"name": "mnist1d", "split": {"kind": "random", "test_fraction": 0.2}},
+    "model": {"encoder": "conv1d", "embedding_dim": 64},
+    "objective": {"loss": "multi_similarity"},
+    "mixup": {"method": "metrix", "alpha": 2.0, "level": "feature", "weight": 0.4},
+    "train": {"epochs": 10, "batch_size": 256, "lr": 0.001, "seed": 0},
+    "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
+    "export": {"formats": ["safetensors", "onnx"]},
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422, 429, 503)
+}
+
+
+@router.post("", status_code=201, responses=_ERRORS)
+def submit_job(
+    spec_body: Annotated[
+        dict[str, Any],
+        Body(
+            description="a JobSpec (`embedmix schema` prints every field); omitted fields take defaults",
+            openapi_examples={"metrix": {"summary": "DESIGN.md example", "value": EXAMPLE_SPEC}},
+        ),
+    ],
+    owner: CurrentOwner,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> JobOut:
+    """Submit a job; it is queued for a worker."""
+    spec = accept_spec(session, owner.id, spec_body)
+    try:
+        job, created = create_job(
+            session,
+            owner.id,
+            spec.model_dump(mode="json"),
+            name=spec.name,
+            max_attempts=spec.train.max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=_body_hash(spec_body) if idempotency_key else None,
+        )
+    except IdempotencyConflict:
+        session.rollback()
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request body",
+            param="idempotency-key",
+        ) from None
+    limit = runtime.settings.max_active_jobs_per_owner
+    if created and _active_jobs(session, owner.id) > limit:
+        session.rollback()
+        raise ApiError(
+            429,
+            "too_many_active_jobs",
+            f"at most {limit} jobs may be queued or running at once; wait for one to finish",
+            headers={"Retry-After": str(RETRY_AFTER_QUOTA_S)},
+        )
+    session.commit()
+    if created:
+        runtime.queue.enqueue(job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
+
+
+def accept_spec(session: Session, owner_id: int, body: dict[str, Any]) -> JobSpec:
+    """The validated spec, with an uploaded dataset checked against what its upload found; else 422."""
+    try:
+        spec = validate_spec(body)
+    except SpecError as exc:
+        raise invalid_spec(exc.errors) from None
+    if spec.dataset.path is not None:
+        raise invalid_spec(
+            [
+                {
+                    "field": "dataset.path",
+                    "message": "local paths are read by the CLI only; upload the file with POST /v1/datasets "
+                    "and refer to it as dataset.id",
+                }
+            ]
+        )
+    if spec.dataset.id is not None:
+        spec = _bind_upload(session, owner_id, spec)
+    return spec
+
+
+def _bind_upload(session: Session, owner_id: int, spec: JobSpec) -> JobSpec:
+    """Check the spec against the caller's uploaded dataset and record its label column in the spec.
+
+    The worker re-reads the file with ``dataset.label_column``, so the column the
+    upload was validated with is written into the stored spec.
+    """
+    ds = spec.dataset
+    dataset = get_dataset(session, owner_id, ds.id or "")
+    if dataset is None:
+        raise invalid_spec(
+            [
+                {
+                    "field": "dataset.id",
+                    "message": f"no dataset {ds.id!r}; upload one with POST /v1/datasets",
+                }
+            ]
+        )
+    info = dataset.info
+    column = info.get("label_column")
+    errors: list[dict[str, str]] = []
+    if ds.label_column is not None and ds.label_column != column:
+        errors.append(
+            {
+                "field": "dataset.label_column",
+                "message": f"the dataset was validated with label column {column!r}; leave label_column "
+                "out or upload the file again with the column you want",
+            }
+        )
+    errors += compatibility_errors(spec, task=info["task"], input_rank=len(info["input_shape"]))
+    errors += _split_errors(spec, info)
+    if errors:
+        raise invalid_spec(errors)
+    if column is None:
+        return spec
+    return spec.model_copy(update={"dataset": ds.model_copy(update={"label_column": column})})
+
+
+def _split_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
+    """The split checks that need only the dataset's summary (the worker repeats them on the data)."""
+    split = spec.dataset.split
+    if split.kind == "given" and not info["has_test"]:
+        return [
+            {
+                "field": "dataset.split.kind",
+                "message": "split kind 'given' needs test rows in the file (x_test/y_test, or a 'split' column)",
+            }
+        ]
+    if split.kind != "classes":
+        return []
+    if info["task"] != "classification":
+        return [
+            {"field": "dataset.split.kind", "message": "split kind 'classes' needs class labels"}
+        ]
+    unknown = [c for c in split.holdout_classes or [] if c >= info["num_classes"]]
+    if unknown:
+        return [
+            {
+                "field": "dataset.split.holdout_classes",
+                "message": f"classes {unknown[:10]} are not in the dataset (classes 0..{info['num_classes'] - 1})",
+            }
+        ]
+    return []
+
+
+def invalid_spec(errors: list[dict[str, str]]) -> ApiError:
+    """422 naming the first bad field in ``param`` and listing every problem in ``details``."""
+    first = errors[0]
+    return ApiError(
+        422,
+        "invalid_spec",
+        "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+        param=first["field"],
+        details=errors,
+    )
+
+
+def _body_hash(body: dict[str, Any]) -> str:
+    """The request's identity for idempotency: its JSON value, not its formatting."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _active_jobs(session: Session, owner_id: int) -> int:
+    """Queued + running + cancelling jobs of the owner (the quota counts what holds a worker or will)."""
+    query = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    return session.scalars(query).one()
+
+
+@router.get("", responses=_ERRORS)
+def list_own_jobs(
+    owner: CurrentOwner,
+    session: SessionDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+) -> Page[JobOut]:
+    """The caller's jobs, newest first."""
+    rows, next_cursor = list_jobs(
+        session, owner.id, status=status, limit=page.limit, cursor=page.cursor
+    )
+    return Page(
+        data=[JobOut.of(j) for j in rows], has_more=next_cursor is not None, next_cursor=next_cursor
+    )
+
+
+@router.get("/{job_id}", responses=_ERRORS)
+def read_job(job: OwnedJob) -> JobOut:
+    """One job: status, progress, latest metrics, error."""
+    return JobOut.of(job)
+
+
+@router.post("/{job_id}/cancel", responses=_ERRORS)
+def cancel_job(job: OwnedJob, owner: CurrentOwner, session: SessionDep) -> JobOut:
+    """Ask the job to stop (see the module notes for each status)."""
+    if job.status in UNCANCELLABLE:
+        raise ApiError(
+            409, "invalid_state", f"job {job.id} has already {job.status}; nothing to cancel"
+        )
+    cancelled = request_cancel(session, owner.id, job.id)
+    session.commit()
+    assert cancelled is not None  # the job is the owner's: get_owned_job found it
+    if cancelled.status in UNCANCELLABLE:  # it finished between our read and the update
+        raise ApiError(
+            409, "invalid_state", f"job {job.id} has already {cancelled.status}; nothing to cancel"
+        )
+    return JobOut.of(cancelled)
+
+
+@router.get("/{job_id}/events", responses=_ERRORS)
+def read_events(
+    job: OwnedJob,
+    session: SessionDep,
+    page: PageDep,
+    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+) -> Page[EventOut]:
+    """The job's timeline (state changes, warnings, log lines), oldest first.
+
+    Resume with ``after`` = the last id seen, or with ``cursor``.
+    """
+    after_id = _int_cursor(page.cursor) if page.cursor is not None else after
+    rows = list_events(session, job.id, after_id=after_id, limit=page.limit + 1)
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    return Page(
+        data=[EventOut.model_validate(e) for e in rows],
+        has_more=has_more,
+        next_cursor=str(rows[-1].id) if has_more else None,
+    )
+
+
+@router.get("/{job_id}/metrics", responses=_ERRORS)
+def read_metrics(
+    job: OwnedJob,
+    session: SessionDep,
+    name: Annotated[
+        str | None, Query(max_length=128, description="one series, e.g. eval/map_at_r")
+    ] = None,
+    since_step: Annotated[
+        int | None, Query(ge=-1, description="only points after this step")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_METRIC_PAGE)] = MAX_METRIC_PAGE,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+) -> Page[MetricPointOut]:
+    """Metric points ordered by (step, name).
+
+    Points are small and read as whole series, so pages default to (and may hold)
+    1000 points; a page never ends inside a step, and ``next_cursor`` is the last
+    step, equivalent to ``since_step``.
+    """
+    after = _int_cursor(cursor) if cursor is not None else since_step
+    points = list_metrics(session, job.id, name=name, since_step=after, limit=limit)
+    has_more = bool(points) and bool(
+        list_metrics(session, job.id, name=name, since_step=points[-1].step, limit=1)
+    )
+    return Page(
+        data=[MetricPointOut.model_validate(p) for p in points],
+        has_more=has_more,
+        next_cursor=str(points[-1].step) if has_more else None,
+    )
+
+
+def _int_cursor(cursor: str) -> int:
+    """Events and metrics page by a number (an event id, a step); anything else is a bad cursor."""
+    if not cursor.lstrip("-").isdigit():
+        raise ApiError(422, "invalid_cursor", f"invalid cursor {cursor!r}", param="cursor")
+    return int(cursor)

@@ -1,0 +1,187 @@
+"""A job's outputs: checkpoints, the exported model in each format, its card, and ``/embed``.
+
+Downloads stream from the artifact store chunk by chunk, with
+``Content-Length`` and a strong ``ETag`` that is the file's sha256 (so a client
+can verify what it got, and ``If-None-Match`` answers 304).
+
+Where the worker leaves the outputs (the contract between worker and API):
+``jobs.model_artifacts`` maps each exported format to
+``{"artifact_id": "art_...", "bytes": int, "sha256": "..."}`` and ``jobs.card``
+holds the model card that ``core.export.export`` returned. Both are written
+in the same transition that makes the job ``succeeded``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
+from api.embedding import embed, to_batch
+from api.errors import ApiError, not_found
+from api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
+from core.export import FILENAMES
+from store import ArtifactStore, get_checkpoint, list_checkpoints
+from store.models import Job
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
+
+ModelFormat = Literal["safetensors", "onnx", "torchscript"]
+EMBED_FORMAT = "safetensors"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
+}
+_BINARY: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}
+}
+
+
+@router.get("/checkpoints", responses=_ERRORS)
+def read_checkpoints(job: OwnedJob, session: SessionDep, page: PageDep) -> Page[CheckpointOut]:
+    """The job's checkpoints in training order; ``cursor`` is the last checkpoint id seen."""
+    rows = list_checkpoints(session, job.id)
+    start = 0
+    if page.cursor is not None:
+        ids = [c.id for c in rows]
+        if page.cursor not in ids:
+            raise ApiError(422, "invalid_cursor", f"invalid cursor {page.cursor!r}", param="cursor")
+        start = ids.index(page.cursor) + 1
+    chunk = rows[start : start + page.limit]
+    has_more = start + page.limit < len(rows)
+    return Page(
+        data=[CheckpointOut.model_validate(c) for c in chunk],
+        has_more=has_more,
+        next_cursor=chunk[-1].id if has_more else None,
+    )
+
+
+@router.get(
+    "/checkpoints/{checkpoint_id}/content",
+    responses={**_ERRORS, **_BINARY},
+    response_class=Response,
+)
+def download_checkpoint(
+    job: OwnedJob,
+    checkpoint_id: Annotated[str, Path(max_length=64)],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The checkpoint's bytes (model, optimizer, RNG states and data position: what a resume needs)."""
+    checkpoint = get_checkpoint(session, job.id, checkpoint_id)
+    if checkpoint is None:
+        raise not_found("checkpoint", checkpoint_id, param="checkpoint_id")
+    return _download(
+        session,
+        runtime.artifacts,
+        checkpoint.artifact_id,
+        size=checkpoint.bytes,
+        sha256=checkpoint.sha256,
+        filename=f"{job.id}-step{checkpoint.step}.ckpt",
+        if_none_match=if_none_match,
+    )
+
+
+@router.get("/model", responses={**_ERRORS, **_BINARY}, response_class=Response)
+def download_model(
+    job: OwnedJob,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    format: Annotated[
+        ModelFormat, Query(description="one of the spec's export.formats")
+    ] = "safetensors",
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The trained encoder (raw inputs -> unit embeddings); ``ETag`` is its sha256."""
+    entry = _model_file(job, format)
+    return _download(
+        session,
+        runtime.artifacts,
+        entry["artifact_id"],
+        size=int(entry["bytes"]),
+        sha256=entry["sha256"],
+        filename=f"{job.name}-{FILENAMES[format]}",
+        if_none_match=if_none_match,
+    )
+
+
+@router.get("/model/card", responses=_ERRORS)
+def read_model_card(job: OwnedJob) -> dict[str, Any]:
+    """The model card: spec, metrics, input shape, preprocessing, embedding size, versions, file hashes."""
+    _require_succeeded(job)
+    if not job.card:
+        raise not_found("model card for job", job.id)
+    return job.card
+
+
+@router.post("/embed", responses=_ERRORS)
+def embed_inputs(
+    body: EmbedIn, job: OwnedJob, session: SessionDep, runtime: RuntimeDep
+) -> EmbedOut:
+    """Embed raw inputs with the job's model; each input has the card's ``input.shape``."""
+    entry = _model_file(job, EMBED_FORMAT)
+    input_shape = (job.card or {}).get("input", {}).get("shape", [])
+    batch = to_batch(body.inputs, input_shape, runtime.settings.max_embed_inputs)
+    encoder = runtime.encoders.get(
+        job.id,
+        entry["sha256"],
+        lambda: runtime.artifacts.open(session, entry["artifact_id"]),
+        runtime.settings.work_dir or None,
+    )
+    embeddings = embed(encoder, batch)
+    return EmbedOut(embeddings=embeddings, embedding_dim=len(embeddings[0]), model=job.id)
+
+
+def _require_succeeded(job: Job) -> None:
+    if job.status != "succeeded":
+        raise ApiError(
+            409,
+            "invalid_state",
+            f"job {job.id} is {job.status}; its model exists once it has succeeded",
+        )
+
+
+def _model_file(job: Job, format: str) -> dict[str, Any]:
+    """The stored export of ``format``: 409 before success, 404 if the spec did not export it."""
+    _require_succeeded(job)
+    entry = (job.model_artifacts or {}).get(format)
+    if not entry or "artifact_id" not in entry:
+        exported = sorted(job.model_artifacts or {})
+        raise ApiError(
+            404,
+            "not_found",
+            f"job {job.id} did not export {format!r} (exported: {exported}); add it to export.formats",
+            param="format",
+        )
+    return entry
+
+
+def _download(
+    session: Session,
+    artifacts: ArtifactStore,
+    artifact_id: str,
+    *,
+    size: int,
+    sha256: str,
+    filename: str,
+    if_none_match: str | None,
+) -> Response:
+    """Stream an artifact, or 304 when the client already holds these exact bytes."""
+    etag = f'"{sha256}"'
+    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=304, headers={"ETag": etag})
+    # open() fails now, before the 200 goes out, if the bytes are missing.
+    chunks = artifacts.open(session, artifact_id)
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(size),
+            "ETag": etag,
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )

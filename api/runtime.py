@@ -1,0 +1,54 @@
+"""What one application instance holds for its lifetime: settings, database, blob store,
+broker client, encoder cache and metrics. Built once by ``create_app`` and reached by
+handlers only through the dependencies in ``api.deps``, so tests can build as many
+independent apps as they like."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.embedding import EncoderCache
+from api.queue import TrainQueue
+from api.telemetry import Telemetry
+from core.catalog import catalog_json
+from store import ArtifactStore, artifact_store_from_url, make_engine, make_session_factory
+from store.settings import Settings
+
+ENCODER_CACHE_SIZE = 4
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    artifacts: ArtifactStore
+    queue: TrainQueue
+    encoders: EncoderCache
+    telemetry: Telemetry
+    catalog: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        """Connect nothing yet: engines and the broker client connect on first use, so an
+        app whose database is down still starts and answers ``/healthz`` and ``/readyz``."""
+        engine = make_engine(settings.database_url)
+        session_factory = make_session_factory(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            session_factory=session_factory,
+            artifacts=artifact_store_from_url(settings.artifacts),
+            queue=TrainQueue(settings.redis_url),
+            encoders=EncoderCache(ENCODER_CACHE_SIZE),
+            telemetry=Telemetry(session_factory),
+            catalog=catalog_json(),
+        )
+
+    def close(self) -> None:
+        self.queue.close()
+        self.engine.dispose()

@@ -1,0 +1,194 @@
+"""Response and request bodies of the v1 API, as pydantic models (they are also the OpenAPI schema).
+
+Timestamps are ISO 8601 in UTC. Models built from database rows read them
+by attribute, so a handler returns ``JobOut.of(job)`` and no field is copied by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.models import Job
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, newest first unless said otherwise; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, snake case: what went wrong")
+    message: str = Field(description="for people")
+    param: str | None = Field(
+        description="the offending field, as a dotted path, or query parameter or header"
+    )
+    details: list[dict[str, Any]] | None = Field(
+        None, description="every problem, for validation errors"
+    )
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total_steps: int | None
+    epoch: int
+    fraction: float = Field(
+        description="step / total_steps; 1.0 once succeeded, 0.0 before the first step"
+    )
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled")
+    spec: dict[str, Any] = Field(
+        description="the JobSpec as accepted, with every default filled in"
+    )
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: ProgressOut
+    metrics: dict[str, float] = Field(description="latest evaluation values")
+    error: dict[str, Any] | None
+    attempts: int
+    max_attempts: int
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        if job.total_steps:
+            fraction = min(1.0, job.step / job.total_steps)
+        else:
+            fraction = 1.0 if job.status == "succeeded" else 0.0
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            spec=job.spec,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=ProgressOut(
+                step=job.step, total_steps=job.total_steps, epoch=job.epoch, fraction=fraction
+            ),
+            metrics=job.metrics or {},
+            error=job.error,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+        )
+
+
+class EventOut(FromRow):
+    id: int
+    time: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class MetricPointOut(FromRow):
+    name: str = Field(description="train/loss, eval/<metric>, ...")
+    step: int
+    epoch: int | None
+    value: float
+    time: datetime
+
+
+class CheckpointOut(FromRow):
+    id: str
+    step: int
+    epoch: int
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetInfo(BaseModel):
+    task: str | None = Field(description="classification, regression, or null for unlabelled data")
+    input_shape: list[int]
+    num_classes: int | None
+    class_names: list[str] | None
+    has_test: bool = Field(
+        description="the file has its own test rows (usable with split kind 'given')"
+    )
+    train_rows: int
+    test_rows: int
+    label_column: str | None = Field(description="the table column used as labels (csv, parquet)")
+
+
+class DatasetOut(FromRow):
+    id: str
+    filename: str = Field(
+        description="the uploaded basename in safe characters, its suffix in lower case"
+    )
+    format: str
+    bytes: int
+    sha256: str
+    rows: int
+    info: DatasetInfo
+    created_at: datetime
+
+
+class EmbedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(
+        description="raw samples, each of the model's input shape (see the model card's input.shape)"
+    )
+
+
+class EmbedOut(BaseModel):
+    embeddings: list[list[float]] = Field(
+        description="one L2-normalised vector per input, in order"
+    )
+    embedding_dim: int
+    model: str = Field(description="the job whose model made them")
+
+
+class KeyCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="a new owner's name (omit to add a key to owner_id)",
+    )
+    owner_id: int | None = Field(None, description="add a key to this existing owner instead")
+    admin: bool = Field(False, description="the new owner may manage keys")
+
+
+class KeyOut(FromRow):
+    id: int
+    owner_id: int
+    prefix: str = Field(description="the key's first characters, to tell keys apart")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="the key itself; shown this once and never again")
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    checks: dict[str, str]
