@@ -1,4 +1,5 @@
-# The README's two commands: `make run` and `make test`. Each bootstraps .venv by itself.
+# The README's two commands: `make run` (the service on its embedded default) and `make test`.
+# Each bootstraps .venv by itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/embedmix train examples/mnist1d-ms.json --out runs/mnist1d-ms
+	$(BIN)/embedmix up --data-dir .embedmix
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -10,6 +10,8 @@ client never has to parse two formats.
 
 from __future__ import annotations
 
+import anyio
+
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -167,8 +169,18 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return await _http_error(request, error)
 
 
+def _client_went_away(exc: BaseException) -> bool:
+    """A stream whose client disconnected mid-response (anyio reports it, possibly in a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_went_away(e) for e in exc.exceptions)
+    return isinstance(exc, (anyio.BrokenResourceError, anyio.ClosedResourceError))
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    if _client_went_away(exc):
+        logger.debug("client left %s %s", request.method, request.url.path)
+    else:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error")
 
 

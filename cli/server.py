@@ -137,6 +137,7 @@ def up(host: str = typer.Option("127.0.0.1", help="address the API listens on"),
     procs = [subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env),
              subprocess.Popen([*cli, "worker"], env=env)]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    _stop_on_signals()
     try:
         if not _wait_healthy(url, procs):
             typer.echo("the API did not come up; see the messages above", err=True)
@@ -151,6 +152,18 @@ def up(host: str = typer.Option("127.0.0.1", help="address the API listens on"),
         _stop(procs)
         if redis_server is not None:
             redis_server.shutdown()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, a container stop) both stop the processes cleanly.
+
+    Set explicitly because a shell that starts `up` in the background leaves SIGINT ignored.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _announce(url: str, key: str, data_dir: Path) -> None:

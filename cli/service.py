@@ -71,7 +71,7 @@ def _latest(data: dict[str, Any], name: str) -> float | None:
     """Pull the newest value of a series out of a `metrics` SSE payload, whatever its shape."""
     if name in data and isinstance(data[name], (int, float)):
         return float(data[name])
-    rows = data.get("data") or data.get("metrics") or []
+    rows = data.get("points") or data.get("data") or []
     values = [r["value"] for r in rows if isinstance(r, dict) and r.get("name") == name]
     return float(values[-1]) if values else None
 
@@ -107,7 +107,7 @@ def jobs(status: Optional[str] = None, limit: int = 20, url: Url = None, api_key
             _fail(exc)
     table = Table()
     for col in ("id", "name", "status", "progress", "created"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id")
     for j in page["data"]:
         p = j.get("progress") or {}
         table.add_row(j["id"], j["name"], j["status"], f"{100 * (p.get('fraction') or 0):.0f}%", str(j.get("created_at", ""))[:19])
@@ -213,7 +213,7 @@ def datasets_list(url: Url = None, api_key: Key = None) -> None:
             _fail(exc)
     table = Table()
     for col in ("id", "filename", "rows", "bytes", "created"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id")
     for d in page["data"]:
         table.add_row(d["id"], d["filename"], str(d.get("rows")), str(d.get("bytes")), str(d.get("created_at", ""))[:19])
     out.print(table)

@@ -10,63 +10,18 @@ server cannot be reached, the PostgreSQL variants are skipped, saying why.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
+from tests.conftest import PostgresServer
 
-POSTGRES_SERVER_URL = os.environ.get(
-    "EMBEDMIX_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 BACKENDS = ["sqlite", "postgresql"]
-
-
-class PostgresServer:
-    """Creates and drops throwaway databases through an AUTOCOMMIT connection (CREATE DATABASE needs one)."""
-
-    def __init__(self, admin: Engine) -> None:
-        self.admin = admin
-
-    def create_database(self, label: str) -> str:
-        """A new empty database with a unique name; returns its URL."""
-        name = f"embedmix_test_{label}_{os.getpid()}_{secrets.token_hex(4)}"
-        with self.admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        return (
-            make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-        )
-
-    def drop_database(self, url: str) -> None:
-        """Drop a database made by :meth:`create_database`, closing any connection left open."""
-        name = make_url(url).database
-        assert name is not None and name.startswith("embedmix_test_")
-        with self.admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """The PostgreSQL server, or a skip naming the reason it cannot be used."""
-    admin = create_engine(
-        POSTGRES_SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except DBAPIError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable at {make_url(POSTGRES_SERVER_URL)!r}: {exc}")
-    yield PostgresServer(admin)
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")
