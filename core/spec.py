@@ -293,6 +293,11 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
             errors.append({"field": "mixup.method",
                            "message": f"{mix.name!r} mixes {'class labels' if need == 'classification' else 'regression targets'}; "
                                       f"the dataset is {task or 'unlabelled'}"})
+        mix_ranks = mix.extra.get("input_rank")
+        if mix_ranks is not None and input_rank not in mix_ranks:
+            errors.append({"field": "mixup.method",
+                           "message": f"{mix.name!r} mixes inputs of rank {mix_ranks} (images: channels, height, width); "
+                                      f"the dataset's samples have rank {input_rank}"})
     for m in spec.eval.metrics or []:
         need = catalog.METRICS[m].task
         if need is not None and need != task:

@@ -246,7 +246,9 @@ class Trainer:
         return loss.detach().item()
 
     def evaluate(self) -> dict[str, float]:
-        names = self.spec.eval.metrics or catalog.DEFAULT_METRICS.get(self.data.task or "", ["uniformity"])
+        asked = self.spec.eval.metrics or catalog.DEFAULT_METRICS.get(self.data.task or "", ["uniformity"])
+        # Metrics a mixing method owns (ECE of its head, utilization, ...) come from the method.
+        names = [m for m in asked if not catalog.METRICS[m].extra.get("from_methods")]
         train = None
         if USES_TRAIN & set(names):
             train = (embed(self.net.encoder, self.data.x_train, self.device), self.data.y_train)

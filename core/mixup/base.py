@@ -44,7 +44,10 @@ class MixingMethod(nn.Module, ABC):
     def __init__(self, spec: JobSpec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
         super().__init__()
         self.spec = spec
-        self.base_loss = base_loss
+        # Kept out of this module's submodules: the loop already optimises and checkpoints
+        # the loss's parameters (a class-weight loss's proxies), and registering it here too
+        # would put them into the optimizer twice.
+        object.__setattr__(self, "base_loss", base_loss)
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
 

@@ -144,3 +144,13 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert lr_at(spec, 100, spe) == pytest.approx(0.0, abs=1e-12)
     step = _spec(train={"schedule": "step", "step_epochs": 3, "step_gamma": 0.5, "lr": 0.1})
     assert lr_at(step, 3 * spe, spe) == pytest.approx(0.05)
+
+
+def test_method_metrics_come_from_the_method_and_params_are_optimised_once():
+    spec = _spec(mixup={"method": "metrix", "alpha": 2.0, "weight": 0.4}, objective={"loss": "proxy_anchor"},
+                 eval={"metrics": ["precision_at_1", "utilization"]}, train={"epochs": 1})
+    trainer = Trainer(spec, load_dataset(spec))
+    params = [p for group in trainer.opt.param_groups for p in group["params"]]
+    assert len(params) == len({id(p) for p in params})
+    result = trainer.run()
+    assert set(result.metrics) == {"precision_at_1", "utilization"}

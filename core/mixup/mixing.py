@@ -1,0 +1,264 @@
+"""Shared mixing primitives: lambda draws, partners, mixing at any level, CutMix boxes, soft labels.
+
+Every random draw takes the run's generator (`Batch.gen`) and creates its tensor
+on that generator's device, so the same generator state gives the same mixing
+twice, on the CPU and on CUDA, and a resumed run continues the sequence
+bit-exactly. Nothing here touches the global RNG; `torch.distributions` is not
+used because its samplers take no generator.
+
+Beta(a, b) is drawn as Ga / (Ga + Gb) with Ga ~ Gamma(a), Gb ~ Gamma(b) from
+`torch._standard_gamma` (which takes a generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core import catalog
+from core.losses import PairWeights
+from core.models import Encoder, TrainingNet
+from core.spec import JobSpec
+
+# ------------------------------------------------------------------ parameters and levels
+
+
+def method_params(spec: JobSpec) -> dict[str, Any]:
+    """The method's own parameters: catalog defaults overridden by `spec.mixup.params`."""
+    entry = catalog.MIXUPS[spec.mixup.method]
+    return {**entry.defaults(), **spec.mixup.params}
+
+
+def method_level(spec: JobSpec) -> str:
+    """`spec.mixup.level`, or the method's default level (the first of the catalog's extra["levels"])."""
+    levels = catalog.MIXUPS[spec.mixup.method].extra["levels"]
+    level = spec.mixup.level or levels[0]
+    if level not in levels:
+        raise ValueError(f"mixup.level: {spec.mixup.method!r} mixes at {levels}, not {level!r}")
+    return level
+
+
+def sample_beta(a: float, b: float, shape: Sequence[int] | int, gen: torch.Generator,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Beta(a, b) samples of `shape` (`()` for one scalar) from `gen`, on the generator's device.
+
+    Drawn as Ga / (Ga + Gb). For very small a and b both gammas can underflow to
+    0; such a draw is read as 0.5 (it happens with probability ~0 for a, b >= 0.05).
+    Sampled in float64 so the ratio is exact to float32 rounding, then cast.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    device = gen.device
+    ga = torch._standard_gamma(torch.full(shape, float(a), dtype=torch.float64, device=device), generator=gen)
+    gb = torch._standard_gamma(torch.full(shape, float(b), dtype=torch.float64, device=device), generator=gen)
+    total = ga + gb
+    lam = torch.where(total > 0, ga / torch.where(total > 0, total, 1.0), 0.5)
+    return lam.to(dtype)
+
+
+def sample_lambda(alpha: float, n: int, gen: torch.Generator, per_sample: bool = False) -> Tensor:
+    """lambda ~ Beta(alpha, alpha): one scalar per batch (shape ()), or one per sample (shape (n,))."""
+    return sample_beta(alpha, alpha, (n,) if per_sample else (), gen)
+
+
+def uniform(shape: Sequence[int] | int, gen: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+    """U[0, 1) samples on the generator's device."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return torch.rand(shape, generator=gen, device=gen.device, dtype=dtype)
+
+
+def randint(high: int, gen: torch.Generator) -> int:
+    """One integer uniform in [0, high) from `gen`."""
+    return int(torch.randint(high, (1,), generator=gen, device=gen.device).item())
+
+
+# ------------------------------------------------------------------ partners
+
+
+def partners(n: int, gen: torch.Generator, kind: str = "permutation") -> Tensor:
+    """Partner index of each of n samples: a random permutation, or the flipped batch (timm: i -> n-1-i).
+
+    With "flip" and odd n the middle sample is its own partner (timm does the same).
+    """
+    if kind == "permutation":
+        return torch.randperm(n, generator=gen, device=gen.device)
+    if kind == "flip":
+        return torch.arange(n - 1, -1, -1, device=gen.device)
+    raise ValueError(f"mixup.params.partner: unknown partner kind {kind!r}; use 'permutation' or 'flip'")
+
+
+def kernel_probs(y: Tensor, sigma: float) -> Tensor:
+    """C-Mixup's sampling matrix: P[i, j] proportional to exp(-|y_i - y_j|^2 / (2 sigma^2)), self included.
+
+    Rows sum to 1; computed as a softmax of the log-kernel, so a tiny sigma cannot
+    underflow a row to all zeros (the row then puts its mass on the nearest targets,
+    at least on i itself).
+    """
+    y = y.reshape(len(y), -1).double()
+    logits = -torch.cdist(y, y).pow(2) / (2.0 * float(sigma) ** 2)
+    weights = (logits - logits.amax(dim=1, keepdim=True)).exp()  # not torch.softmax: its float64 CPU kernel is slow
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def kernel_partners(y: Tensor, sigma: float, gen: torch.Generator) -> Tensor:
+    """One partner j per sample i drawn with P(j | i) = kernel_probs(y, sigma)[i, j]."""
+    probs = kernel_probs(y, sigma).to(gen.device)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(y.device)
+
+
+def negative_partners(labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """For every sample u that has a different-class sample in the batch, one such v drawn uniformly.
+
+    Returns (u, v), two index vectors of equal length; samples of a class that
+    fills the whole batch are left out (they have no negative).
+    """
+    different = (labels.reshape(-1, 1) != labels.reshape(1, -1)).to(gen.device)
+    has = different.any(dim=1)
+    u = has.nonzero(as_tuple=True)[0]
+    if len(u) == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=labels.device)
+        return empty, empty
+    v = torch.multinomial(different[u].double(), 1, generator=gen).squeeze(1)
+    return u.to(labels.device), v.to(labels.device)
+
+
+# ------------------------------------------------------------------ mixing tensors
+
+
+def _per_row(lam: Tensor | float, like: Tensor) -> Tensor | float:
+    """A scalar lambda as is; a per-sample (B,) lambda shaped to broadcast over `like`'s trailing dims."""
+    if isinstance(lam, Tensor):
+        lam = lam.to(device=like.device, dtype=like.dtype)
+        if lam.ndim == 1:
+            return lam.reshape((-1,) + (1,) * (like.ndim - 1))
+    return lam
+
+
+def mix(a: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
+    """lam * a + (1 - lam) * b, with lam a scalar or one value per row.
+
+    Written as two products (not lerp) so lam = 1 returns `a` bit for bit.
+    """
+    w = _per_row(lam, a)
+    return w * a + (1 - w) * b
+
+
+def cutmix_box(height: int, width: int, lam: Tensor, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """CutMix box (y0, y1, x0, x1) of side sqrt(1 - lam) around a uniform centre, clipped (timm's rand_bbox)."""
+    ratio = float(torch.sqrt(1.0 - lam.double()).item())
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = randint(height, gen), randint(width, gen)
+    y0, y1 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
+    x0, x1 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
+    return y0, y1, x0, x1
+
+
+def apply_cutmix(x: Tensor, partner: Tensor, box: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
+    """Paste the box from the partners into x (B, C, H, W); returns the mixed batch and lambda = 1 - box area share."""
+    y0, y1, x0, x1 = box
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+    area = (y1 - y0) * (x1 - x0)
+    lam = torch.tensor(1.0 - area / float(x.shape[-1] * x.shape[-2]), device=x.device)
+    return out, lam
+
+
+# ------------------------------------------------------------------ mixed labels
+
+
+def soft_pair_weights(labels: Tensor, partner: Tensor, lam: Tensor | float,
+                      ref_labels: Tensor | None = None, exclude_self: bool = True) -> PairWeights:
+    """Pair weights of mixed anchors against clean references.
+
+    Anchor i is lam_i * sample i + (1 - lam_i) * sample partner[i]; reference j is
+    the clean sample j (labels `ref_labels`, default `labels`). Then
+
+        pos[i, j] = lam_i * [y_i == y_j] + (1 - lam_i) * [y_partner(i) == y_j],
+        neg[i, j] = 1 - pos[i, j],
+
+    and with `exclude_self` the pair (i, i) of an anchor with its own clean source
+    gets weight 0 in both (the diagonal, as the unmixed loss excludes self-pairs),
+    so lam = 1 gives exactly PairWeights.from_labels(labels).
+    """
+    ref = labels if ref_labels is None else ref_labels
+    same_a = (labels.reshape(-1, 1) == ref.reshape(1, -1)).float()
+    same_b = (labels[partner].reshape(-1, 1) == ref.reshape(1, -1)).float()
+    w = _per_row(lam, same_a)
+    pos = w * same_a + (1 - w) * same_b
+    neg = 1.0 - pos
+    if exclude_self:
+        pos = pos.fill_diagonal_(0.0)
+        neg = neg.fill_diagonal_(0.0)
+    return PairWeights(pos, neg)
+
+
+def soft_targets(labels: Tensor, partner: Tensor, lam: Tensor | float, num_classes: int) -> Tensor:
+    """lam * onehot(y_i) + (1 - lam) * onehot(y_partner(i)), float (B, C) rows summing to 1."""
+    onehot = F.one_hot(labels.long(), num_classes).float()
+    return mix(onehot, onehot[partner], lam)
+
+
+# ------------------------------------------------------------------ the network, level by level
+
+
+def feature_start(encoder: Encoder) -> int:
+    """Index of the first block after Metrix's "feature": the backbone's last stage.
+
+    Metrix mixes the output of the last convolutional stage, before the
+    (parameter-free) global pooling and the embedding layer. For our Encoder that
+    is the state before the last block when that block has no parameters (the
+    pooling / flatten block of conv1d, conv2d and resnet18), and the output of all
+    blocks when the last block has parameters (mlp: its last hidden layer, before
+    the linear embedding). Run `encoder.hidden(h, 0, s)` to get the feature and
+    `net(feature, s)` to finish the forward.
+    """
+    n = len(encoder.blocks)
+    last = encoder.blocks[n - 1] if n else None
+    if last is not None and not any(True for _ in last.parameters()):
+        return n - 1
+    return n
+
+
+def forward_chunks(net: TrainingNet | nn.Module, h: Tensor, start: int, chunks: int) -> Tensor:
+    """`net(h, start)` run on `chunks` equal slices of h (one per view), so batch norm sees each view alone, as the loop does."""
+    if chunks == 1:
+        return net(h, start)
+    return torch.cat([net(part, start) for part in h.chunk(chunks)])
+
+
+def hidden_chunks(encoder: Encoder, h: Tensor, stop: int, chunks: int) -> Tensor:
+    """`encoder.hidden(h, 0, stop)` per view slice (see `forward_chunks`)."""
+    if chunks == 1:
+        return encoder.hidden(h, 0, stop)
+    return torch.cat([encoder.hidden(part, 0, stop) for part in h.chunk(chunks)])
+
+
+def views_of(batch, views: int) -> Tensor:
+    """The batch's views concatenated (views x B rows), each drawn by `batch.view()` as the loop draws them."""
+    return torch.cat([batch.view() for _ in range(views)]) if views > 1 else batch.view()
+
+
+@dataclass
+class Mix:
+    """One batch's mixing decision (useful to replay a mix in tests): lambda, partner, and level details."""
+
+    lam: Tensor
+    partner: Tensor
+    start: int | None = None  # manifold: mix the state before block `start`
+    box: tuple[int, int, int, int] | None = None  # cutmix
+
+
+@torch.no_grad()
+def nearest_distance(queries: Tensor, refs: Tensor, chunk: int = 1024) -> Tensor:
+    """Euclidean distance from each (unit) query to its nearest (unit) reference, in chunks of both."""
+    best = torch.full((len(queries),), -2.0, device=queries.device)
+    for lo in range(0, len(queries), chunk):
+        q = queries[lo:lo + chunk]
+        top = torch.full((len(q),), -2.0, device=queries.device)
+        for rlo in range(0, len(refs), 8 * chunk):
+            top = torch.maximum(top, (q @ refs[rlo:rlo + 8 * chunk].T).amax(dim=1))
+        best[lo:lo + chunk] = top
+    return (2.0 - 2.0 * best).clamp_min(0.0).sqrt()
