@@ -25,4 +25,4 @@ def build(spec: JobSpec, base_loss: nn.Module, *, num_classes: int | None, embed
 __all__ = ["Batch", "METHODS", "MixingMethod", "build"]
 
 # Importing a method's module registers it in METHODS (each module ends with METHODS[name] = ...).
-from core.mixup import c_mixup, generic, metrix, supremix  # noqa: E402,F401  input, manifold, embedding, cutmix, metrix, c_mixup, supremix
+from core.mixup import barlow, c_mixup, classification, generic, metrix, moco, supremix  # noqa: E402,F401

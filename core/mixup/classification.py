@@ -1,0 +1,306 @@
+"""Mixing methods for classification runs: Decoupled Mixup, RankMixup, MixOE.
+
+The objective loss is `cross_entropy`: a linear head on the training net's output
+(`base_loss.logits`), trained and checkpointed with the run. Every method reports
+the head's test `accuracy` and `ece` (15 bins); MixOE adds out-of-distribution
+`auroc` and `tnr_at_95_tpr` of max-softmax scores.
+
+Decoupled Mixup (Liu et al. 2023; Westlake-AI/openmixup `soft_mix_cross_entropy`)
+    x~ = lam x + (1 - lam) x[perm] at the input or after a random block
+    (manifold), lam ~ Beta(alpha, alpha) per batch. Per sample mixing classes
+    a != b:
+        L = soft-CE(lam e_a + (1 - lam) e_b) + weight * (eta_a CE_a + eta_b CE_b),
+    CE_a = -log softmax over all classes except b, at a (the other mixed class is
+    removed from the softmax), CE_b likewise. eta_a = eta lam, eta_b = eta (1 - lam)
+    (METHODS.md; openmixup's lam_scale 'pow' with index 1). Modes as openmixup's
+    ClsMixupHead with thr 0.5: "both" keeps both terms, "less" only the term of
+    the class with lam_i < 0.5 (lam = 0.5: class b), "more" only the other one.
+    Same-class pairs and lam within 1e-3 of 0 or 1 are not mixed samples
+    (openmixup's `mask_one`): they get the soft-CE alone, which is then plain CE.
+    eta = 0 (or weight = 0) is plain mixup cross-entropy. The loss is the mean
+    over the batch.
+
+RankMixup (Noh et al. 2023; cvlab-yonsei/RankMixup)
+    CE on the raw batch (no mixed-label CE) plus weight (default 0.1) times:
+    MRL: mean over the batch of relu(max logit(mixed) - max logit(raw) + margin)
+      with one mixed copy (the reference's num_mixup = 1 for MRL); pairs of the
+      same class (target one-hot) contribute 0 but stay in the mean, as the
+      reference.
+    M-NDCG: n_mixed mixed copies, each its own lam and permutation, in one
+      forward pass. Per sample the raw input has relevance 1 and rank 1, the
+      copies follow sorted by relevance max(lam, 1 - lam) (1 for same-class
+      pairs); gains are max softmax confidences, DCG = sum gain / log2(rank + 1),
+      IDCG the same with the relevances, NDCG = DCG / IDCG, or IDCG / DCG when
+      DCG > IDCG (the reference); loss mean(1 - NDCG).
+
+MixOE (Zhang et al. 2023; zjysteven/MixOE)
+    CE on the batch plus weight (default 5) times soft-CE of a mixture of each
+    input with an outlier, target lam onehot + (1 - lam) uniform, lam ~ Beta(alpha,
+    alpha). "mixup" mixes whole inputs; "cutmix" pastes an outlier box (images) or
+    segment (sequences, vectors) into the input and recomputes lam from the area
+    kept, as MixOE does. No outlier set is uploaded, so outliers are made from
+    the data, in the preprocessed input space:
+      "noise": Gaussian noise with the per-feature (per element) mean and standard
+        deviation of the inputs they are made from (the training batch; the test
+        set at evaluation);
+      "shuffled": inputs of the batch in a random order, each with its features
+        (all elements of the sample) randomly permuted: the marginal values of
+        real data without their structure.
+    Evaluation: the test set is in-distribution, outliers made the same way from
+    the test inputs with a generator seeded by train.seed are out-of-distribution;
+    AUROC of max-softmax (in-distribution positive) and the TNR on outliers at the
+    threshold where 95% of the test set is accepted (ROC point with TPR >= 0.95).
+
+weight = 0 computes neither mixing nor its forward pass and draws nothing, so a
+RankMixup or MixOE run with weight 0 trains exactly as plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import Tensor, nn
+
+from core.mixup import METHODS
+from core.mixup._local_mixing import cutmix, method_params, mix, one_hot, partners, sample_beta, setting
+from core.mixup.base import Batch, MixingMethod
+from core.models import Encoder, TrainingNet
+
+ECE_BINS = 15
+MIXED_EPS = 1e-3
+
+
+# --------------------------------------------------------------------------- metrics
+def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins (lo, hi] of |bin| / n * |accuracy - mean confidence|."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).to(torch.float64)
+    conf = conf.to(torch.float64)
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
+    bins = torch.bucketize(conf, edges[1:-1])  # bin i holds edges[i] < conf <= edges[i + 1]
+    total = torch.zeros((), dtype=torch.float64, device=conf.device)
+    for i in range(n_bins):
+        inside = bins == i
+        count = int(inside.sum())
+        if count:
+            total += count / len(conf) * (correct[inside].mean() - conf[inside].mean()).abs()
+    return float(total)
+
+
+def ood_scores(in_scores: Tensor, out_scores: Tensor) -> dict[str, float]:
+    """AUROC and TNR at 95% TPR of scores where in-distribution is the positive class."""
+    y = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).numpy()
+    s = torch.cat([in_scores, out_scores]).double().cpu().numpy()
+    fpr, tpr, _ = roc_curve(y, s)
+    at = int((tpr >= 0.95).argmax())  # the first ROC point accepting >= 95% of in-distribution
+    return {"auroc": float(roc_auc_score(y, s)), "tnr_at_95_tpr": float(1.0 - fpr[at])}
+
+
+# --------------------------------------------------------------------------- losses
+def decoupled_mixup_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, *, eta: float, mode: str,
+                         weight: float = 1.0) -> Tensor:
+    """Mixup soft-CE plus the decoupled regulariser (see the module docstring), mean over the batch."""
+    c = logits.shape[1]
+    logp = F.log_softmax(logits, dim=1)
+    target = mix(one_hot(y_a, c, logits.dtype), one_hot(y_b, c, logits.dtype), lam)
+    loss = -(target * logp).sum(dim=1)
+    if eta == 0 or weight == 0:
+        return loss.mean()
+    mixed = (y_a != y_b) & (MIXED_EPS < lam < 1 - MIXED_EPS)
+    z_a = logits.gather(1, y_a[:, None]).squeeze(1)
+    z_b = logits.gather(1, y_b[:, None]).squeeze(1)
+    ce_a = torch.logsumexp(logits.scatter(1, y_b[:, None], float("-inf")), dim=1) - z_a  # b left out
+    ce_b = torch.logsumexp(logits.scatter(1, y_a[:, None], float("-inf")), dim=1) - z_b  # a left out
+    if mode == "both":
+        eta_a, eta_b = eta * lam, eta * (1 - lam)
+    elif (mode == "less") == (lam < 0.5):
+        eta_a, eta_b = eta * lam, 0.0
+    else:
+        eta_a, eta_b = 0.0, eta * (1 - lam)
+    reg = torch.where(mixed, eta_a * ce_a + eta_b * ce_b, 0.0)
+    return (loss + weight * reg).mean()
+
+
+def mrl_term(raw_logits: Tensor, mixed_logits: Tensor, mixed: Tensor, margin: float) -> Tensor:
+    """RankMixup MRL: mean of relu(max logit(mixed) - max logit(raw) + margin), 0 where the pair is not mixed."""
+    diff = mixed_logits.max(dim=1).values - raw_logits.max(dim=1).values
+    return torch.where(mixed, F.relu(diff + margin), 0.0).mean()
+
+
+def mndcg_term(raw_logits: Tensor, mixed_logits: Tensor, relevance: Tensor) -> Tensor:
+    """RankMixup M-NDCG: mean(1 - NDCG); mixed_logits (n, B, C), relevance (B, n)."""
+    conf_raw = F.softmax(raw_logits, dim=1).max(dim=1).values  # (B,)
+    conf_mix = F.softmax(mixed_logits, dim=2).max(dim=2).values.T  # (B, n)
+    order = torch.argsort(relevance, dim=1, descending=True, stable=True)
+    gains = torch.cat([conf_raw[:, None], conf_mix.gather(1, order)], dim=1)
+    ideal = torch.cat([torch.ones_like(conf_raw)[:, None], relevance.gather(1, order).to(gains.dtype)], dim=1)
+    discount = torch.log2(torch.arange(2, gains.shape[1] + 2, device=gains.device, dtype=gains.dtype))
+    dcg, idcg = (gains / discount).sum(dim=1), (ideal / discount).sum(dim=1)
+    ndcg = torch.where(idcg > dcg, dcg / idcg, idcg / dcg)
+    return (1.0 - ndcg).mean()
+
+
+def make_outliers(x: Tensor, kind: str, gen: torch.Generator) -> Tensor:
+    """Outliers shaped like `x` (preprocessed inputs): "noise" or "shuffled" (see the module docstring)."""
+    if kind == "noise":
+        mean = x.mean(dim=0, keepdim=True)
+        std = x.std(dim=0, keepdim=True) if len(x) > 1 else torch.ones_like(mean)
+        return mean + std * torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
+    if kind == "shuffled":
+        rows = x[partners(gen, len(x)).to(x.device)].flatten(1)
+        perm = torch.rand(rows.shape, generator=gen, device=gen.device).argsort(dim=1).to(x.device)
+        return rows.gather(1, perm).view_as(x)
+    raise ValueError(f"unknown outlier kind {kind!r}; use 'noise' or 'shuffled'")
+
+
+# --------------------------------------------------------------------------- methods
+class _ClassifierMethod(MixingMethod):
+    """Shared parts: the head lives in the cross_entropy loss; accuracy and ECE at evaluation."""
+
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        if not hasattr(base_loss, "logits") or num_classes is None:
+            raise ValueError(f"{spec.mixup.method} needs the cross_entropy loss on class labels")
+        self.params = method_params(spec)
+        self.alpha = float(setting(spec, "alpha"))
+        self.weight = float(setting(spec, "weight"))
+        self.level = setting(spec, "level")
+        self._net: list[TrainingNet] = []  # the training net seen last (not a submodule: not re-registered)
+
+    def _remember(self, net: TrainingNet) -> None:
+        if not self._net or self._net[0] is not net:
+            self._net[:] = [net]
+
+    def logits(self, net: TrainingNet, x: Tensor, start: int = 0) -> Tensor:
+        return self.base_loss.logits(net(x, start).float())
+
+    # -- evaluation ----------------------------------------------------------------
+    def _outputs(self, encoder: Encoder, h: Tensor) -> Tensor:
+        """Head logits of preprocessed inputs, through the projection head when the run has one."""
+        z = encoder.embed_from(h)
+        if self._net and self._net[0].encoder is encoder:
+            z = self._net[0].project(z)
+        elif self.spec.model.projection_dim is not None:
+            raise RuntimeError("the classification head reads the projected output; the training net is not known yet")
+        return self.base_loss.logits(z.float())
+
+    @torch.no_grad()
+    def _probs(self, encoder: Encoder, h: Tensor, chunk: int = 1024) -> Tensor:
+        out = [F.softmax(self._outputs(encoder, h[i:i + chunk]), dim=1).cpu() for i in range(0, len(h), chunk)]
+        return torch.cat(out) if out else torch.empty(0, self.num_classes)
+
+    @torch.no_grad()
+    def _preprocessed_test(self, encoder: Encoder, data, device: torch.device) -> Tensor:
+        return torch.cat([encoder.preprocess(data.x_test[i:i + 1024].to(device)) for i in range(0, len(data.x_test), 1024)])
+
+    def extra_metrics(self, encoder: Encoder, data, device: torch.device) -> dict[str, float]:
+        if data.y_test is None or len(data.y_test) == 0:
+            return {}
+        modes = [(m, m.training) for m in [encoder, self.base_loss, *self._net]]
+        for m, _ in modes:
+            m.eval()
+        try:
+            h = self._preprocessed_test(encoder, data, device)
+            probs = self._probs(encoder, h)
+            y = data.y_test.cpu()
+            values = {"accuracy": float((probs.argmax(dim=1) == y).double().mean()),
+                      "ece": expected_calibration_error(probs, y)}
+            values |= self._more_metrics(encoder, h, probs)
+        finally:
+            for m, was in modes:
+                m.train(was)
+        return values
+
+    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor) -> dict[str, float]:
+        return {}
+
+
+class DecoupledMixup(_ClassifierMethod):
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        self.eta = float(self.params["eta"])
+        self.mode = str(self.params["mode"])
+
+    def draw(self, gen: torch.Generator, n: int, blocks: int) -> tuple[float, Tensor, int]:
+        """lambda, partners, and (manifold) the block index to mix before (0 = the input)."""
+        lam = sample_beta(gen, self.alpha)
+        perm = partners(gen, n)
+        start = int(torch.randint(blocks, (), generator=gen, device=gen.device).item()) if self.level == "manifold" else 0
+        return lam, perm, start
+
+    def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
+        self._remember(net)
+        x = batch.view()
+        lam, perm, start = self.draw(batch.gen, len(x), len(net.encoder.blocks))
+        perm = perm.to(x.device)
+        h = net.encoder.hidden(x, 0, start)
+        logits = self.logits(net, mix(h, h[perm], lam), start)
+        return decoupled_mixup_loss(logits, batch.y, batch.y[perm], lam, eta=self.eta, mode=self.mode, weight=self.weight)
+
+
+class RankMixup(_ClassifierMethod):
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        self.mode = str(self.params["mode"])
+        self.margin = float(self.params["margin"])
+        self.copies = 1 if self.mode == "mrl" else int(self.params["n_mixed"])
+
+    def draw(self, gen: torch.Generator, n: int) -> list[tuple[float, Tensor]]:
+        return [(sample_beta(gen, self.alpha), partners(gen, n)) for _ in range(self.copies)]
+
+    def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
+        self._remember(net)
+        x, y = batch.view(), batch.y
+        raw = self.logits(net, x)
+        ce = F.cross_entropy(raw, y)
+        if self.weight == 0:
+            return ce
+        draws = self.draw(batch.gen, len(x))
+        mixed_x = torch.cat([mix(x, x[perm.to(x.device)], lam) for lam, perm in draws])
+        mixed = self.logits(net, mixed_x).view(len(draws), len(x), -1)
+        same = torch.stack([(y == y[perm.to(y.device)]) | (lam in (0.0, 1.0)) for lam, perm in draws], dim=1)  # (B, n)
+        if self.mode == "mrl":
+            term = mrl_term(raw, mixed[0], ~same[:, 0], self.margin)
+        else:
+            rel = torch.tensor([max(lam, 1.0 - lam) for lam, _ in draws], device=raw.device, dtype=raw.dtype)
+            relevance = torch.where(same, 1.0, rel.expand(len(x), -1))
+            term = mndcg_term(raw, mixed, relevance)
+        return ce + self.weight * term
+
+
+class MixOE(_ClassifierMethod):
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        self.mix_op = str(self.params["mix"])
+        self.outliers = str(self.params["outliers"])
+
+    def mixed_batch(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, float]:
+        """(mixture of x with outliers, lambda actually applied); draws lam, then outliers, then the box."""
+        lam = sample_beta(gen, self.alpha)
+        out = make_outliers(x, self.outliers, gen)
+        if self.mix_op == "cutmix":
+            return cutmix(x, out, lam, gen)
+        return mix(x, out, lam), lam
+
+    def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
+        self._remember(net)
+        x, y = batch.view(), batch.y
+        ce = F.cross_entropy(self.logits(net, x), y)
+        if self.weight == 0:
+            return ce
+        mixed_x, lam = self.mixed_batch(x, batch.gen)
+        target = lam * one_hot(y, self.num_classes) + (1.0 - lam) / self.num_classes
+        logp = F.log_softmax(self.logits(net, mixed_x), dim=1)
+        return ce + self.weight * -(target * logp).sum(dim=1).mean()
+
+    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor) -> dict[str, float]:
+        gen = torch.Generator().manual_seed(self.spec.train.seed)
+        outliers = make_outliers(h.cpu(), self.outliers, gen).to(h.device)
+        out_probs = self._probs(encoder, outliers)
+        return ood_scores(probs.max(dim=1).values, out_probs.max(dim=1).values)
+
+
+METHODS["decoupled_mixup"] = DecoupledMixup
+METHODS["rankmixup"] = RankMixup
+METHODS["mixoe"] = MixOE

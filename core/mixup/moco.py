@@ -1,0 +1,213 @@
+"""MoCo v2 and MoCHi (hard negative mixing) on top of the engine's NT-Xent loss.
+
+MoCo v2 (He et al. 2020; Chen et al. 2020): the query is the training net's
+output for one view, the key is a momentum (EMA) copy of the net applied to the
+other view, detached. The loss is InfoNCE of each query against its own key
+(the positive) and a queue of past keys (the negatives), temperature from the
+ntxent loss's parameters:
+
+    -log( e^{q.k+/tau} / (e^{q.k+/tau} + sum_{n in queue} e^{q.n/tau}) ).
+
+It is computed by the ntxent module itself with references = [keys of the batch;
+queue] and PairWeights of two blocks: batch keys (pos = identity, neg = 0: as in
+MoCo, the other keys of the batch are not negatives) and queue (pos = 0, neg = 1).
+After the loss the batch's keys replace the oldest queue entries. The key
+encoder is updated after every optimizer step, theta_k <- m theta_k + (1 - m)
+theta_q, on parameters only; its BatchNorm statistics come from its own forward
+passes in train mode (single device, so no shuffle-BN). Queue, pointer and key
+encoder are state of this module, so they are checkpointed with the run and a
+resume is bit-exact.
+
+MoCHi (Kalantidis et al. 2020): per query, take the `n_hard` queue negatives
+most similar to it; make `s` synthetic negatives normalise(a n_i + (1-a) n_j),
+a ~ U(0, 1), n_i, n_j drawn uniformly (independently) from the hard set, and
+`s_prime` synthetic negatives normalise(b q + (1-b) n_j), b ~ U(0, 0.5). They
+are detached and join only their own query's denominator (per-query logits,
+O(B x (s + s')) memory rather than a block-diagonal (B, B x (s + s')) weight
+matrix), and are never enqueued. With s = s' = 0 MoCHi is MoCo exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.losses import PairWeights
+from core.losses.infonce import decoupled_pair_terms, safe_divide
+from core.losses.pairs import cosine_matrix
+from core.mixup import METHODS
+from core.mixup._local_mixing import method_params, uniform
+from core.mixup.base import Batch, MixingMethod
+from core.models import TrainingNet
+
+_KEY = "key_net."
+
+
+def moco_weights(batch: int, queue: int, device: torch.device | None = None) -> PairWeights:
+    """Weights over [batch keys; queue]: key i is query i's only positive, the queue its negatives."""
+    eye = torch.eye(batch, device=device)
+    keys = PairWeights(eye, torch.zeros_like(eye))
+    negatives = PairWeights(torch.zeros(batch, queue, device=device), torch.ones(batch, queue, device=device))
+    return PairWeights.cat(keys, negatives)
+
+
+@torch.no_grad()
+def hard_negative_mixes(query: Tensor, queue: Tensor, n_hard: int, s: int, s_prime: int,
+                        gen: torch.Generator) -> Tensor:
+    """MoCHi's synthetic negatives per query, (B, s + s_prime, d), unit norm and detached.
+
+    `query` (B, d) and `queue` (K, d) must be L2-normalised. The first s rows of
+    each query mix two of its n_hard hardest queue negatives, the last s_prime mix
+    the query itself (weight b < 0.5) with one of them.
+    """
+    q = query.detach()
+    b, d = q.shape
+    n = min(n_hard, queue.shape[0])
+    hard_idx = (q @ queue.T).topk(n, dim=1).indices  # (B, n), hardest first
+    hard = queue[hard_idx]  # (B, n, d)
+    parts = []
+    if s > 0:
+        i = torch.randint(n, (b, s), generator=gen, device=gen.device)
+        j = torch.randint(n, (b, s), generator=gen, device=gen.device)
+        a = uniform(gen, (b, s, 1), dtype=q.dtype)
+        ni = torch.gather(hard, 1, i.unsqueeze(-1).expand(b, s, d))
+        nj = torch.gather(hard, 1, j.unsqueeze(-1).expand(b, s, d))
+        parts.append(F.normalize(a * ni + (1 - a) * nj, dim=-1))
+    if s_prime > 0:
+        j = torch.randint(n, (b, s_prime), generator=gen, device=gen.device)
+        beta = uniform(gen, (b, s_prime, 1), 0.0, 0.5, dtype=q.dtype)
+        nj = torch.gather(hard, 1, j.unsqueeze(-1).expand(b, s_prime, d))
+        parts.append(F.normalize(beta * q.unsqueeze(1) + (1 - beta) * nj, dim=-1))
+    if not parts:
+        return q.new_zeros(b, 0, d)
+    return torch.cat(parts, dim=1)
+
+
+def infonce_with_extra(temperature: float, query: Tensor, refs: Tensor, weights: PairWeights, extra: Tensor) -> Tensor:
+    """NTXentLoss.pair_loss over [refs shared by all queries; `extra` negatives of each query alone].
+
+    `extra` is (B, S, d) unit-norm; its logits q_i . e_is / tau join query i's
+    denominator with neg weight 1. Equal to the ntxent module's value when S = 0.
+    """
+    anchors = F.normalize(query, dim=1)
+    logits = cosine_matrix(anchors, F.normalize(refs, dim=1)) / temperature
+    extra_logits = torch.einsum("bd,bsd->bs", anchors, extra.to(anchors.dtype)) / temperature
+    logits = torch.cat([logits, extra_logits], dim=1)
+    weights = PairWeights.cat(weights, PairWeights(torch.zeros_like(extra_logits), torch.ones_like(extra_logits))).like(logits)
+    terms = decoupled_pair_terms(logits, weights)
+    return safe_divide((weights.pos * terms).sum(), weights.pos.sum())
+
+
+class MoCo(MixingMethod):
+    """MoCo v2: momentum key encoder + queue of negatives; InfoNCE through the ntxent loss."""
+
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        if not hasattr(base_loss, "temperature"):
+            raise ValueError(f"{spec.mixup.method} needs the ntxent loss (its temperature); got {type(base_loss).__name__}")
+        p = method_params(spec)
+        self.queue_size = int(p["queue_size"])
+        self.momentum = float(p["momentum"])
+        # A random unit-norm queue to start with, as MoCo does; seeded by the run's seed so
+        # it does not depend on (or move) the global RNG.
+        g = torch.Generator().manual_seed(spec.train.seed + 7919)
+        self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, embedding_dim, generator=g), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # The key encoder is a copy of the training net made at the first batch (the method is
+        # built before it sees the net); a checkpoint loaded before then is held until that moment.
+        self.register_module("key_net", None)
+        self._pending_key_state: dict[str, Tensor] | None = None
+
+    # -- key encoder -----------------------------------------------------------------
+    def _key_encoder(self, net: TrainingNet) -> nn.Module:
+        if self.key_net is None:
+            key = copy.deepcopy(net)
+            for p in key.parameters():
+                p.requires_grad_(False)
+            if self._pending_key_state is not None:
+                key.load_state_dict(self._pending_key_state)
+                self._pending_key_state = None
+            self.key_net = key
+        self.key_net.train(net.training)
+        return self.key_net
+
+    @torch.no_grad()
+    def after_step(self, net: TrainingNet) -> None:
+        if self.key_net is None:
+            return
+        m = self.momentum
+        for pk, pq in zip(self.key_net.parameters(), net.parameters()):
+            pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+
+    # -- checkpoint (the key encoder may not exist yet when a checkpoint is loaded) ------
+    def state_dict(self, *args: Any, **kwargs: Any):
+        out = super().state_dict(*args, **kwargs)
+        if self.key_net is None and self._pending_key_state is not None:
+            prefix = kwargs.get("prefix", "")
+            for k, v in self._pending_key_state.items():
+                out[prefix + _KEY + k] = v
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.key_net is not None:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        key_state = {k[len(_KEY):]: v for k, v in state_dict.items() if k.startswith(_KEY)}
+        self._pending_key_state = key_state or None
+        own = {k: v for k, v in state_dict.items() if not k.startswith(_KEY)}
+        return super().load_state_dict(own, strict=strict, assign=assign)
+
+    # -- queue -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor) -> None:
+        keys = keys.detach().to(self.queue.dtype)[-self.queue_size:]
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % self.queue_size
+        self.queue[idx] = keys
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % self.queue_size)
+
+    # -- loss --------------------------------------------------------------------------
+    def queries_and_keys(self, net: TrainingNet, batch: Batch) -> tuple[Tensor, Tensor]:
+        """q = net(view 1) with gradient; k = normalise(key_net(view 2)), no gradient."""
+        v1, v2 = batch.view(), batch.view()
+        key_net = self._key_encoder(net)
+        q = net(v1).float()
+        with torch.no_grad():
+            k = F.normalize(key_net(v2).float(), dim=1)
+        return q, k
+
+    def synthetic(self, q: Tensor, queue: Tensor, gen: torch.Generator) -> Tensor | None:
+        return None
+
+    def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
+        q, k = self.queries_and_keys(net, batch)
+        queue = self.queue.clone()  # the loss sees the queue before this batch's keys go in
+        refs = torch.cat([k, queue])
+        weights = moco_weights(len(q), len(queue), q.device)
+        extra = self.synthetic(F.normalize(q.detach(), dim=1), queue, batch.gen)
+        if extra is None or extra.shape[1] == 0:
+            loss = self.base_loss(q, weights=weights, ref=refs)
+        else:
+            loss = infonce_with_extra(self.base_loss.temperature, q, refs, weights, extra)
+        self._enqueue(k)
+        return loss
+
+
+class MoCHi(MoCo):
+    """MoCo v2 plus per-query synthetic hard negatives (detached) in the denominator."""
+
+    def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
+        super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
+        p = method_params(spec)
+        self.n_hard, self.s, self.s_prime = int(p["n_hard"]), int(p["s"]), int(p["s_prime"])
+
+    def synthetic(self, q: Tensor, queue: Tensor, gen: torch.Generator) -> Tensor | None:
+        if self.s == 0 and self.s_prime == 0:
+            return None
+        return hard_negative_mixes(q, queue, self.n_hard, self.s, self.s_prime, gen)
+
+
+METHODS["moco"] = MoCo
+METHODS["mochi"] = MoCHi
