@@ -274,9 +274,11 @@ class Trainer:
         every_epochs = self.spec.eval.every_epochs
         self.net.train()
         running, count, metrics, stopped = 0.0, 0, {}, False
+        order_epoch, order = -1, None
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
-            order = epoch_order(t.seed, epoch, len(self.x)).to(self.device)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.x)).to(self.device)
             idx = order[offset * self.batch:(offset + 1) * self.batch]
             self.last_loss = self._train_step(idx)
             running += self.last_loss

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from core.losses.barlow_twins import standardise
 from core.mixup import METHODS
-from core.mixup._local_mixing import method_params, mix, partners, sample_beta, setting
 from core.mixup.base import Batch, MixingMethod
+from core.mixup.mixing import method_params, mix, mixup_setting, partners, sample_lambda_float
 from core.models import TrainingNet
 
 
@@ -54,13 +54,13 @@ class MixedBarlowTwins(MixingMethod):
         if not hasattr(base_loss, "lambda_offdiag"):
             raise ValueError(f"mixed_barlow_twins needs the barlow_twins loss; got {type(base_loss).__name__}")
         self.l_reg = float(method_params(spec)["l_reg"])
-        self.alpha = float(setting(spec, "alpha"))
-        self.weight = float(setting(spec, "weight"))
+        self.alpha = float(mixup_setting(spec, "alpha"))
+        self.weight = float(mixup_setting(spec, "weight"))
 
     def draw(self, gen: torch.Generator, n: int) -> tuple[float, Tensor]:
         """lambda then the permutation, in that order, from the run's generator."""
-        lam = sample_beta(gen, self.alpha)
-        return lam, partners(gen, n)
+        lam = sample_lambda_float(self.alpha, gen)
+        return lam, partners(n, gen)
 
     def loss_given(self, net: TrainingNet, x_a: Tensor, x_b: Tensor, lam: float, perm: Tensor) -> tuple[Tensor, Tensor]:
         """(base loss, regulariser) for given views, lambda and permutation."""

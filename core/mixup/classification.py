@@ -63,8 +63,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
 from core.mixup import METHODS
-from core.mixup._local_mixing import cutmix, method_params, mix, one_hot, partners, sample_beta, setting
 from core.mixup.base import Batch, MixingMethod
+from core.mixup.mixing import (cutmix_region, method_level, method_params, mix, mixup_setting, partners, paste,
+                               sample_lambda_float)
 from core.models import Encoder, TrainingNet
 
 ECE_BINS = 15
@@ -103,7 +104,7 @@ def decoupled_mixup_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, *
     """Mixup soft-CE plus the decoupled regulariser (see the module docstring), mean over the batch."""
     c = logits.shape[1]
     logp = F.log_softmax(logits, dim=1)
-    target = mix(one_hot(y_a, c, logits.dtype), one_hot(y_b, c, logits.dtype), lam)
+    target = mix(F.one_hot(y_a, c).to(logits.dtype), F.one_hot(y_b, c).to(logits.dtype), lam)
     loss = -(target * logp).sum(dim=1)
     if eta == 0 or weight == 0:
         return loss.mean()
@@ -148,7 +149,7 @@ def make_outliers(x: Tensor, kind: str, gen: torch.Generator) -> Tensor:
         std = x.std(dim=0, keepdim=True) if len(x) > 1 else torch.ones_like(mean)
         return mean + std * torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
     if kind == "shuffled":
-        rows = x[partners(gen, len(x)).to(x.device)].flatten(1)
+        rows = x[partners(len(x), gen).to(x.device)].flatten(1)
         perm = torch.rand(rows.shape, generator=gen, device=gen.device).argsort(dim=1).to(x.device)
         return rows.gather(1, perm).view_as(x)
     raise ValueError(f"unknown outlier kind {kind!r}; use 'noise' or 'shuffled'")
@@ -163,9 +164,9 @@ class _ClassifierMethod(MixingMethod):
         if not hasattr(base_loss, "logits") or num_classes is None:
             raise ValueError(f"{spec.mixup.method} needs the cross_entropy loss on class labels")
         self.params = method_params(spec)
-        self.alpha = float(setting(spec, "alpha"))
-        self.weight = float(setting(spec, "weight"))
-        self.level = setting(spec, "level")
+        self.alpha = float(mixup_setting(spec, "alpha"))
+        self.weight = float(mixup_setting(spec, "weight"))
+        self.level = method_level(spec)
         self._net: list[TrainingNet] = []  # the training net seen last (not a submodule: not re-registered)
 
     def _remember(self, net: TrainingNet) -> None:
@@ -224,8 +225,8 @@ class DecoupledMixup(_ClassifierMethod):
 
     def draw(self, gen: torch.Generator, n: int, blocks: int) -> tuple[float, Tensor, int]:
         """lambda, partners, and (manifold) the block index to mix before (0 = the input)."""
-        lam = sample_beta(gen, self.alpha)
-        perm = partners(gen, n)
+        lam = sample_lambda_float(self.alpha, gen)
+        perm = partners(n, gen)
         start = int(torch.randint(blocks, (), generator=gen, device=gen.device).item()) if self.level == "manifold" else 0
         return lam, perm, start
 
@@ -247,7 +248,7 @@ class RankMixup(_ClassifierMethod):
         self.copies = 1 if self.mode == "mrl" else int(self.params["n_mixed"])
 
     def draw(self, gen: torch.Generator, n: int) -> list[tuple[float, Tensor]]:
-        return [(sample_beta(gen, self.alpha), partners(gen, n)) for _ in range(self.copies)]
+        return [(sample_lambda_float(self.alpha, gen), partners(n, gen)) for _ in range(self.copies)]
 
     def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
         self._remember(net)
@@ -277,10 +278,10 @@ class MixOE(_ClassifierMethod):
 
     def mixed_batch(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, float]:
         """(mixture of x with outliers, lambda actually applied); draws lam, then outliers, then the box."""
-        lam = sample_beta(gen, self.alpha)
+        lam = sample_lambda_float(self.alpha, gen)
         out = make_outliers(x, self.outliers, gen)
         if self.mix_op == "cutmix":
-            return cutmix(x, out, lam, gen)
+            return paste(x, out, cutmix_region(x, lam, gen))
         return mix(x, out, lam), lam
 
     def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
@@ -290,7 +291,7 @@ class MixOE(_ClassifierMethod):
         if self.weight == 0:
             return ce
         mixed_x, lam = self.mixed_batch(x, batch.gen)
-        target = lam * one_hot(y, self.num_classes) + (1.0 - lam) / self.num_classes
+        target = lam * F.one_hot(y, self.num_classes).float() + (1.0 - lam) / self.num_classes
         logp = F.log_softmax(self.logits(net, mixed_x), dim=1)
         return ce + self.weight * -(target * logp).sum(dim=1).mean()
 

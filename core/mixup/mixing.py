@@ -12,6 +12,7 @@ Beta(a, b) is drawn as Ga / (Ga + Gb) with Ga ~ Gamma(a), Gb ~ Gamma(b) from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,6 +32,20 @@ def method_params(spec: JobSpec) -> dict[str, Any]:
     """The method's own parameters: catalog defaults overridden by `spec.mixup.params`."""
     entry = catalog.MIXUPS[spec.mixup.method]
     return {**entry.defaults(), **spec.mixup.params}
+
+
+def mixup_setting(spec: JobSpec, name: str) -> Any:
+    """`spec.mixup.<name>` ("alpha" or "weight") when the spec sets it, else the method's recommended value.
+
+    The recommendation is the catalog's extra["defaults"] (RankMixup weight 0.1,
+    MixOE weight 5), falling back to MixupSpec's own default. Only the methods
+    that call this apply the catalog's recommendation; Metrix, C-Mixup and the
+    generic methods read `spec.mixup` directly, so there it stays advice.
+    """
+    mix = spec.mixup
+    if name in mix.model_fields_set:
+        return getattr(mix, name)
+    return catalog.MIXUPS[mix.method].extra.get("defaults", {}).get(name, getattr(mix, name))
 
 
 def method_level(spec: JobSpec) -> str:
@@ -62,6 +77,14 @@ def sample_beta(a: float, b: float, shape: Sequence[int] | int, gen: torch.Gener
 def sample_lambda(alpha: float, n: int, gen: torch.Generator, per_sample: bool = False) -> Tensor:
     """lambda ~ Beta(alpha, alpha): one scalar per batch (shape ()), or one per sample (shape (n,))."""
     return sample_beta(alpha, alpha, (n,) if per_sample else (), gen)
+
+
+def sample_lambda_float(alpha: float, gen: torch.Generator) -> float:
+    """One lambda ~ Beta(alpha, alpha) as a Python float, for losses that take lambda as a number.
+
+    Drawn in float64, so a lambda near 0 or 1 is not rounded onto 0 or 1 by float32.
+    """
+    return float(sample_beta(alpha, alpha, (), gen, torch.float64))
 
 
 def uniform(shape: Sequence[int] | int, gen: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -146,24 +169,48 @@ def mix(a: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
     return w * a + (1 - w) * b
 
 
-def cutmix_box(height: int, width: int, lam: Tensor, gen: torch.Generator) -> tuple[int, int, int, int]:
+def cut_span(size: int, ratio: float, gen: torch.Generator) -> tuple[int, int]:
+    """[lo, hi) of length int(size * ratio) around a centre uniform in [0, size), clipped: one axis of timm's rand_bbox."""
+    cut = int(size * ratio)
+    centre = randint(size, gen)
+    return min(max(centre - cut // 2, 0), size), min(max(centre + cut // 2, 0), size)
+
+
+def cutmix_box(height: int, width: int, lam: Tensor | float, gen: torch.Generator) -> tuple[int, int, int, int]:
     """CutMix box (y0, y1, x0, x1) of side sqrt(1 - lam) around a uniform centre, clipped (timm's rand_bbox)."""
-    ratio = float(torch.sqrt(1.0 - lam.double()).item())
-    cut_h, cut_w = int(height * ratio), int(width * ratio)
-    cy, cx = randint(height, gen), randint(width, gen)
-    y0, y1 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
-    x0, x1 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
-    return y0, y1, x0, x1
+    ratio = math.sqrt(1.0 - float(lam))
+    return cut_span(height, ratio, gen) + cut_span(width, ratio, gen)
+
+
+def cutmix_region(x: Tensor, lam: Tensor | float, gen: torch.Generator) -> tuple[int, ...]:
+    """Where CutMix cuts a batch x: a box (y0, y1, x0, x1) of images (B, C, H, W), else a segment (lo, hi) of the last axis.
+
+    A segment of a sequence or vector is (1 - lam) of its length, so both cut
+    away the share 1 - lam before clipping; `paste` takes either.
+    """
+    if x.ndim == 4:
+        return cutmix_box(x.shape[-2], x.shape[-1], lam, gen)
+    return cut_span(x.shape[-1], 1.0 - float(lam), gen)
+
+
+def paste(x: Tensor, source: Tensor, region: Sequence[int]) -> tuple[Tensor, float]:
+    """x with `region` taken from `source` (same shape); returns it and lambda = the share of x kept.
+
+    `region` is (lo, hi) per cut axis, the last len(region) / 2 axes of x (a
+    `cutmix_region`). The share is exact: the pasted area over the whole.
+    """
+    spans = [slice(lo, hi) for lo, hi in zip(region[::2], region[1::2])]
+    index = (..., *spans)
+    out = x.clone()
+    out[index] = source[index]
+    area = math.prod(s.stop - s.start for s in spans)
+    return out, 1.0 - area / math.prod(x.shape[-len(spans):])
 
 
 def apply_cutmix(x: Tensor, partner: Tensor, box: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
     """Paste the box from the partners into x (B, C, H, W); returns the mixed batch and lambda = 1 - box area share."""
-    y0, y1, x0, x1 = box
-    out = x.clone()
-    out[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
-    area = (y1 - y0) * (x1 - x0)
-    lam = torch.tensor(1.0 - area / float(x.shape[-1] * x.shape[-2]), device=x.device)
-    return out, lam
+    out, lam = paste(x, x[partner], box)
+    return out, torch.tensor(lam, device=x.device)
 
 
 # ------------------------------------------------------------------ mixed labels

@@ -40,8 +40,8 @@ from core.losses import PairWeights
 from core.losses.infonce import decoupled_pair_terms, safe_divide
 from core.losses.pairs import cosine_matrix
 from core.mixup import METHODS
-from core.mixup._local_mixing import method_params, uniform
 from core.mixup.base import Batch, MixingMethod
+from core.mixup.mixing import method_params, uniform
 from core.models import TrainingNet
 
 _KEY = "key_net."
@@ -73,13 +73,13 @@ def hard_negative_mixes(query: Tensor, queue: Tensor, n_hard: int, s: int, s_pri
     if s > 0:
         i = torch.randint(n, (b, s), generator=gen, device=gen.device)
         j = torch.randint(n, (b, s), generator=gen, device=gen.device)
-        a = uniform(gen, (b, s, 1), dtype=q.dtype)
+        a = uniform((b, s, 1), gen, q.dtype)
         ni = torch.gather(hard, 1, i.unsqueeze(-1).expand(b, s, d))
         nj = torch.gather(hard, 1, j.unsqueeze(-1).expand(b, s, d))
         parts.append(F.normalize(a * ni + (1 - a) * nj, dim=-1))
     if s_prime > 0:
         j = torch.randint(n, (b, s_prime), generator=gen, device=gen.device)
-        beta = uniform(gen, (b, s_prime, 1), 0.0, 0.5, dtype=q.dtype)
+        beta = 0.5 * uniform((b, s_prime, 1), gen, q.dtype)
         nj = torch.gather(hard, 1, j.unsqueeze(-1).expand(b, s_prime, d))
         parts.append(F.normalize(beta * q.unsqueeze(1) + (1 - beta) * nj, dim=-1))
     if not parts:

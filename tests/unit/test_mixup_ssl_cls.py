@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import kstest
 
 import core.mixup.barlow  # noqa: F401  (registers the methods)
 import core.mixup.classification  # noqa: F401
@@ -19,7 +20,6 @@ import core.mixup.moco  # noqa: F401
 from core import losses
 from core.data import load_dataset
 from core.mixup import METHODS, Batch, build
-from core.mixup._local_mixing import cutmix, sample_beta
 from core.mixup.barlow import mixed_barlow_regulariser
 from core.mixup.classification import (
     decoupled_mixup_loss,
@@ -29,6 +29,7 @@ from core.mixup.classification import (
     mrl_term,
     ood_scores,
 )
+from core.mixup.mixing import cutmix_region, paste, sample_lambda_float
 from core.mixup.moco import hard_negative_mixes, infonce_with_extra, moco_weights
 from core.models import build_net
 from core.spec import SpecError, validate_spec
@@ -329,10 +330,11 @@ def test_mixoe_outliers_and_cutmix():
     assert not torch.equal(shuffled, x)
     assert torch.equal(shuffled, make_outliers(x, "shuffled", torch.Generator().manual_seed(1)))
     images = torch.zeros(4, 1, 8, 8)
-    mixed, lam = cutmix(images, torch.ones(4, 1, 8, 8), 0.6, torch.Generator().manual_seed(2))
+    mixed, lam = paste(images, torch.ones(4, 1, 8, 8), cutmix_region(images, 0.6, torch.Generator().manual_seed(2)))
     assert lam == pytest.approx(1.0 - mixed[0].mean().item())  # lambda is the area kept
     assert torch.equal(mixed[0], mixed[3])  # one box for the batch
-    seq, lam = cutmix(torch.zeros(3, 40), torch.ones(3, 40), 0.75, torch.Generator().manual_seed(2))
+    seq = torch.zeros(3, 40)
+    seq, lam = paste(seq, torch.ones(3, 40), cutmix_region(seq, 0.75, torch.Generator().manual_seed(2)))
     assert lam == pytest.approx(1.0 - seq[0].mean().item()) and 0.7 <= lam <= 0.8
 
 
@@ -520,9 +522,9 @@ def test_methods_are_registered():
 
 
 def test_beta_draws_come_from_the_generator():
-    a = [sample_beta(torch.Generator().manual_seed(5), 2.0) for _ in range(2)]
+    a = [sample_lambda_float(2.0, torch.Generator().manual_seed(5)) for _ in range(2)]
     assert a[0] == a[1] and 0.0 < a[0] < 1.0
-    u = torch.rand((), generator=torch.Generator().manual_seed(5), dtype=torch.float64).item()
-    assert sample_beta(torch.Generator().manual_seed(5), 1.0) == u  # Beta(1, 1) is the uniform itself
-    draws = torch.tensor([sample_beta(g, 2.0) for g in [torch.Generator().manual_seed(s) for s in range(400)]])
+    uniform = [sample_lambda_float(1.0, torch.Generator().manual_seed(s)) for s in range(400)]
+    assert kstest(uniform, "uniform").pvalue > 0.01  # Beta(1, 1) is U(0, 1) (Mixed Barlow Twins' default alpha)
+    draws = torch.tensor([sample_lambda_float(2.0, torch.Generator().manual_seed(s)) for s in range(400)])
     assert abs(draws.mean() - 0.5) < 0.03 and abs(draws.var() - 0.05) < 0.01  # Beta(2, 2): mean 1/2, var 1/20
