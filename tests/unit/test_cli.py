@@ -51,11 +51,18 @@ def test_validate_names_the_bad_field(tmp_path):
     assert good.returncode == 0 and json.loads(good.stdout)["train"]["lr"] == 0.001
 
 
-def test_mixup_is_refused_before_training(tmp_path):
-    proc = run("train", str(ROOT / "examples/mnist1d-ms-metrix.json"), "--out", str(tmp_path / "out"))
+def test_invalid_mixing_combination_is_refused_before_training(tmp_path):
+    spec = {**SMALL, "objective": {"loss": "supcon"}, "mixup": {"method": "metrix", "alpha": 2.0}}
+    proc = run("train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
-    assert "mixup.method" in proc.stderr
+    assert "mixup.method" in proc.stderr and "'supcon'" in proc.stderr
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_design_example_with_metrix_validates():
+    proc = run("validate", str(ROOT / "examples/mnist1d-ms-metrix.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mixup"]["method"] == "metrix"
 
 
 def test_train_writes_model_card_metrics_and_resumes(tmp_path):
