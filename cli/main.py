@@ -165,6 +165,15 @@ def _register_service_commands() -> None:
 _register_service_commands()
 
 
+def _register_recipe_commands() -> None:
+    from cli import recipes
+
+    recipes.register(app)
+
+
+_register_recipe_commands()
+
+
 def main() -> None:
     app(prog_name="embedmix")
 
