@@ -11,6 +11,8 @@ O(B x N) with N = B + Q.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -182,7 +184,7 @@ def pair_inputs(
     return anchors, anchors, PairWeights.from_labels(labels.to(embeddings.device))
 
 
-class PairLoss(nn.Module):
+class PairLoss(nn.Module, ABC):
     """Base of the pair-based losses: one forward for all call forms, one `pair_loss` per loss.
 
     Subclasses implement `pair_loss(anchors, refs, weights)` over normalised
@@ -208,5 +210,6 @@ class PairLoss(nn.Module):
         )
         return self.pair_loss(anchors, refs, pair_weights.like(anchors))
 
+    @abstractmethod
     def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
-        raise NotImplementedError
+        """The loss from anchors (B, d), references (N, d) and their (B, N) pair weights."""

@@ -14,6 +14,8 @@ proxy anchor the weights sit inside its sums, Metrix's generalisation).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from typing import ClassVar
 
@@ -48,7 +50,7 @@ def target_entries(target: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, 
     return rows, target.long(), torch.ones(target.shape[0], dtype=dtype, device=target.device)
 
 
-class ClassWeightLoss(nn.Module):
+class ClassWeightLoss(nn.Module, ABC):
     """Base: holds the per-class weight, checks the target, hands cosines (B, C) and the target to `class_loss`."""
 
     two_view: ClassVar[bool] = False
@@ -71,8 +73,9 @@ class ClassWeightLoss(nn.Module):
         cos = F.normalize(embeddings, dim=1) @ weight.T
         return self.class_loss(cos, target)
 
+    @abstractmethod
     def class_loss(self, cos: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The loss from the (B, C) cosines to the class vectors and int labels or soft targets."""
 
 
 class ProxyAnchorLoss(ClassWeightLoss):

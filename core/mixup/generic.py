@@ -36,6 +36,8 @@ path). `spec.mixup.weight` is not used: the mixed loss replaces the clean one.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import ClassVar
 
 import torch
@@ -96,9 +98,9 @@ class GenericMixup(MixingMethod):
         labels = self.labels(batch.y, batch.x.shape[0], x.device)
         return self.mixed_loss(net, x, labels, self.draw(net, x, batch.gen))
 
+    @abstractmethod
     def encode(self, net: TrainingNet, x: Tensor, m: Mix, need_clean: bool) -> tuple[Tensor | None, Tensor, Tensor]:
         """(clean outputs or None, mixed outputs, the lambda the labels use)."""
-        raise NotImplementedError
 
     def mixed_loss(self, net: TrainingNet, x: Tensor, labels: Tensor, m: Mix) -> Tensor:
         """The loss of the batch mixed as `m` says (replayable: tests pass lam = 1 here)."""
