@@ -39,7 +39,7 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
-from core.spec import JobSpec, SpecError, compatibility_errors, validate_spec
+from core.spec import EXAMPLE_SPEC, JobSpec, SpecError, compatibility_errors, validate_spec
 from store import (
     IdempotencyConflict,
     create_job,
@@ -61,16 +61,6 @@ RETRY_AFTER_QUOTA_S = 30
 MAX_METRIC_PAGE = 1000
 UNCANCELLABLE = ("succeeded", "failed")
 
-EXAMPLE_SPEC = {
-    "name": "mnist1d-ms-metrix",
-    "dataset": {"name": "mnist1d", "split": {"kind": "random", "test_fraction": 0.2}},
-    "model": {"encoder": "conv1d", "embedding_dim": 64},
-    "objective": {"loss": "multi_similarity"},
-    "mixup": {"method": "metrix", "alpha": 2.0, "level": "feature", "weight": 0.4},
-    "train": {"epochs": 10, "batch_size": 256, "lr": 0.001, "seed": 0},
-    "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
-    "export": {"formats": ["safetensors", "onnx"]},
-}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422, 429, 503)

@@ -142,6 +142,20 @@ class JobSpec(Strict):
         return {**catalog.LOSSES[self.objective.loss].defaults(), **self.objective.params}
 
 
+# The DESIGN.md example, verbatim: the API shows it on its /docs page, and
+# tests/unit/test_spec.py checks it equals examples/mnist1d-ms-metrix.json.
+EXAMPLE_SPEC: dict[str, Any] = {
+    "name": "mnist1d-ms-metrix",
+    "dataset": {"name": "mnist1d", "split": {"kind": "random", "test_fraction": 0.2}},
+    "model": {"encoder": "conv1d", "embedding_dim": 64},
+    "objective": {"loss": "multi_similarity"},
+    "mixup": {"method": "metrix", "alpha": 2.0, "level": "feature", "weight": 0.4},
+    "train": {"epochs": 10, "batch_size": 256, "lr": 0.001, "seed": 0},
+    "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
+    "export": {"formats": ["safetensors", "onnx"]},
+}
+
+
 class SpecError(ValueError):
     """A spec that cannot run; `errors` is a list of {"field", "message"}, the field as a dotted path."""
 

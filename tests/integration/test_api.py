@@ -58,16 +58,7 @@ BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CLOSED_PORT_BROKER = "redis://127.0.0.1:1/0"
 CLOSED_PORT_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"
 
-DESIGN_EXAMPLE: dict[str, Any] = {
-    "name": "mnist1d-ms-metrix",
-    "dataset": {"name": "mnist1d", "split": {"kind": "random", "test_fraction": 0.2}},
-    "model": {"encoder": "conv1d", "embedding_dim": 64},
-    "objective": {"loss": "multi_similarity"},
-    "mixup": {"method": "metrix", "alpha": 2.0, "level": "feature", "weight": 0.4},
-    "train": {"epochs": 10, "batch_size": 256, "lr": 0.001, "seed": 0},
-    "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
-    "export": {"formats": ["safetensors", "onnx"]},
-}
+DESIGN_EXAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples/mnist1d-ms-metrix.json").read_text())
 SMALL_SPEC: dict[str, Any] = {
     "name": "small",
     "dataset": {"name": "mnist1d", "size": 200},

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
 from core import catalog
-from core.spec import JobSpec, SpecError, load_spec_file, validate_spec
+from core.spec import EXAMPLE_SPEC, JobSpec, SpecError, load_spec_file, validate_spec
 
-DESIGN_EXAMPLE = {
-    "name": "mnist1d-ms-metrix",
-    "dataset": {"name": "mnist1d", "split": {"kind": "random", "test_fraction": 0.2}},
-    "model": {"encoder": "conv1d", "embedding_dim": 64},
-    "objective": {"loss": "multi_similarity"},
-    "mixup": {"method": "metrix", "alpha": 2.0, "level": "feature", "weight": 0.4},
-    "train": {"epochs": 10, "batch_size": 256, "lr": 0.001, "seed": 0},
-    "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
-    "export": {"formats": ["safetensors", "onnx"]},
-}
+DESIGN_EXAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples/mnist1d-ms-metrix.json").read_text())
 
 
 def with_(base: dict, **sections) -> dict:
@@ -319,3 +311,7 @@ def test_catalog_names_match_their_keys_and_datasets_declare_shapes():
         assert isinstance(entry.extra["input_shape"], list) and entry.extra["input_shape"]
     for entry in catalog.ENCODERS.values():
         assert entry.extra["input_rank"] == "any" or all(isinstance(r, int) for r in entry.extra["input_rank"])
+
+
+def test_the_api_docs_example_is_the_design_example():
+    assert EXAMPLE_SPEC == DESIGN_EXAMPLE
