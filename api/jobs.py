@@ -16,8 +16,10 @@ Choices the contract left open:
   at its next step and moves it to cancelled). Cancelling a job that is already
   cancelling or cancelled returns it unchanged (200), so cancel is safe to
   retry; a job that has succeeded or failed cannot be cancelled (409).
-* A submission beyond ``max_active_jobs_per_owner`` queued + running jobs is
-  429 with ``Retry-After``.
+* A submission beyond ``max_active_jobs_per_owner`` queued + running jobs, or
+  beyond ``submit_rate_per_minute`` submissions in the current minute, is 429
+  with ``Retry-After``. Specs asking for more than the service's configured
+  epochs, batch size, model width or dataset rows are 422 naming the field.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import json
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.deps import (
@@ -39,8 +40,15 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
-from core.spec import EXAMPLE_SPEC, JobSpec, SpecError, compatibility_errors, validate_spec
+from core.spec import (
+    EXAMPLE_SPEC,
+    JobSpec,
+    SpecError,
+    compatibility_errors,
+    validate_spec,
+)
 from store import (
+    ActiveJobLimit,
     IdempotencyConflict,
     create_job,
     get_dataset,
@@ -49,8 +57,8 @@ from store import (
     list_metrics,
     request_cancel,
 )
-from store.jobs import ACTIVE_STATUSES
-from store.models import JOB_STATUSES, Job
+from store.models import JOB_STATUSES
+from store.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -83,7 +91,17 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobOut:
     """Submit a job; it is queued for a worker."""
-    spec = accept_spec(session, owner.id, spec_body)
+    retry_after = runtime.submit_rate.check(owner.id)
+    if retry_after:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"at most {runtime.settings.submit_rate_per_minute} submissions per minute; "
+            f"retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+    spec = accept_spec(session, owner.id, spec_body, runtime.settings)
+    limit = runtime.settings.max_active_jobs_per_owner
     try:
         job, created = create_job(
             session,
@@ -93,7 +111,16 @@ def submit_job(
             max_attempts=spec.train.max_attempts,
             idempotency_key=idempotency_key,
             request_hash=_body_hash(spec_body) if idempotency_key else None,
+            max_active=limit,
         )
+    except ActiveJobLimit:
+        session.rollback()
+        raise ApiError(
+            429,
+            "too_many_active_jobs",
+            f"at most {limit} jobs may be queued or running at once; wait for one to finish",
+            headers={"Retry-After": str(RETRY_AFTER_QUOTA_S)},
+        ) from None
     except IdempotencyConflict:
         session.rollback()
         raise ApiError(
@@ -102,15 +129,6 @@ def submit_job(
             "this Idempotency-Key was already used with a different request body",
             param="idempotency-key",
         ) from None
-    limit = runtime.settings.max_active_jobs_per_owner
-    if created and _active_jobs(session, owner.id) > limit:
-        session.rollback()
-        raise ApiError(
-            429,
-            "too_many_active_jobs",
-            f"at most {limit} jobs may be queued or running at once; wait for one to finish",
-            headers={"Retry-After": str(RETRY_AFTER_QUOTA_S)},
-        )
     session.commit()
     if created:
         runtime.queue.enqueue(job.id)
@@ -119,12 +137,15 @@ def submit_job(
     return JobOut.of(job)
 
 
-def accept_spec(session: Session, owner_id: int, body: dict[str, Any]) -> JobSpec:
+def accept_spec(session: Session, owner_id: int, body: dict[str, Any], settings: Settings) -> JobSpec:
     """The validated spec, with an uploaded dataset checked against what its upload found; else 422."""
     try:
         spec = validate_spec(body)
     except SpecError as exc:
         raise invalid_spec(exc.errors) from None
+    errors = service_limit_errors(spec, settings)
+    if errors:
+        raise invalid_spec(errors)
     if spec.dataset.path is not None:
         raise invalid_spec(
             [
@@ -136,11 +157,29 @@ def accept_spec(session: Session, owner_id: int, body: dict[str, Any]) -> JobSpe
             ]
         )
     if spec.dataset.id is not None:
-        spec = _bind_upload(session, owner_id, spec)
+        spec = _bind_upload(session, owner_id, spec, settings.max_dataset_rows)
     return spec
 
 
-def _bind_upload(session: Session, owner_id: int, spec: JobSpec) -> JobSpec:
+def service_limit_errors(spec: JobSpec, settings: Settings) -> list[dict[str, str]]:
+    """The spec's sizes against this service's configured limits (tighter than the schema's bounds)."""
+    width_limit = settings.max_model_width
+    checks = [
+        ("train.epochs", spec.train.epochs, settings.max_epochs),
+        ("train.batch_size", spec.train.batch_size, settings.max_batch_size),
+        ("model.width", spec.model.width, width_limit),
+        ("model.embedding_dim", spec.model.embedding_dim, width_limit),
+        ("model.projection_dim", spec.model.projection_dim, width_limit),
+        ("dataset.size", spec.dataset.size, settings.max_dataset_rows),
+    ]
+    return [
+        {"field": field, "message": f"{value} is over this service's limit of {limit}"}
+        for field, value, limit in checks
+        if value is not None and value > limit
+    ]
+
+
+def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) -> JobSpec:
     """Check the spec against the caller's uploaded dataset and record its label column in the spec.
 
     The worker re-reads the file with ``dataset.label_column``, so the column the
@@ -160,6 +199,11 @@ def _bind_upload(session: Session, owner_id: int, spec: JobSpec) -> JobSpec:
     info = dataset.info
     column = info.get("label_column")
     errors: list[dict[str, str]] = []
+    rows = info["train_rows"] + info["test_rows"]
+    if rows > max_rows:
+        errors.append(
+            {"field": "dataset.id", "message": f"the dataset has {rows} rows, over this service's limit of {max_rows}"}
+        )
     if ds.label_column is not None and ds.label_column != column:
         errors.append(
             {
@@ -220,16 +264,6 @@ def _body_hash(body: dict[str, Any]) -> str:
     """The request's identity for idempotency: its JSON value, not its formatting."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _active_jobs(session: Session, owner_id: int) -> int:
-    """Queued + running + cancelling jobs of the owner (the quota counts what holds a worker or will)."""
-    query = (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
-    )
-    return session.scalars(query).one()
 
 
 @router.get("", responses=_ERRORS)

@@ -13,9 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.embedding import EncoderCache
 from api.queue import TrainQueue
+from api.rate_limit import SubmitRateLimiter
 from api.telemetry import Telemetry
 from core.catalog import catalog_json
-from store import ArtifactStore, artifact_store_from_url, make_engine, make_session_factory
+from store import (
+    ArtifactStore,
+    artifact_store_from_url,
+    make_engine,
+    make_session_factory,
+)
 from store.settings import Settings
 
 ENCODER_CACHE_SIZE = 4
@@ -28,6 +34,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     artifacts: ArtifactStore
     queue: TrainQueue
+    submit_rate: SubmitRateLimiter
     encoders: EncoderCache
     telemetry: Telemetry
     catalog: dict[str, list[dict[str, Any]]]
@@ -42,8 +49,9 @@ class Runtime:
             settings=settings,
             engine=engine,
             session_factory=session_factory,
-            artifacts=artifact_store_from_url(settings.artifacts),
+            artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
             queue=TrainQueue(settings.redis_url),
+            submit_rate=SubmitRateLimiter(settings.redis_url, settings.submit_rate_per_minute),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
             telemetry=Telemetry(session_factory),
             catalog=catalog_json(),
@@ -51,4 +59,5 @@ class Runtime:
 
     def close(self) -> None:
         self.queue.close()
+        self.submit_rate.close()
         self.engine.dispose()

@@ -26,8 +26,10 @@ from store.datasets import create_dataset, delete_dataset, get_dataset, list_dat
 from store.db import make_engine, make_session_factory, migrate
 from store.events import NewEvent, add_events, list_events
 from store.jobs import (
+    ActiveJobLimit,
     IdempotencyConflict,
     claim_lease,
+    count_active_jobs,
     create_job,
     expired_leases,
     get_job,
@@ -68,6 +70,7 @@ __all__ = [
     "Dataset",
     "Event",
     "FilesystemArtifacts",
+    "ActiveJobLimit",
     "IdempotencyConflict",
     "InvalidCursor",
     "Job",
@@ -82,6 +85,7 @@ __all__ = [
     "claim_lease",
     "create_api_key",
     "create_dataset",
+    "count_active_jobs",
     "create_job",
     "create_owner",
     "ensure_admin_key",

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, new_id, utcnow
+from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, new_id, utcnow
 from store.paging import page
 from store.sql import affected_rows, upsert_insert
 
@@ -54,6 +54,14 @@ TRANSITION_FIELDS = frozenset(
 )
 
 
+class ActiveJobLimit(Exception):
+    """The owner already has ``limit`` jobs queued or running (HTTP 429)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} jobs may be queued or running at once")
+        self.limit = limit
+
+
 class IdempotencyConflict(Exception):
     """The idempotency key was already used for a different request body (HTTP 409)."""
 
@@ -71,8 +79,16 @@ def create_job(
     max_attempts: int = 3,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    max_active: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue a job; returns ``(job, created)``.
+
+    With ``max_active``, a new job that would give the owner more than that many
+    active (queued, running, cancelling) jobs raises :class:`ActiveJobLimit`; the
+    caller rolls back. The owner's row is locked first (``FOR UPDATE`` on
+    PostgreSQL; SQLite's single writer serialises the insert itself), so
+    concurrent submissions of one owner count one after another and the limit
+    is never overshot. A replayed idempotent request is never refused.
 
     With an idempotency key, a repeat of the same request (same ``request_hash``)
     returns the job the first one created, with ``created`` False; the same key
@@ -84,6 +100,8 @@ def create_job(
         raise ValueError("an idempotency key needs the request hash it guards")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if max_active is not None:
+        session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
     job_id = new_id("job_")
     insert = upsert_insert(session, Job).values(
         id=job_id,
@@ -98,6 +116,8 @@ def create_job(
         insert.on_conflict_do_nothing(index_elements=["owner_id", "idempotency_key"])
     )
     if affected_rows(result) == 1:
+        if max_active is not None and count_active_jobs(session, owner_id) > max_active:
+            raise ActiveJobLimit(max_active)
         return session.get_one(Job, job_id), True
     existing = session.scalars(
         select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
@@ -105,6 +125,16 @@ def create_job(
     if existing.request_hash != request_hash:
         raise IdempotencyConflict(existing.id)
     return existing, False
+
+
+def count_active_jobs(session: Session, owner_id: int) -> int:
+    """Queued + running + cancelling jobs of the owner (the quota counts what holds a worker or will)."""
+    query = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    return session.scalars(query).one()
 
 
 def get_job(session: Session, owner_id: int, job_id: str) -> Job | None:

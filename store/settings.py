@@ -20,7 +20,12 @@ class Settings(BaseSettings):
 
     database_url: str = Field("sqlite:///embedmix.db", description="SQLAlchemy URL; PostgreSQL in production")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
-    artifacts: str = Field("db", description="'db' (chunked blobs in the database) or a directory / file:// URL")
+    artifacts: str = Field(
+        "db", description="'db' (chunked blobs in the database), 's3://bucket/prefix', or a directory / file:// URL"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="an S3-compatible server (MinIO...) for s3:// artifacts; credentials: the standard AWS_* variables"
+    )
     work_dir: str = Field("", description="scratch space for workers; empty: the system temp dir")
 
     lease_ttl_s: float = Field(30.0, gt=1.0, description="a worker's lease on its job; renewed every ttl/3")
@@ -32,6 +37,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="JSON bodies (specs, embed requests)")
     max_embed_inputs: int = Field(10_000, gt=0)
     max_active_jobs_per_owner: int = Field(50, gt=0, description="queued + running")
+    submit_rate_per_minute: int = Field(120, gt=0, description="job submissions per owner per minute (429 beyond)")
+    max_epochs: int = Field(1000, gt=0, description="largest train.epochs a submitted spec may ask for")
+    max_batch_size: int = Field(16_384, gt=0, description="largest train.batch_size")
+    max_model_width: int = Field(4096, gt=0, description="largest model.width, model.embedding_dim and projection_dim")
+    max_dataset_rows: int = Field(5_000_000, gt=0, description="largest dataset a job may train on (rows)")
     admin_key: str | None = Field(None, description="if set, this key is created for the admin owner on start")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
 

@@ -406,6 +406,39 @@ def test_too_many_active_jobs_is_429_with_retry_after(
         assert client.get("/v1/jobs", headers=auth(keys.alice)).json()["data"].__len__() == 3
 
 
+def test_submissions_over_the_rate_limit_are_429_until_the_window_turns(
+    database_url: str, scratch: Path, broker: redis.Redis, keys: Keys
+) -> None:
+    settings = make_settings(database_url, scratch, submit_rate_per_minute=2)
+    with TestClient(create_app(settings)) as client:
+        submit(client, keys.alice)
+        submit(client, keys.alice)
+        response = client.post("/v1/jobs", json=SMALL_SPEC, headers=auth(keys.alice))
+        assert_error(response, 429, "rate_limited")
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+        assert len(client.get("/v1/jobs", headers=auth(keys.alice)).json()["data"]) == 2
+        submit(client, keys.bob)  # the limit is per owner
+        broker.flushdb()  # the window's counter gone, as when the minute turns
+        submit(client, keys.alice)
+
+
+def test_specs_over_the_service_limits_are_422_naming_each_field(
+    database_url: str, scratch: Path, broker: redis.Redis, keys: Keys
+) -> None:
+    settings = make_settings(database_url, scratch, max_epochs=5, max_batch_size=64, max_model_width=32)
+    spec = {
+        **SMALL_SPEC,
+        "train": {**SMALL_SPEC.get("train", {}), "epochs": 6, "batch_size": 128},
+        "model": {**SMALL_SPEC.get("model", {}), "width": 64},
+    }
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/jobs", json=spec, headers=auth(keys.alice))
+        assert_error(response, 422, "invalid_spec")
+        fields = {e["field"] for e in response.json()["error"]["details"]}
+        assert {"train.epochs", "train.batch_size", "model.width"} <= fields
+        assert client.get("/v1/jobs", headers=auth(keys.alice)).json()["data"] == []
+
+
 def test_a_broker_that_is_down_leaves_the_job_queued_and_still_answers_201(
     database_url: str, scratch: Path, keys: Keys
 ) -> None:

@@ -14,10 +14,21 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Column, Engine, Integer, MetaData, event, func, inspect, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    event,
+    func,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import (
+    ActiveJobLimit,
     ArtifactNotFound,
     ArtifactStore,
     DatabaseArtifacts,
@@ -31,6 +42,7 @@ from store import (
     artifact_store_from_url,
     authenticate,
     claim_lease,
+    count_active_jobs,
     create_api_key,
     create_dataset,
     create_job,
@@ -56,6 +68,7 @@ from store import (
     update_progress,
     upsert_metrics,
 )
+from store.artifacts import S3Artifacts
 from store.db import alembic_config, migrate
 from store.models import ApiKey, Artifact, ArtifactChunk, Base, Job, Metric
 
@@ -261,6 +274,35 @@ def test_two_concurrent_claims_exactly_one_wins(
         assert job.lease_owner == winner and job.attempts == 1
 
 
+def test_concurrent_submissions_never_overshoot_the_active_limit(
+    session: Session, session_factory: sessionmaker[Session]
+) -> None:
+    """Eight submissions at once against a limit of three: exactly three jobs exist afterwards."""
+    owner = _owner(session)
+    session.commit()
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        with session_factory() as own_session:
+            barrier.wait()
+            try:
+                create_job(own_session, owner, {"k": 1}, name="j", max_active=3)
+                own_session.commit()
+                outcomes.append("created")
+            except ActiveJobLimit:
+                own_session.rollback()
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert count_active_jobs(session, owner) == 3
+
+
 def _claim(
     session_factory: sessionmaker[Session],
     job_id: str,
@@ -384,10 +426,12 @@ def test_metric_batches_of_1000_are_single_round_trips(session: Session, engine:
 # --- artifacts --------------------------------------------------------------
 
 
-@pytest.fixture(params=["db", "fs"])
+@pytest.fixture(params=["db", "fs", "s3"])
 def artifacts(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "db":
         return DatabaseArtifacts()
+    if request.param == "s3":
+        return request.getfixturevalue("s3_artifacts")
     return FilesystemArtifacts(tmp_path / "blobs")
 
 
@@ -428,6 +472,12 @@ def _flip_a_byte(session: Session, artifacts: ArtifactStore, artifact: Artifact)
         data[2 * MB] ^= 0xFF
         path.write_bytes(bytes(data))
         return
+    if isinstance(artifacts, S3Artifacts):
+        key = str(artifact.location)
+        data = bytearray(artifacts.client.get_object(Bucket=artifacts.bucket, Key=key)["Body"].read())
+        data[2 * MB] ^= 0xFF
+        artifacts.client.put_object(Bucket=artifacts.bucket, Key=key, Body=bytes(data))
+        return
     chunk = session.get_one(ArtifactChunk, (artifact.id, 2))
     chunk.data = bytes([chunk.data[0] ^ 0xFF]) + chunk.data[1:]
     session.commit()
@@ -447,6 +497,10 @@ def test_a_put_that_fails_midway_leaves_no_complete_artifact(
     assert session.scalar(select(func.count()).select_from(ArtifactChunk)) == 0
     if isinstance(artifacts, FilesystemArtifacts):
         assert [p for p in artifacts.root.rglob("*") if p.is_file()] == []
+    if isinstance(artifacts, S3Artifacts):
+        assert artifacts.client.list_objects_v2(Bucket=artifacts.bucket)["KeyCount"] == 0
+        uploads = artifacts.client.list_multipart_uploads(Bucket=artifacts.bucket)
+        assert uploads.get("Uploads", []) == [], "a failed put aborts its multipart upload"
 
 
 def test_incomplete_artifacts_cannot_be_read(session: Session) -> None:
@@ -474,9 +528,10 @@ def test_artifact_store_from_url(tmp_path: Path) -> None:
     assert isinstance(from_url, FilesystemArtifacts) and from_url.root == tmp_path / "a b"
     plain = artifact_store_from_url(str(tmp_path))
     assert isinstance(plain, FilesystemArtifacts) and plain.root == tmp_path
-    with pytest.raises(NotImplementedError):
-        artifact_store_from_url("s3://bucket/prefix")
-    for bad in ("", "ftp://host/x", "file://elsewhere/x"):
+    s3 = artifact_store_from_url("s3://bucket/some%20prefix/", "http://127.0.0.1:9")
+    assert isinstance(s3, S3Artifacts) and (s3.bucket, s3.prefix) == ("bucket", "some prefix")
+    assert s3.client.meta.endpoint_url == "http://127.0.0.1:9"
+    for bad in ("", "ftp://host/x", "file://elsewhere/x", "s3:///prefix"):
         with pytest.raises(ValueError):
             artifact_store_from_url(bad)
 
