@@ -10,8 +10,9 @@ partial blob that looks whole. Two backends share the ``artifacts`` table:
 * :class:`FilesystemArtifacts`: files under a root directory (a shared volume
   when workers span machines), written to a temporary file, fsynced and renamed
   into place. File names are artifact ids, never user-supplied names.
-
-S3 is not implemented yet; :func:`artifact_store_from_url` says so.
+* :class:`S3Artifacts`: objects in an S3 bucket (or any S3-compatible server),
+  sent as a multipart upload that is completed only after the last part, so
+  a failed put leaves no object behind, only an aborted upload.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -33,6 +36,10 @@ from store.models import Artifact, ArtifactChunk
 
 CHUNK_SIZE = 1 << 20
 PARTIAL_DIR = ".partial"
+# S3 refuses multipart parts under 5 MiB except the last; 8 MiB keeps a put's
+# memory small while staying far below the 10,000-part limit (80 GB).
+S3_PART_SIZE = 8 << 20
+S3_MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
 class ArtifactNotFound(LookupError):
@@ -190,19 +197,113 @@ class FilesystemArtifacts:
         return path
 
 
-def artifact_store_from_url(url: str) -> ArtifactStore:
-    """The store a setting names: ``db`` for the database, ``file:///path`` or a plain path for files."""
+class S3Artifacts:
+    """Blobs as objects at ``<prefix>/<2 id chars>/<artifact id>`` in an S3 bucket.
+
+    Credentials and region come from the standard AWS sources (environment,
+    shared config, instance role); ``endpoint_url`` points at an S3-compatible
+    server such as MinIO. Like :class:`FilesystemArtifacts`, artifacts recorded
+    in the database backend stay readable, and an object is complete before its
+    row is marked complete (a rolled-back transaction orphans the object, never
+    a row without its bytes).
+    """
+
+    backend = "s3"
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        self._database = DatabaseArtifacts()
+
+    def put(self, session: Session, chunks: Iterable[bytes]) -> Artifact:
+        """Upload in S3_PART_SIZE parts, hashing as they go; abort the upload if anything fails."""
+        artifact = _start(session, self.backend)
+        key = self._key(artifact.id)
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        digest, size = hashlib.sha256(), 0
+        parts: list[dict[str, Any]] = []
+        try:
+            for number, piece in enumerate(_at_least_one(_rechunk(chunks, S3_PART_SIZE)), start=1):
+                digest.update(piece)
+                size += len(piece)
+                etag = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=piece
+                )["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            _discard(session, artifact)
+            raise
+        artifact.location = key
+        return _finish(session, artifact, size, digest.hexdigest())
+
+    def open(self, session: Session, artifact_id: str) -> Iterator[bytes]:
+        """Request the object now (a missing object fails here, not mid-stream), then stream it."""
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is not None and artifact.backend == self._database.backend:
+            return self._database.open(session, artifact_id)
+        artifact = _complete_artifact(session, artifact_id, self.backend)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._location(artifact))
+        except ClientError as exc:
+            if _error_code(exc) in S3_MISSING:
+                raise ArtifactNotFound(f"artifact {artifact_id}: object is missing") from exc
+            raise
+        return _read_s3(response["Body"])
+
+    def delete(self, session: Session, artifact_id: str) -> bool:
+        """Delete the row, then the object (at once, not at commit, as the filesystem store does)."""
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            return False
+        if artifact.backend == self._database.backend:
+            return self._database.delete(session, artifact_id)
+        key = self._location(artifact) if artifact.location else None
+        _discard(session, artifact)
+        if key is not None:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return True
+
+    def verify(self, session: Session, artifact_id: str) -> bool:
+        """True if the object still hashes to the recorded sha256 (False if it is gone)."""
+        return _verify(self, session, artifact_id)
+
+    def _key(self, artifact_id: str) -> str:
+        name = f"{artifact_id[-2:]}/{artifact_id}"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _location(self, artifact: Artifact) -> str:
+        """The artifact's key, refusing one outside this store's prefix (a tampered row)."""
+        key = artifact.location or ""
+        if not key or (self.prefix and not key.startswith(f"{self.prefix}/")):
+            raise ArtifactNotFound(f"artifact {artifact.id}: location outside the store")
+        return key
+
+
+def artifact_store_from_url(url: str, s3_endpoint_url: str | None = None) -> ArtifactStore:
+    """The store a setting names: ``db`` for the database, ``s3://bucket/prefix`` for S3
+    (at ``s3_endpoint_url`` if given), ``file:///path`` or a plain path for files."""
     if url == "db":
         return DatabaseArtifacts()
     if url.startswith("s3://"):
-        raise NotImplementedError("S3 artifact storage is not implemented yet; use db or a path")
+        parsed = urlparse(url)
+        if not parsed.netloc:
+            raise ValueError(f"S3 URL must name a bucket: s3://bucket/prefix, got {url!r}")
+        return S3Artifacts(parsed.netloc, unquote(parsed.path), endpoint_url=s3_endpoint_url)
     if url.startswith("file://"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"file URL must be local, got host {parsed.netloc!r}")
         return FilesystemArtifacts(unquote(parsed.path))
     if not url or "://" in url:
-        raise ValueError(f"unknown artifact store {url!r}: use 'db', 'file:///path' or a path")
+        raise ValueError(
+            f"unknown artifact store {url!r}: use 'db', 's3://bucket/prefix', 'file:///path' or a path"
+        )
     return FilesystemArtifacts(url)
 
 
@@ -279,6 +380,16 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
+def _at_least_one(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The pieces, or one empty piece if there are none: S3 completes no upload without a part."""
+    empty = True
+    for piece in pieces:
+        empty = False
+        yield piece
+    if empty:
+        yield b""
+
+
 def _write(file: BinaryIO, chunks: Iterable[bytes]) -> tuple[int, str]:
     """Write every chunk, then fsync so the bytes are on disk before the rename publishes them."""
     digest, size = hashlib.sha256(), 0
@@ -296,6 +407,21 @@ def _read(file: BinaryIO) -> Iterator[bytes]:
     with file:
         while piece := file.read(CHUNK_SIZE):
             yield piece
+
+
+def _read_s3(body: Any) -> Iterator[bytes]:
+    """Yield an S3 response body in CHUNK_SIZE reads; a broken connection surfaces as OSError,
+    as a failing file read does, so callers handle both stores alike."""
+    with contextlib.closing(body):
+        try:
+            while piece := body.read(CHUNK_SIZE):
+                yield piece
+        except (BotoCoreError, ClientError) as exc:
+            raise OSError(f"reading from S3 failed: {exc}") from exc
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -40,7 +40,7 @@ from sqlalchemy.types import TypeDecorator
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 EVENT_LEVELS = ("debug", "info", "warning", "error")
-ARTIFACT_BACKENDS = ("db", "fs")
+ARTIFACT_BACKENDS = ("db", "fs", "s3")
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
 

@@ -35,7 +35,7 @@ def context_for(settings: Settings) -> WorkerContext:
     return WorkerContext(
         settings=settings,
         session_factory=session_factory_for(settings.database_url),
-        artifacts=artifact_store_from_url(settings.artifacts),
+        artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
     )
 
 

@@ -6,17 +6,24 @@ uniquely named throwaway databases; no other database is touched. One migrated
 database serves the whole session (its tables are emptied before each test);
 tests that need a database with no schema at all get their own. When the
 server cannot be reached, the PostgreSQL variants are skipped, saying why.
+
+S3: a real S3 server (moto's, on a free loopback port) for the whole session;
+each test that asks for one gets a bucket of its own.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.artifacts import S3Artifacts
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
 from tests.conftest import PostgresServer
@@ -82,3 +89,31 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     with session_factory() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 server, with dummy credentials in the environment as the service would read them."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    name = f"embedmix-{secrets.token_hex(4)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_artifacts(s3_endpoint: str, s3_bucket: str) -> S3Artifacts:
+    """An S3 artifact store under a prefix, as ``EMBEDMIX_ARTIFACTS=s3://bucket/prefix`` makes it."""
+    return S3Artifacts(s3_bucket, "run/blobs", endpoint_url=s3_endpoint)
