@@ -109,6 +109,11 @@ class TrainSpec(Strict):
     amp: bool = Field(True, description="bf16 autocast; only on CUDA")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000, description="None: once per epoch")
     max_attempts: int = Field(3, ge=1, le=20)
+    grad_cache_chunk: int | None = Field(
+        None, ge=2, le=65_536,
+        description="cached loss (GradCache): embed and backpropagate this many rows at a time, with the whole "
+                    "batch's gradient, so batch_size can exceed what fits in memory; None: off")
+    compile: bool = Field(False, description="torch.compile the network; if compilation fails, train eagerly and report it")
 
 
 class EvalSpec(Strict):
@@ -236,6 +241,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
+        errors += _engine_errors(spec)
     errors += _method_metric_errors(spec)
     if spec.train.batch_size < 2 * loss.min_per_class:
         errors.append({"field": "train.batch_size",
@@ -256,6 +262,17 @@ def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"field": "mixup.level", "message": f"{mix.name!r} mixes at {levels}, not {spec.mixup.level!r}"})
     if mix.views == 2 and spec.views() != 2:
         errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
+    return errors
+
+
+def _engine_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Engine switches that wrap the plain objective's forward pass; a mixing method runs its own."""
+    errors = []
+    if spec.train.grad_cache_chunk is not None:
+        errors.append({"field": "train.grad_cache_chunk",
+                       "message": "the cached loss works on the plain objective; remove the mixup block or this field"})
+    if spec.train.compile:
+        errors.append({"field": "train.compile", "message": "compilation applies to the plain objective; remove the mixup block or this field"})
     return errors
 
 

@@ -10,9 +10,11 @@ uninterrupted run would have taken (bit-exact on CPU).
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,11 +27,15 @@ from core import catalog, losses, mixup
 from core.data import Dataset
 from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
+from core.losses.grad_cache import cached_backward, embedding_loss_grad
 from core.mixup import Batch
 from core.models import Encoder, TrainingNet, build_net
 from core.spec import JobSpec
 
 CHECKPOINT_FORMAT = 1
+# Share of the free accelerator memory the training data may take before it stays in host memory.
+DEVICE_DATA_SHARE = 0.5
+log = logging.getLogger(__name__)
 
 
 class UnsupportedSpec(ValueError):
@@ -134,6 +140,56 @@ def embed(encoder: Encoder, x: torch.Tensor, device: torch.device, batch: int = 
     return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)
 
 
+def data_fits(nbytes: int, device: torch.device) -> bool:
+    """Whether training arrays of `nbytes` should live on `device` (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_SHARE * free
+
+
+def configure_gpu(net: nn.Module, device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on CUDA; channels_last when the net has 2-D convolutions. Returns the latter."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    if any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        net.to(memory_format=torch.channels_last)
+        return True
+    return False
+
+
+class CompiledForward:
+    """`torch.compile(net)` that falls back to eager `net` (once, calling `on_fallback`) when compilation fails.
+
+    Compilation can fail when the model is compiled or at any call that triggers a
+    (re)compile; either way the run continues eagerly rather than dying on an
+    optimisation it did not need.
+    """
+
+    def __init__(self, net: nn.Module, on_fallback: Callable[[BaseException], None]):
+        self.net, self.on_fallback = net, on_fallback
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        try:
+            self.compiled = torch.compile(net)
+        except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eagerly
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.compiled = None
+        self.on_fallback(exc)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # noqa: BLE001
+                self._fall_back(exc)
+        return self.net(x)
+
+
 class Trainer:
     """One run's state; `run()` trains from the current step to the end or a stop."""
 
@@ -151,8 +207,8 @@ class Trainer:
         self.use_labels = catalog.LOSSES[spec.objective.loss].labels != "none" and not (self.views == 2 and self.loss.two_view)
         aug = spec.augment.enabled
         self.augment = self.views == 2 if aug is None else aug
-        self.x = data.x_train.to(self.device)
-        self.y = data.y_train.to(self.device) if data.y_train is not None else None
+        self.channels_last = configure_gpu(self.net, self.device)
+        self._place_data(data)
         n = len(self.x)
         self.batch = min(spec.train.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch)
@@ -171,6 +227,38 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.train.amp
                          else nullcontext())
         self.history: list[dict[str, Any]] = []
+        self.cache_chunk = spec.train.grad_cache_chunk
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
+        if spec.train.compile:
+            self.forward = CompiledForward(self.net, self._compile_failed)
+
+    def _place_data(self, data: Dataset) -> None:
+        """Training arrays on the device when they fit; otherwise pinned host memory, batches copied without blocking."""
+        nbytes = data.x_train.nbytes + (data.y_train.nbytes if data.y_train is not None else 0)
+        self.data_on_device = data_fits(nbytes, self.device)
+        home = self.device if self.data_on_device else torch.device("cpu")
+        self.x = data.x_train.to(home)
+        self.y = data.y_train.to(home) if data.y_train is not None else None
+        if not self.data_on_device:
+            self.x = self.x.pin_memory()
+            self.y = self.y.pin_memory() if self.y is not None else None
+
+    def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's inputs and labels on the device (idx lives where the data does)."""
+        x = self.x[idx]
+        y = self.y[idx] if self.y is not None else None
+        if not self.data_on_device:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            y = y.pin_memory().to(self.device, non_blocking=True) if y is not None else None
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        """Report through the callbacks (a metric the caller stores) and the log, then carry on eagerly."""
+        log.warning("train.compile: torch.compile failed (%s: %s); training continues without compilation",
+                    type(exc).__name__, exc)
+        self.cb.on_metrics(self.step, self.step // self.steps_per_epoch, {"train/compile_fallback": 1.0})
 
     # -- checkpoints -------------------------------------------------------------
     def state_bytes(self) -> bytes:
@@ -213,37 +301,58 @@ class Trainer:
         return augment(x, self.spec.augment, self.gen) if self.augment else x
 
     def _batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.net.encoder.preprocess(self.x[idx])
-        y = self.y[idx] if self.y is not None else None
+        x, y = self._fetch(idx)
+        x = self.net.encoder.preprocess(x)
         if self.method is not None:
             batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
             with self.autocast:
                 return self.method.batch_loss(self.net, batch).float()
         xs = [self._view(x) for _ in range(self.views)]
         with self.autocast:
-            zs = [self.net(v).float() for v in xs]
+            zs = [self.forward(v).float() for v in xs]
         if not self.use_labels:
             return self.loss(zs[0], zs[1])
         if len(zs) == 2:
             return self.loss(torch.cat(zs), torch.cat([y, y]))
         return self.loss(zs[0], y)
 
+    def _autocast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self.forward(x)
+
+    def _cached_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """The plain objective's loss with its gradient already accumulated, `cache_chunk` rows at a time.
+
+        The views are drawn for the whole batch first, as the plain path draws
+        them, so the cached run sees the same inputs.
+        """
+        x, y = self._fetch(idx)
+        x = self.net.encoder.preprocess(x)
+        inputs = torch.cat([self._view(x) for _ in range(self.views)])
+        labels = y.repeat(self.views) if self.use_labels else None
+        return cached_backward(self.net, self._autocast_forward, inputs, self.cache_chunk,
+                               lambda z: embedding_loss_grad(self.loss, z, labels, self.cache_chunk))
+
     def _train_step(self, idx: torch.Tensor) -> float:
         lr = lr_at(self.spec, self.step, self.steps_per_epoch)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss = self._batch_loss(idx)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower train.lr or enable train.grad_clip")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.cache_chunk is not None and self.method is None:
+            loss = self._cached_loss(idx)
+        else:
+            loss = self._batch_loss(idx)
+            loss.backward()
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
         if self.spec.train.grad_clip:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.spec.train.grad_clip)
         self.opt.step()
         if self.method is not None:
             self.method.after_step(self.net)
         self.step += 1
-        return loss.detach().item()
+        return value
 
     def evaluate(self) -> dict[str, float]:
         asked = self.spec.eval.metrics or catalog.DEFAULT_METRICS.get(self.data.task or "", ["uniformity"])
@@ -278,7 +387,7 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.x)).to(self.device)
+                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.x)).to(self.x.device)
             idx = order[offset * self.batch:(offset + 1) * self.batch]
             self.last_loss = self._train_step(idx)
             running += self.last_loss

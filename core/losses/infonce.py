@@ -21,6 +21,7 @@ pairs) matrix instead.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -42,7 +43,29 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(present, numerator / torch.where(present, denominator, 1.0), 0.0)
 
 
-class SupConLoss(PairLoss):
+class SoftmaxPairLoss(PairLoss):
+    """Base of the three: the loss is a sum over anchors divided by a count over anchors.
+
+    `pair_sums` returns that (sum, count) pair. Both add up over row blocks of
+    anchors (with all references in every block), which is what lets the cached
+    loss (`core.losses.grad_cache`) compute a batch of 16,384 in O(block x N)
+    memory and still give exactly the gradient of the whole batch.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    @abstractmethod
+    def pair_sums(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> tuple[Tensor, Tensor]:
+        """(sum of the anchors' terms, how many terms the mean is over) for these anchors."""
+
+    def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
+        total, count = self.pair_sums(anchors, refs, weights)
+        return safe_divide(total, count)
+
+
+class SupConLoss(SoftmaxPairLoss):
     """Supervised contrastive loss (Khosla et al. 2020), PML's SupConLoss on hard labels.
 
     loss_i = -(1/sum_p w_ip) sum_p w_ip log(e^{z_ip} / sum_a (w_ia^+ + w_ia^-) e^{z_ia}),
@@ -52,21 +75,18 @@ class SupConLoss(PairLoss):
 
     name = "supcon"
 
-    def __init__(self, temperature: float) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
+    def pair_sums(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> tuple[Tensor, Tensor]:
         logits = cosine_matrix(anchors, refs) / self.temperature
         log_denominator = weighted_logsumexp(logits, weights.pos + weights.neg)
         pos_total = weights.pos.sum(dim=1)
         mean_pos_logit = (weights.pos * logits).sum(dim=1) / pos_total.clamp_min(torch.finfo(logits.dtype).tiny)
         per_anchor = torch.where(pos_total > 0, log_denominator - mean_pos_logit, 0.0)
+        # With hard labels a block of anchors has a negative exactly when the whole batch has one.
         active = (per_anchor > 0) & bool((weights.neg > 0).any())
-        return torch.where(active, per_anchor, 0.0).sum() / active.sum().clamp_min(1)
+        return torch.where(active, per_anchor, 0.0).sum(), active.sum()
 
 
-class NTXentLoss(PairLoss):
+class NTXentLoss(SoftmaxPairLoss):
     """NT-Xent / InfoNCE (SimCLR). Two views, or labels with every same-class sample a positive.
 
     `loss(view_a, view_b)`: the positive of each of the 2B rows is its other
@@ -80,17 +100,13 @@ class NTXentLoss(PairLoss):
     two_view: ClassVar[bool] = True
     labels: ClassVar[str] = "optional"
 
-    def __init__(self, temperature: float) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
+    def pair_sums(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> tuple[Tensor, Tensor]:
         logits = cosine_matrix(anchors, refs) / self.temperature
         terms = decoupled_pair_terms(logits, weights)
-        return safe_divide((weights.pos * terms).sum(), weights.pos.sum())
+        return (weights.pos * terms).sum(), weights.pos.sum()
 
 
-class DecoupledSoftmaxLoss(PairLoss):
+class DecoupledSoftmaxLoss(SoftmaxPairLoss):
     """DEXML's decoupled softmax (Gupta et al. 2024): other positives leave each positive's denominator.
 
     loss_i = -(1/|P_i|) sum_p log(e^{z_ip} / (e^{z_ip} + sum_{n not in P_i} e^{z_in})),
@@ -100,14 +116,9 @@ class DecoupledSoftmaxLoss(PairLoss):
 
     name = "decoupled_softmax"
 
-    def __init__(self, temperature: float) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
+    def pair_sums(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> tuple[Tensor, Tensor]:
         logits = cosine_matrix(anchors, refs) / self.temperature
         terms = decoupled_pair_terms(logits, weights)
         pos_total = weights.pos.sum(dim=1)
         per_anchor = safe_divide((weights.pos * terms).sum(dim=1), pos_total)
-        has_pos = pos_total > 0
-        return per_anchor.sum() / has_pos.sum().clamp_min(1)
+        return per_anchor.sum(), (pos_total > 0).sum()
