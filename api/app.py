@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
-from api import catalog, datasets, health, jobs, keys, models, stream
+from api import catalog, datasets, health, jobs, keys, models, projection, stream, ui
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.runtime import Runtime
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (jobs, stream, models, datasets, keys, catalog, health):
+    for module in (jobs, stream, models, projection, datasets, keys, catalog, health, ui):
         app.include_router(module.router)
     _add_middleware(app, runtime)
     return app

@@ -44,6 +44,7 @@ from worker.context import WorkerContext
 from worker.dataset_files import dataset_file
 from worker.events import ENQUEUED, TRACEBACK, log_event, record, status_event, warning_event
 from worker.lease import Lease
+from worker.projection import store_projection
 
 log = logging.getLogger("embedmix.worker")
 
@@ -313,6 +314,7 @@ def _succeed(
     metrics = {name: value for name, value in result.metrics.items() if math.isfinite(value)}
     card = export(result.encoder, spec, data, out_dir, metrics, info)
     files = _store_model_files(context, out_dir, card)
+    store_projection(context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed)
     summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
     event = status_event(
         job.job_id,
