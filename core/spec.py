@@ -232,6 +232,8 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     loss = catalog.LOSSES[spec.objective.loss]
     errors += _check_params("objective.params", spec.objective.params, loss)
     errors += _check_params("model.params", spec.model.params, catalog.ENCODERS[spec.model.encoder])
+    if _is_text_encoder(spec):
+        errors += _text_encoder_errors(spec)
     if spec.dataset.name is not None:
         ds = catalog.DATASETS[spec.dataset.name]
         errors += _check_params("dataset.params", spec.dataset.params, ds)
@@ -300,6 +302,8 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
     `task` is 'classification', 'regression' or None (no labels). Used for built-in
     datasets at validation time and for files once they are loaded.
     """
+    if input_rank == 0 or _is_text_encoder(spec):
+        return text_pair_errors(spec, is_text=input_rank == 0)
     errors = []
     loss = catalog.LOSSES[spec.objective.loss]
     need = label_need(spec)
@@ -333,6 +337,60 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
         need = catalog.METRICS[m].task
         if need is not None and need != task:
             errors.append({"field": "eval.metrics", "message": f"{m!r} is a {need} metric; the dataset is {task or 'unlabelled'}"})
+    return errors
+
+
+def _is_text_encoder(spec: JobSpec) -> bool:
+    return catalog.ENCODERS[spec.model.encoder].extra.get("input") == "text"
+
+
+def text_pair_errors(spec: JobSpec, *, is_text: bool) -> list[dict[str, str]]:
+    """Text pairs and text encoders go together, with a two-view loss, no mixing, and pair metrics.
+
+    ``is_text``: the dataset is text pairs (each sample one string, rank 0).
+    """
+    pairs = catalog.TEXT_PAIRS
+    if not is_text:
+        return [{"field": "model.encoder",
+                 "message": f"{spec.model.encoder!r} encodes text; train it on an uploaded .{pairs['format']} "
+                            "text-pairs dataset (dataset.id)"}]
+    if not _is_text_encoder(spec):
+        text = sorted(n for n, e in catalog.ENCODERS.items() if e.extra.get("input") == "text")
+        return [{"field": "model.encoder", "message": f"the dataset is text pairs; use a text encoder: {text}"}]
+    errors = []
+    if spec.objective.loss not in pairs["losses"]:
+        errors.append({"field": "objective.loss",
+                       "message": f"text pairs train a two-view loss (anchor and positive): one of {pairs['losses']}"})
+    if spec.mixup is not None:
+        errors.append({"field": "mixup.method", "message": "mixing methods do not apply to text pairs; remove the mixup block"})
+    if spec.dataset.split.kind != "random":
+        errors.append({"field": "dataset.split.kind", "message": "text pairs are split at random; use kind 'random'"})
+    for m in spec.eval.metrics or []:
+        if m not in pairs["metrics"]:
+            errors.append({"field": "eval.metrics", "message": f"{m!r} does not apply to text pairs; use {pairs['metrics']}"})
+    return errors
+
+
+def _text_encoder_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """What a text encoder cannot do, whatever the data: other sizes, ONNX, the array-engine switches."""
+    entry = catalog.ENCODERS[spec.model.encoder]
+    errors = []
+    if spec.model.embedding_dim != entry.extra["embedding_dim"]:
+        errors.append({"field": "model.embedding_dim",
+                       "message": f"{entry.name!r} embeds into {entry.extra['embedding_dim']} dimensions; set embedding_dim to that"})
+    for field in ("width", "projection_dim"):
+        if getattr(spec.model, field) is not None:
+            errors.append({"field": f"model.{field}", "message": f"{entry.name!r} has a fixed architecture; leave {field} out"})
+    if spec.model.dropout:
+        errors.append({"field": "model.dropout", "message": f"{entry.name!r} keeps its own dropout (0.1); leave dropout at 0"})
+    for fmt in spec.export.formats:
+        if fmt not in entry.extra["exports"]:
+            errors.append({"field": "export.formats",
+                           "message": f"{fmt!r} is not available for {entry.name!r} (tokenisation does not export to it); "
+                                      f"use {entry.extra['exports']}"})
+    if spec.train.grad_cache_chunk is not None or spec.train.compile:
+        field = "train.grad_cache_chunk" if spec.train.grad_cache_chunk is not None else "train.compile"
+        errors.append({"field": field, "message": f"not available for {entry.name!r}; leave it out"})
     return errors
 
 

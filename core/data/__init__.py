@@ -20,9 +20,10 @@ from core.data.builtin import load_builtin
 from core.data.dataset import DataError, Dataset
 from core.data.files import read_file
 from core.data.split import split
+from core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
 from core.spec import JobSpec, SpecError, compatibility_errors
 
-__all__ = ["DataError", "Dataset", "load_dataset", "dataset_from_arrays"]
+__all__ = ["DataError", "Dataset", "TextPairs", "load_dataset", "dataset_from_arrays", "text_pairs_for"]
 
 
 def _labels(raw: dict[str, Any], where: str):
@@ -78,8 +79,19 @@ def _check_class_counts(y_train: np.ndarray | None, task: str | None, spec: JobS
         raise DataError(f"the training set has a single class; {loss.name!r} needs at least two")
 
 
-def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Dataset:
-    """The spec's dataset: built-in by name, a local file by `dataset.path`, or `file_path` (an upload the caller resolved)."""
+def text_pairs_for(path: Path, spec: JobSpec, source: str) -> TextPairs:
+    """A .jsonl file of text pairs, checked against the spec (text encoder, two-view loss) and split."""
+    errors = compatibility_errors(spec, task=None, input_rank=0)
+    if errors:
+        raise SpecError(errors)
+    return split_pairs(read_text_pairs(path), spec.dataset.split, spec.train.seed, source)
+
+
+def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Dataset | TextPairs:
+    """The spec's dataset: built-in by name, a local file by `dataset.path`, or `file_path` (an upload the caller resolved).
+
+    A .jsonl file holds text pairs, which come back as `TextPairs` rather than arrays.
+    """
     ds = spec.dataset
     if ds.name is not None:
         raw = load_builtin(ds.name, ds.size, ds.params)
@@ -88,6 +100,8 @@ def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Datas
         path = Path(file_path if file_path is not None else ds.path or "")
         if ds.path is None and file_path is None:
             raise DataError(f"dataset {ds.id} must be resolved to a file by the service before loading")
+        if path.suffix == ".jsonl":
+            return text_pairs_for(path, spec, ds.id or path.name)
         raw = read_file(path, ds.label_column)
         source = ds.id or path.name
     return dataset_from_arrays(raw, spec, source)

@@ -30,6 +30,7 @@ from .barlow_twins import BarlowTwinsLoss
 from .heads import CrossEntropyLoss, MSELoss
 from .infonce import DecoupledSoftmaxLoss, NTXentLoss, SupConLoss
 from .margin import ContrastiveLoss, TripletLoss
+from .mnrl import MultipleNegativesRankingLoss
 from .multi_similarity import MultiSimilarityLoss
 from .pairs import PairLoss, PairWeights
 from .proxies import ArcFaceLoss, ClassWeightLoss, NormalizedSoftmaxLoss, ProxyAnchorLoss
@@ -47,6 +48,7 @@ LOSS_CLASSES: dict[str, type[nn.Module]] = {
     "decoupled_softmax": DecoupledSoftmaxLoss,
     "cross_entropy": CrossEntropyLoss,
     "mse": MSELoss,
+    "mnrl": MultipleNegativesRankingLoss,
 }
 
 
@@ -93,6 +95,7 @@ __all__ = [
     "DecoupledSoftmaxLoss",
     "MSELoss",
     "MultiSimilarityLoss",
+    "MultipleNegativesRankingLoss",
     "NTXentLoss",
     "NormalizedSoftmaxLoss",
     "PairLoss",

@@ -1,0 +1,206 @@
+"""The training loop for text pairs: a text encoder fine-tuned with a two-view loss.
+
+It keeps the contract of `core.train` (same callbacks, progress, checkpoints
+with model, optimizer, RNG states and step, the same epoch order and learning
+rate schedule, the same `TrainResult`), so the worker and the CLI run text jobs
+exactly as they run array jobs; `core.train.train` hands `TextPairs` here.
+What differs is the data: every text is tokenised once, up front, and a step
+takes its rows' token ids, trimmed to the batch's longest text. The anchor and
+the positive of a pair are the loss's two views.
+
+Evaluation treats the test pairs as a retrieval set: the anchor and the
+positive of pair i form class i, so precision_at_1 is the share of test texts
+whose nearest neighbour is their own partner (catalog.TEXT_PAIRS).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from core import catalog, losses
+from core.data.text_pairs import TextPairs
+from core.evaluate import evaluate
+from core.models.text_encoder import TextEncoder, Tokens
+from core.spec import JobSpec
+from core.train import CHECKPOINT_FORMAT, Callbacks, NullCallbacks, Progress, TrainResult, epoch_order, lr_at, pick_device
+
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def embed_tokens(encoder: TextEncoder, tokens: Tokens, device: torch.device, batch: int = EVAL_BATCH) -> Tensor:
+    """Normalised embeddings of tokenised texts, in eval mode, in batches; returned on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for start in range(0, len(tokens), batch):
+        part = tokens.select(torch.arange(start, min(start + batch, len(tokens)))).to(device)
+        out.append(nn.functional.normalize(encoder.embed_tokens(part.ids, part.mask), dim=-1).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)
+
+
+class TextTrainer:
+    """One text run's state; `run()` trains from the current step to the end or a stop."""
+
+    def __init__(self, spec: JobSpec, data: TextPairs, callbacks: Callbacks | None = None,
+                 device: torch.device | None = None) -> None:
+        self.spec, self.data = spec, data
+        self.cb = callbacks or NullCallbacks()
+        self.device = device or pick_device(spec)
+        _seed_everything(spec.train.seed)
+        params = {**catalog.ENCODERS[spec.model.encoder].defaults(), **spec.model.params}
+        self.encoder = TextEncoder(max_length=int(params["max_length"])).to(self.device)
+        self.loss = losses.build(spec.objective.loss, embedding_dim=self.encoder.embedding_dim,
+                                 **spec.objective.params).to(self.device)
+        self.anchors = self.encoder.tokenize(data.anchors_train)
+        self.positives = self.encoder.tokenize(data.positives_train)
+        n = len(self.anchors)
+        self.batch = min(spec.train.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch)
+        self.total_steps = spec.train.epochs * self.steps_per_epoch
+        self.opt = _optimizer(spec, list(self.encoder.parameters()) + list(self.loss.parameters()))
+        self.step = 0
+        self.last_loss = float("nan")
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints -------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "net": self.encoder.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore a checkpoint; weights_only=True so a tampered blob cannot run code."""
+        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+        self.encoder.load_state_dict(state["net"])
+        self.loss.load_state_dict(state["loss"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+
+    def _checkpoint(self) -> None:
+        self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
+
+    # -- the loop ----------------------------------------------------------------
+    def batch_loss(self, idx: Tensor) -> Tensor:
+        """The loss of pairs ``idx``: anchors and positives are the two views."""
+        a = self.anchors.select(idx).to(self.device)
+        p = self.positives.select(idx).to(self.device)
+        return self.loss(self.encoder.embed_tokens(a.ids, a.mask), self.encoder.embed_tokens(p.ids, p.mask))
+
+    def _train_step(self, idx: Tensor) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.spec, self.step, self.steps_per_epoch)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.batch_loss(idx)
+        loss.backward()
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
+        if self.spec.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.encoder.parameters(), self.spec.train.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return value
+
+    def evaluate(self) -> dict[str, float]:
+        """Retrieval over the test pairs, each pair a class of two (see the module docstring)."""
+        names = self.spec.eval.metrics or catalog.TEXT_PAIRS["default_metrics"]
+        texts = self.data.anchors_test + self.data.positives_test
+        embeddings = embed_tokens(self.encoder, self.encoder.tokenize(texts), self.device)
+        pair = torch.arange(len(self.data.anchors_test))
+        return evaluate(names, train=None, test=(embeddings, torch.cat([pair, pair])),
+                        recall_k=tuple(self.spec.eval.recall_k), seed=self.spec.train.seed)
+
+    def _report_eval(self, epoch: int) -> dict[str, float]:
+        values = self.evaluate()
+        self.cb.on_metrics(self.step, epoch, {f"eval/{k}": v for k, v in values.items()})
+        self.history.append({"step": self.step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}})
+        return values
+
+    def run(self) -> TrainResult:
+        t = self.spec.train
+        start, start_step = time.perf_counter(), self.step
+        log_every = max(1, self.total_steps // 1000)
+        checkpoint_every = t.checkpoint_every_steps or self.steps_per_epoch
+        every_epochs = self.spec.eval.every_epochs
+        self.encoder.train()
+        running, count, metrics, stopped = 0.0, 0, {}, False
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            order = epoch_order(t.seed, epoch, len(self.anchors))
+            self.last_loss = self._train_step(order[offset * self.batch:(offset + 1) * self.batch])
+            running, count = running + self.last_loss, count + 1
+            epoch_now = self.step // self.steps_per_epoch
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                self.cb.on_metrics(self.step, epoch_now, {"train/loss": running / count})
+                running, count = 0.0, 0
+            self._progress(start, start_step)
+            done_epoch = self.step % self.steps_per_epoch == 0
+            if done_epoch and every_epochs and epoch_now % every_epochs == 0 and self.step < self.total_steps:
+                self._report_eval(epoch_now)
+            if self.step % checkpoint_every == 0 and self.step < self.total_steps:
+                self._checkpoint()
+            if self.cb.should_stop():
+                stopped = True
+                self._checkpoint()
+                break
+        if not stopped:
+            metrics = self._report_eval(self.step // self.steps_per_epoch)
+            self._checkpoint()
+        return TrainResult(self.encoder, metrics, self.step, self.step // self.steps_per_epoch, stopped,  # type: ignore[arg-type]
+                           time.perf_counter() - start, self.history)
+
+    def _progress(self, start: float, start_step: int) -> None:
+        elapsed = time.perf_counter() - start
+        rate = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
+        self.cb.on_progress(Progress(
+            step=self.step, total_steps=self.total_steps, epoch=self.step // self.steps_per_epoch,
+            epochs=self.spec.train.epochs, loss=self.last_loss, lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
+            eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
+        ))
+
+
+def _optimizer(spec: JobSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    t = spec.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _seed_everything(seed: int) -> None:
+    """Any incidental numpy/python/torch randomness (dropout) follows the spec's seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_text(spec: JobSpec, data: TextPairs, callbacks: Callbacks | None = None, *, resume: bytes | None = None,
+               device: torch.device | None = None) -> TrainResult:
+    """Train `spec`'s text encoder on text pairs; with `resume`, continue from that checkpoint."""
+    trainer = TextTrainer(spec, data, callbacks, device)
+    if resume is not None:
+        trainer.load_state(resume)
+    return trainer.run()
