@@ -43,13 +43,11 @@ def worker(concurrency: int = typer.Option(1, help="training processes; one per 
     run_worker(_settings(), concurrency=concurrency, loglevel=loglevel)
 
 
-def reaper() -> None:
-    """Run the reaper alone: re-queue jobs whose worker died (workers also run one)."""
-    import threading
+def reaper(loglevel: str = "INFO") -> None:
+    """Run the reaper alone: re-queue jobs whose worker died (workers also run one); SIGTERM stops it."""
+    from worker.main import serve_reaper
 
-    from worker.reaper import run_reaper
-
-    run_reaper(_settings(), threading.Event())
+    serve_reaper(_settings(), loglevel=loglevel)
 
 
 def migrate() -> None:

@@ -8,6 +8,7 @@ pinning a worker to a GPU is done in its environment, not here.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Literal
@@ -63,8 +64,13 @@ def run_worker(
     return int(worker.exitcode or 0)
 
 
-def serve_reaper(settings: Settings) -> None:
-    """Run the reaper alone until SIGTERM or SIGINT (for deployments that want it as its own service)."""
+def serve_reaper(settings: Settings, loglevel: str = "INFO") -> None:
+    """Run the reaper alone until SIGTERM or SIGINT (for deployments that want it as its own service).
+
+    Logging is set up here because, unlike a Celery worker, nothing else does:
+    without it the reaper's warnings (which jobs it re-queued or failed) are lost.
+    """
+    logging.basicConfig(level=loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.events import NewEvent, add_events
@@ -173,11 +174,21 @@ def run_reaper(
         celery_app = create_app(settings)
     session_factory = session_factory_for(settings.database_url)
     log.info("reaper running every %.1fs", settings.reaper_interval_s)
+    database_down = False
     while True:
         try:
             reap_once(session_factory, celery_app)
-        except Exception:  # noqa: BLE001 - a database or broker outage must not end the loop
+        except (OperationalError, InterfaceError) as exc:
+            # An outage is expected to end; say so once, not with a traceback every pass.
+            if not database_down:
+                log.warning("database unreachable (%s); reaping resumes when it is back", type(exc).__name__)
+            database_down = True
+        except Exception:  # noqa: BLE001 - a broker outage or a bug must not end the loop
             log.exception("reaper pass failed; retrying in %.1fs", settings.reaper_interval_s)
+        else:
+            if database_down:
+                log.info("database reachable again; reaping resumed")
+            database_down = False
         if stop_event.wait(settings.reaper_interval_s):
             return
 

@@ -1,0 +1,102 @@
+"""The servers under the service fail: Redis restarts empty, PostgreSQL stops for ten seconds.
+
+Both servers are this test's own (a redis-server on a free port, a PostgreSQL
+cluster made by initdb), so stopping them disturbs nobody else.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from store.db import migrate
+from store.models import Job
+from tests.chaos.conftest import (
+    ADMIN_KEY,
+    SPEC,
+    LocalPostgres,
+    RedisServer,
+    Stack,
+    statuses,
+    wait_for,
+)
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+POSTGRES_OUTAGE_S = 10.0
+
+
+def _assert_metrics_once(stack: Stack, job_id: str) -> None:
+    job = stack.job(job_id)
+    assert stack.loss_steps(job_id) == list(range(1, job.total_steps + 1))
+
+
+def test_redis_restart_mid_run_the_worker_reconnects_and_the_job_runs_once(stack: Stack) -> None:
+    (worker,) = stack.start("worker")
+    job_id = stack.submit(SPEC)
+    stack.wait_checkpoint(job_id)
+
+    stack.redis.restart()  # every key is gone: the queue, the unacked message
+
+    job = stack.wait_status(job_id, "succeeded")
+    assert job.attempts == 1
+    assert statuses(stack.events(job_id)) == ["running", "succeeded"]
+    _assert_metrics_once(stack, job_id)
+    # The worker is connected again: it takes a job sent to the new server.
+    after = stack.submit({**SPEC, "train": {**SPEC["train"], "epochs": 1}})
+    assert stack.wait_status(after, "succeeded").attempts == 1
+    assert worker.alive()
+    assert worker.log().count("] received") == 2, stack.logs()  # one delivery each: nothing ran twice
+
+
+def test_postgres_stopped_for_10s_api_answers_503_and_the_job_keeps_its_progress(
+    local_postgres: LocalPostgres, redis_server: RedisServer, tmp_path: Path, dataset_cache: Path
+) -> None:
+    migrate(local_postgres.url)
+    stack = Stack(local_postgres.url, redis_server, tmp_path, dataset_cache)
+    try:
+        _postgres_outage(stack, local_postgres)
+    finally:
+        stack.close()
+
+
+def _postgres_outage(stack: Stack, postgres: LocalPostgres) -> None:
+    stack.start("api", "worker")
+    api = httpx.Client(base_url=stack.api_url, headers=AUTH, timeout=30)
+    job_id = api.post("/v1/jobs", json=SPEC).json()["id"]
+    before = stack.wait_checkpoint(job_id)[-1].step
+
+    postgres.stop()
+    stopped = time.monotonic()
+    down = [
+        api.get(f"/v1/jobs/{job_id}"),
+        api.get("/v1/jobs"),
+        api.post("/v1/jobs", json=SPEC),
+        api.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "during-outage"}),
+        api.get("/readyz"),
+    ]
+    for response in down:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.json()["error"]["code"] == "unavailable"
+    time.sleep(max(0.0, POSTGRES_OUTAGE_S - (time.monotonic() - stopped)))  # the outage lasts 10 s
+    postgres.start()
+
+    wait_for(lambda: api.get("/readyz").status_code == 200, 60, "the API to be ready again", stack.logs)
+    assert api.get(f"/v1/jobs/{job_id}").status_code == 200
+    with stack.session_factory() as session:  # the refused submissions left nothing behind
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+    retried = api.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "during-outage"})
+    assert retried.status_code == 201
+
+    job = stack.wait_status(job_id, "succeeded")
+    # Progress survived the outage: any new attempt resumed from a checkpoint
+    # at least as far as the one made before it, never from scratch.
+    resumed = [e.data["resumed_from_step"] for e in stack.events(job_id)
+               if e.type == "log" and (e.data or {}).get("resumed_from_step") is not None]
+    assert all(step >= before for step in resumed)
+    assert len(resumed) == job.attempts - 1
+    _assert_metrics_once(stack, job_id)
+    api.close()

@@ -1,0 +1,132 @@
+"""Workers that die, stop, or receive a message twice, and a checkpoint that rots.
+
+Each test runs real `embedmix worker` processes (and `embedmix api` or
+`embedmix reaper` where the fault is about them) on a throwaway database and a
+Redis server of its own, and injects the fault for real: SIGKILL, SIGTERM, a
+duplicated broker message, flipped bytes in a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import httpx
+import torch
+from safetensors.torch import load as load_safetensors
+
+from store.models import Artifact
+from tests.chaos.conftest import ADMIN_KEY, SPEC, Stack, owner_pid, statuses, wait_for
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _resumed_from(stack: Stack, job_id: str) -> list[int]:
+    """The checkpoint step each resumed attempt started from, in order."""
+    return [e.data["resumed_from_step"] for e in stack.events(job_id)
+            if e.type == "log" and (e.data or {}).get("resumed_from_step") is not None]
+
+
+def _assert_metrics_once(stack: Stack, job_id: str) -> None:
+    """Every training step has exactly one loss point, whatever was replayed after a resume."""
+    job = stack.job(job_id)
+    assert stack.loss_steps(job_id) == list(range(1, job.total_steps + 1))
+
+
+def _weights(api_url: str, job_id: str) -> dict[str, torch.Tensor]:
+    response = httpx.get(f"{api_url}/v1/jobs/{job_id}/model", params={"format": "safetensors"},
+                         headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    return load_safetensors(response.content)
+
+
+def test_kill_9_mid_training_finishes_on_another_worker_with_identical_weights(stack: Stack) -> None:
+    stack.start("api", "worker-a", "worker-b")
+    submit = lambda: httpx.post(f"{stack.api_url}/v1/jobs", json=SPEC, headers=AUTH, timeout=30)  # noqa: E731
+    reference, victim = submit().json()["id"], submit().json()["id"]
+
+    seen = stack.wait_checkpoint(victim)
+    killed = owner_pid(stack.job(victim))
+    os.kill(killed, signal.SIGKILL)
+
+    job = stack.wait_status(victim, "succeeded")
+    stack.wait_status(reference, "succeeded")
+    assert killed not in {p.pid for p in stack.processes if p.alive()}
+    assert job.attempts == 2
+    assert statuses(stack.events(victim)) == ["running", "queued", "running", "succeeded"]
+    (resumed,) = _resumed_from(stack, victim)
+    assert resumed >= seen[-1].step > 0
+    _assert_metrics_once(stack, victim)
+    expected, got = _weights(stack.api_url, reference), _weights(stack.api_url, victim)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_sigterm_checkpoints_requeues_and_resumes_without_charging_an_attempt(stack: Stack) -> None:
+    stack.start("worker-a", "worker-b")
+    job_id = stack.submit(SPEC)
+    stack.wait_checkpoint(job_id)
+    (owner,) = [p for p in stack.processes if p.pid == owner_pid(stack.job(job_id))]
+
+    assert owner.terminate() == 0  # a warm shutdown, not a crash
+
+    job = stack.wait_status(job_id, "succeeded")  # on the other worker, which was idle
+    assert job.attempts == 1
+    events = stack.events(job_id)
+    assert statuses(events) == ["running", "queued", "running", "succeeded"]
+    (handback,) = [e for e in events if e.type == "status" and e.data.get("reason") == "worker_shutdown"]
+    stopped_at = handback.data["step"]
+    assert 0 < stopped_at < job.total_steps
+    assert _resumed_from(stack, job_id) == [stopped_at]  # it saved a checkpoint exactly where it stopped
+    _assert_metrics_once(stack, job_id)
+
+
+def test_same_message_delivered_twice_runs_once(stack: Stack) -> None:
+    """Two workers, two copies of one message (same task id): both are delivered, one runs."""
+    workers = stack.start("worker-a", "worker-b")
+    message_id = f"duplicate-{secrets.token_hex(4)}"
+    job_id = stack.submit({**SPEC, "train": {**SPEC["train"], "epochs": 2}}, message_id=message_id)
+    stack.send(job_id, message_id=message_id)
+
+    job = stack.wait_status(job_id, "succeeded")
+    redis = stack.redis.client()
+    wait_for(lambda: redis.llen("embedmix") == 0 and redis.hlen("unacked") == 0, 60,
+             "both copies to be taken and acknowledged", stack.logs)
+    deliveries = sum(w.log().count(f"[{message_id}] received") for w in workers)
+    assert deliveries == 2, stack.logs()
+    assert job.attempts == 1
+    assert statuses(stack.events(job_id)) == ["running", "succeeded"]
+    _assert_metrics_once(stack, job_id)
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp_path: Path) -> None:
+    """Files on disk this time: flip bytes in the newest checkpoint after its worker was killed."""
+    artifacts = tmp_path / "artifacts"
+    stack.settings["artifacts"] = str(artifacts)
+    worker = stack.worker("worker-a")
+    job_id = stack.submit(SPEC)
+    stack.wait_checkpoint(job_id, count=2)
+    worker.kill()
+
+    *_, previous, newest = stack.checkpoints(job_id)
+    with stack.session_factory() as session:
+        location = session.get(Artifact, newest.artifact_id).location
+    blob = artifacts / location
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    (reaper,) = stack.start("reaper")
+    stack.wait_status(job_id, "queued")  # the stand-alone reaper re-queued the dead worker's job
+    assert f"job {job_id}: lease expired; now queued" in reaper.log()
+    stack.worker("worker-b")
+    job = stack.wait_status(job_id, "succeeded")
+
+    assert job.attempts == 2
+    warnings = [e for e in stack.events(job_id) if e.type == "warning"]
+    assert len(warnings) == 1 and f"step {newest.step} does not match its sha256" in warnings[0].message
+    assert _resumed_from(stack, job_id) == [previous.step]
+    assert newest.id not in {c.id for c in stack.checkpoints(job_id)}
+    _assert_metrics_once(stack, job_id)
