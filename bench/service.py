@@ -122,7 +122,7 @@ def service_overhead(client: httpx.Client) -> dict[str, float]:
         time.sleep(0.2)
     assert j["status"] == "succeeded", j
     seconds = (datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["started_at"])).total_seconds()
-    training = client.get(f"/v1/jobs/{job['id']}/card").json()["training"]
+    training = client.get(f"/v1/jobs/{job['id']}/model/card").json()["training"]
     spec = validate_spec(TRAIN)
     warm = validate_spec({**TRAIN, "train": {**TRAIN["train"], "epochs": 1}})
     train(warm, load_dataset(warm))  # the worker process is warm too: first-call costs are not the service's
