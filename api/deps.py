@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -138,3 +140,32 @@ def get_page(
 
 
 PageDep = Annotated[PageParams, Depends(get_page)]
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not take.
+
+    Ignoring it would turn a typo into a wrong answer: ``?stauts=failed``
+    would list every job, and the caller would believe it saw only failed ones.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown query parameter {unknown[0]!r}; this call takes: {takes}",
+            param=unknown[0],
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """Every query parameter name a route declares, through its dependencies."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names

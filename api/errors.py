@@ -19,10 +19,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import ErrorOut
 from store import ArtifactNotFound, InvalidCursor
 
 logger = logging.getLogger("embedmix.api")
@@ -182,6 +184,67 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error")
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request: a NUL in the URL or a header, unreadable or over-deep JSON",
+    401: "Missing, unknown or revoked API key",
+    413: "Body over the size limit",
+    422: "A parameter or the body is invalid; `param` names it",
+    500: "Internal error (reported without internals)",
+    503: "The database is unavailable; retry after Retry-After seconds",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Declare in the OpenAPI schema the errors that shared machinery answers on every route.
+
+    Middleware and dependencies (the input guard, keys, body limits, the
+    unknown-query check, the database) can fail any route they apply to, so
+    their errors are added here once rather than listed by hand per route; and
+    every error response is described as JSON in the error format, also on
+    routes whose success is a file or an event stream.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _add_error_model(schema)
+            for path, item in schema.get("paths", {}).items():
+                for operation in item.values():
+                    _document_operation(path, operation)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_model(schema: dict[str, Any]) -> None:
+    _, definitions = models_json_schema(
+        [(ErrorOut, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in definitions.get("$defs", {}).items():
+        components.setdefault(name, definition)
+
+
+def _document_operation(path: str, operation: dict[str, Any]) -> None:
+    statuses = {400, 500}
+    if path.startswith("/v1/"):
+        statuses.add(422)  # unknown query parameters, on every API route
+    if operation.get("parameters") or "requestBody" in operation:
+        statuses.add(422)
+    if "requestBody" in operation:
+        statuses.add(413)
+    if operation.get("security"):
+        statuses |= {401, 503}
+    responses = operation.setdefault("responses", {})
+    for status in statuses:
+        responses.setdefault(str(status), {"description": _ERROR_DESCRIPTIONS[status]})
+    for status, response in responses.items():
+        if status[:1] in ("4", "5"):
+            response["content"] = {"application/json": {"schema": _ERROR_REF}}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,15 +1,19 @@
-"""Request body limits, enforced while the body streams in.
+"""Request limits, enforced before or while the body streams in.
 
 A declared ``Content-Length`` over the limit is refused before a byte is read;
 a body without one (chunked) is counted as it arrives and refused the moment it
 passes the limit, so an oversized request never costs more than the limit in
 memory, disk or time. Uploads have their own, larger limit (the file's exact
 limit is checked again by the upload parser); every other body is JSON and
-capped by ``max_request_bytes``.
+capped by ``max_request_bytes``. JSON bodies are also refused when nested
+deeper than ``max_json_depth`` (the parser recurses per level) or when a string
+holds ``\u0000``; a NUL anywhere in the URL or a header is refused too, since
+no route takes one and PostgreSQL cannot store one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
@@ -56,3 +60,101 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+# JSON strings hold what every route stores as text; PostgreSQL refuses NUL in text and JSONB.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+_JSON_TYPES = ("application/json", "")
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def bad_request(code: str, message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, code, message, param=param)
+
+
+def json_problem(body: bytes, max_depth: int) -> ApiError | None:
+    """Why this JSON body must be refused before it is parsed, or None.
+
+    Python's parser recurses once per level, so nesting is bounded here,
+    scanning only brackets and strings (numbers and whitespace are skipped
+    by the regex engine, so a 1 MiB embed request costs milliseconds).
+    Malformed JSON is left to the parser, which reports it with a position.
+    """
+    depth = 0
+    for match in _JSON_TOKEN.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return bad_request(
+                    "json_too_deep",
+                    f"the JSON body is nested more than {max_depth} levels deep",
+                )
+        elif token in (b"]", b"}"):
+            depth -= 1
+        elif b"\\" in token and _ESCAPED_NUL.search(token):
+            return bad_request(
+                "invalid_json", "JSON strings may not contain the NUL character (\\u0000)"
+            )
+    return None
+
+
+def request_line_problem(scope: Scope) -> ApiError | None:
+    """A NUL in the path, query or a header value: no route accepts one, and stores refuse it."""
+    if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+        return bad_request("bad_request", "the URL may not contain the NUL character (%00)")
+    if any(b"\x00" in value for _, value in scope.get("headers", ())):
+        return bad_request("bad_request", "header values may not contain the NUL character")
+    return None
+
+
+class InputGuardMiddleware:
+    """400 for input no handler should ever see: NULs in the request line and over-deep JSON.
+
+    The JSON body (already capped by :class:`BodyLimitMiddleware`) is collected as the
+    handler reads it and checked when its last piece arrives, so the check raises from
+    inside the body read, like the size limit, and the error handlers answer.
+    """
+
+    def __init__(self, app: ASGIApp, max_json_depth: int) -> None:
+        self.app = app
+        self.max_json_depth = max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = request_line_problem(scope)
+        if problem is not None:
+            await _answer(problem, scope, receive, send)
+            return
+        if scope["method"] not in BODY_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        pieces: list[bytes] = []
+
+        async def checked_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                pieces.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    error = json_problem(b"".join(pieces), self.max_json_depth)
+                    pieces.clear()
+                    if error is not None:
+                        raise error
+            return message
+
+        await self.app(scope, checked_receive, send)
+
+
+def _is_json(scope: Scope) -> bool:
+    """FastAPI parses a body as JSON when its type is JSON (``+json`` too) or not given."""
+    content_type = Headers(scope=scope).get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in _JSON_TYPES or media.endswith("+json")
+
+
+async def _answer(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(error.status_code, error.code, error.message, param=error.param)
+    await response(scope, receive, send)

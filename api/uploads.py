@@ -10,10 +10,12 @@ validation messages quote back to the user.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from python_multipart.exceptions import FormParserError as MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -29,6 +31,8 @@ TEXT_FIELDS = ("label_column",)
 MAX_TEXT_FIELD = 4096
 # Room for the multipart framing and text fields around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# Characters that could end or split a header line or a quoted parameter if a name were echoed.
+_HEADER_CHARACTERS = re.compile(r'["\x00-\x1f\x7f]')
 
 
 @dataclass
@@ -131,8 +135,23 @@ class _Receiver:
 
 
 def _disk_name(filename: str) -> str:
-    """The sanitised basename with its suffix in lower case (formats are recognised by suffix)."""
-    name = sanitize_filename(filename)
+    """The sanitised basename with its suffix in lower case (formats are recognised by suffix).
+
+    Browsers and httpx send a filename's quote and control characters
+    percent-encoded (HTML form encoding), so the name is decoded before it is
+    judged. A name that walks up directories or carries header characters is
+    refused rather than quietly repaired: it was made to attack something.
+    """
+    decoded = unquote(filename)
+    if _HEADER_CHARACTERS.search(decoded):
+        raise bad_upload(
+            f"the filename {filename!r} contains quote or control characters; send a plain file name"
+        )
+    if ".." in re.split(r"[/\\]", decoded):
+        raise bad_upload(
+            f"the filename {filename!r} climbs directories ('..'); send a plain file name"
+        )
+    name = sanitize_filename(decoded)
     path = Path(name)
     return path.stem + path.suffix.lower() if path.suffix else name
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime, timedelta
 
@@ -22,6 +23,8 @@ KEY_PREFIX = "em_"
 DISPLAY_PREFIX_LENGTH = 8
 # Writing last_used_at on every request would turn every read into a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# What any key we issue or accept looks like: the prefix, then printable ASCII.
+_WELL_FORMED = re.compile(re.escape(KEY_PREFIX) + r"[\x21-\x7e]{1,253}")
 
 
 def hash_key(key: str) -> str:
@@ -64,7 +67,7 @@ def authenticate(session: Session, key: str, *, now: datetime | None = None) -> 
     ``hmac.compare_digest`` on the hash, so that the comparison takes the same
     time however many characters match.
     """
-    if not key.startswith(KEY_PREFIX):
+    if not _WELL_FORMED.fullmatch(key):  # never send control characters or megabytes to the database
         return None
     presented = hash_key(key)
     candidates = session.scalars(

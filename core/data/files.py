@@ -15,8 +15,12 @@ SUFFIXES = (".npz", ".csv", ".parquet")
 SPLIT_COLUMN = "split"
 
 
-def read_npz(path: Path) -> dict[str, Any]:
-    """Arrays `x`, `y`, optionally `x_test`, `y_test`; object arrays (pickles) are refused."""
+def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """Arrays `x`, `y`, optionally `x_test`, `y_test`; object arrays (pickles) are refused.
+
+    With ``max_bytes``, the arrays' declared sizes are checked before any is
+    loaded: np.savez_compressed packs a gigabyte of zeros into a megabyte.
+    """
     with open(path, "rb") as fh:
         magic = fh.read(4)
     # np.load also takes a bare .npy (returning an array, not an archive) and refuses
@@ -24,6 +28,8 @@ def read_npz(path: Path) -> dict[str, Any]:
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise DataError(f"{path.name}: not a readable npz file (an npz is a zip archive of .npy arrays, as np.savez writes)")
     try:
+        if max_bytes is not None:
+            check_npz_size(path, max_bytes)
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
             if "x" not in keys:
@@ -45,6 +51,51 @@ def read_npz(path: Path) -> dict[str, Any]:
     if "y_test" in out and "y" not in out:
         raise DataError(f"{path.name}: y_test without y; give labels for the training rows too, or drop y_test")
     return out
+
+
+def check_npz_size(path: Path, max_bytes: int) -> None:
+    """Refuse an npz whose arrays would take more than ``max_bytes``, reading only headers.
+
+    Each member's .npy header states its shape and dtype; numpy allocates that
+    much before reading, so a header claiming more than the member holds is
+    refused too (it could only be a lie meant to exhaust memory).
+    """
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise DataError(f"{path.name}: holds a pickled object array, which is never loaded; store plain numeric or string arrays")
+            declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if declared > info.file_size:
+                raise DataError(f"{path.name}: array {info.filename!r} declares {declared} bytes but holds {info.file_size}; the file is corrupt")
+            total += declared
+    if total > max_bytes:
+        raise DataError(f"{path.name}: its arrays take {total} bytes uncompressed; the limit is {max_bytes} bytes")
+
+
+def check_parquet_size(path: Path, max_bytes: int) -> None:
+    """Refuse a parquet file whose table decodes to more than ``max_bytes``, from its footer alone.
+
+    Run-length and dictionary encoding store millions of equal values in a few
+    bytes, so the footer's stored sizes say nothing; the table is read into
+    8-byte numbers, so rows x columns x 8 is what it will cost at least.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged footer
+        raise DataError(f"{path.name}: not a readable parquet file ({exc.__class__.__name__}: {exc})") from None
+    total = metadata.num_rows * metadata.num_columns * 8
+    if total > max_bytes:
+        raise DataError(
+            f"{path.name}: its {metadata.num_rows} rows x {metadata.num_columns} columns take {total} bytes "
+            f"uncompressed; the limit is {max_bytes} bytes"
+        )
 
 
 def read_table(path: Path, label_column: str | None) -> dict[str, Any]:
@@ -83,14 +134,20 @@ def read_table(path: Path, label_column: str | None) -> dict[str, Any]:
     return {"x": x[~test], "y": y_arr[~test], "x_test": x[test], "y_test": y_arr[test]}
 
 
-def read_file(path: str | Path, label_column: str | None = None) -> dict[str, Any]:
-    """Raw arrays from a user file, with shapes and values checked."""
+def read_file(path: str | Path, label_column: str | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+    """Raw arrays from a user file, with shapes and values checked.
+
+    ``max_bytes`` bounds what compressed formats (npz, parquet) may expand to,
+    checked from their headers before anything is decoded.
+    """
     path = Path(path)
     if path.suffix not in SUFFIXES:
         raise DataError(f"{path.name}: unsupported file type {path.suffix!r}; use one of {list(SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    raw = read_npz(path) if path.suffix == ".npz" else read_table(path, label_column)
+    if path.suffix == ".parquet" and max_bytes is not None:
+        check_parquet_size(path, max_bytes)
+    raw = read_npz(path, max_bytes) if path.suffix == ".npz" else read_table(path, label_column)
     for prefix in ("", "_test"):
         if f"x{prefix}" in raw:
             raw[f"x{prefix}"] = check_features(np.asarray(raw[f"x{prefix}"]), f"{path.name}: x{prefix}")

@@ -1,0 +1,54 @@
+"""Fixtures for the security tests: the integration suite's apps, keys and trained model, reused.
+
+Everything comes from ``tests/integration`` (databases on SQLite and a
+throwaway PostgreSQL, owners alice and bob with keys, a revoked key, the admin
+key, a finished job with its files). Only the broker differs: these tests own
+Redis database SECURITY_REDIS_DB, which they flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from store.settings import Settings
+from tests.integration.conftest import database_url, postgres_url  # noqa: F401 - fixtures
+from tests.integration.test_api import (  # noqa: F401 - fixtures
+    client,
+    db,
+    finished,
+    keys,
+    make_settings,
+    scratch,
+    trained,
+)
+
+SECURITY_REDIS_DB = 5
+SECURITY_BROKER_URL = f"redis://127.0.0.1:6379/{SECURITY_REDIS_DB}"
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """The real Redis, database SECURITY_REDIS_DB, empty before and after the test."""
+    client = redis.Redis.from_url(SECURITY_BROKER_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis unreachable at {SECURITY_BROKER_URL}: {exc}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def security_settings(database_url: str, scratch: Path, **overrides: object) -> Settings:
+    """The integration suite's settings on this directory's broker."""
+    return make_settings(database_url, scratch, redis_url=SECURITY_BROKER_URL, **overrides)
+
+
+@pytest.fixture
+def settings(database_url: str, scratch: Path, broker: redis.Redis) -> Settings:
+    return security_settings(database_url, scratch)
