@@ -90,7 +90,18 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
     app.add_middleware(RequestMetricsMiddleware, telemetry=runtime.telemetry)
 
 
-def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the API until interrupted (``embedmix up`` and the compose ``api`` service)."""
-    logger.info("embedmix API on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
+def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve the API until interrupted (``embedmix up`` and the compose ``api`` service).
+
+    With ``workers`` > 1, uvicorn forks that many processes, each building its
+    own app from the ``EMBEDMIX_*`` environment (an app's engine and broker
+    pools must not cross a fork), so ``settings`` must be the environment's.
+    """
+    logger.info("embedmix API on http://%s:%d (docs at /docs), %d process(es)", host, port, workers)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
+        return
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        proxy_headers=True, log_level="info",
+    )

@@ -28,11 +28,12 @@ def _settings():
     return Settings()
 
 
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+def api(host: str = "127.0.0.1", port: int = 8000,
+        workers: int = typer.Option(1, min=1, help="API processes sharing the port (uvicorn workers)")) -> None:
     """Run the HTTP API (settings from EMBEDMIX_* environment variables)."""
     from api.app import run_api
 
-    run_api(_settings(), host=host, port=port)
+    run_api(_settings(), host=host, port=port, workers=workers)
 
 
 def worker(concurrency: int = typer.Option(1, help="training processes; one per device"),
