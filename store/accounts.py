@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -77,9 +77,25 @@ def authenticate(session: Session, key: str, *, now: datetime | None = None) -> 
     )
     for candidate in candidates:
         if hmac.compare_digest(candidate.key_hash, presented):
-            _touch(session, candidate.id, now or utcnow())
+            now = now or utcnow()
+            if _stale(candidate.last_used_at, now):
+                _touch(session, candidate.id, now)
             return session.get(Owner, candidate.owner_id)
     return None
+
+
+def _stale(last_used_at: datetime | None, now: datetime) -> bool:
+    """Whether the key's last use is older than the resolution: only then is a write worth its cost.
+
+    Checked in Python first because most requests come well within the
+    resolution, and an UPDATE per request, even one matching no row, takes
+    SQLite's single write lock and costs PostgreSQL a write transaction.
+    """
+    if last_used_at is None:
+        return True
+    if last_used_at.tzinfo is None:  # SQLite hands back naive datetimes; they are stored as UTC
+        last_used_at = last_used_at.replace(tzinfo=UTC)
+    return last_used_at < now - LAST_USED_RESOLUTION
 
 
 def _touch(session: Session, key_id: int, now: datetime) -> None:
