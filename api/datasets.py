@@ -4,7 +4,7 @@ An upload is validated exactly as the engine will read it
 (``core.data.files.read_file``: no pickles, numeric features, finite values,
 consistent shapes) before a byte is stored, so a job never fails on data the
 service already accepted. Formats are recognised by suffix: ``.npz``, ``.csv``,
-``.parquet`` (jsonl pairs are not supported by the engine yet). What the
+``.parquet``, and ``.jsonl`` text pairs (``core.data.text_pairs``). What the
 validation learned (task, input shape, classes, whether the file has its own
 test rows) is kept in ``info``; job submission checks specs against it.
 """
@@ -29,6 +29,8 @@ from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
 from core.data.dataset import DataError
 from core.data.files import SUFFIXES, read_file
+from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
+from core.data.text_pairs import read_text_pairs
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
 from store.jobs import ACTIVE_STATUSES
 from store.models import Job, Owner
@@ -53,7 +55,7 @@ _UPLOAD_BODY = {
                         FILE_FIELD: {
                             "type": "string",
                             "format": "binary",
-                            "description": "an .npz, .csv or .parquet file",
+                            "description": "an .npz, .csv or .parquet file, or .jsonl text pairs",
                         },
                         "label_column": {
                             "type": "string",
@@ -85,9 +87,12 @@ def _store_upload(
 ) -> DatasetOut:
     """Validate the received file, then store its bytes and its row in one transaction."""
     path = upload.path
+    if path.suffix == TEXT_PAIRS_SUFFIX:
+        return _store_text_pairs(session, artifacts, owner, upload)
     if path.suffix not in SUFFIXES:
         raise bad_upload(
-            f"unsupported file type {path.suffix or '(none)'!r}; use one of {list(SUFFIXES)}"
+            f"unsupported file type {path.suffix or '(none)'!r}; "
+            f"use one of {[*SUFFIXES, TEXT_PAIRS_SUFFIX]}"
         )
     label_column = upload.fields.get("label_column") or None
     if path.suffix == ".npz" and label_column is not None:
@@ -108,6 +113,39 @@ def _store_upload(
         format=path.suffix.removeprefix("."),
         rows=info["train_rows"] + info["test_rows"],
         info=info,
+        artifact=artifact,
+    )
+    session.commit()
+    return DatasetOut.model_validate(dataset)
+
+
+def _store_text_pairs(
+    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload
+) -> DatasetOut:
+    """A .jsonl file of text pairs, checked line by line as the engine reads it, then stored.
+
+    Its info says what job submission checks: no labels, and samples of rank 0
+    (one string each), which only a text encoder accepts.
+    """
+    if upload.fields.get("label_column"):
+        raise bad_upload("label_column applies to csv and parquet files", param="label_column")
+    try:
+        raw = read_text_pairs(upload.path)
+    except DataError as exc:
+        raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None
+    info = {
+        "task": None,
+        "input_shape": [],
+        "num_classes": None,
+        "class_names": None,
+        "has_test": False,
+        "train_rows": len(raw),
+        "test_rows": 0,
+        "label_column": None,
+    }
+    artifact = artifacts.put(session, _chunks(upload.path))
+    dataset = create_dataset(
+        session, owner.id, filename=upload.path.name, format="jsonl", rows=len(raw), info=info,
         artifact=artifact,
     )
     session.commit()

@@ -99,9 +99,22 @@ def to_batch(inputs: Sequence[Any], input_shape: Sequence[int], max_inputs: int)
     return torch.from_numpy(batch)
 
 
+def to_texts(inputs: Sequence[Any], max_inputs: int) -> list[str]:
+    """Check ``inputs`` is a list of non-empty strings, what a text model embeds."""
+    if not inputs:
+        raise _bad_inputs("give at least one input")
+    if not all(isinstance(text, str) for text in inputs):
+        raise _bad_inputs("this is a text model: each input must be a string")
+    if not all(text.strip() for text in inputs):
+        raise _bad_inputs("inputs contain an empty string")
+    if len(inputs) > max_inputs:
+        raise _bad_inputs(f"at most {max_inputs} inputs per request, got {len(inputs)}")
+    return list(inputs)
+
+
 @torch.inference_mode()
-def embed(encoder: nn.Module, batch: torch.Tensor) -> list[list[float]]:
-    """Unit-length embeddings of raw inputs, computed in bounded batches."""
+def embed(encoder: nn.Module, batch: torch.Tensor | list[str]) -> list[list[float]]:
+    """Unit-length embeddings of raw inputs (samples, or strings for a text model), in bounded batches."""
     parts = [encoder(batch[i : i + EMBED_BATCH]) for i in range(0, len(batch), EMBED_BATCH)]
     return torch.cat(parts).float().tolist()
 

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
-from api.embedding import embed, to_batch
+from api.embedding import embed, to_batch, to_texts
 from api.errors import ApiError, not_found
 from api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
 from core.export import FILENAMES
@@ -122,10 +122,16 @@ def read_model_card(job: OwnedJob) -> dict[str, Any]:
 def embed_inputs(
     body: EmbedIn, job: OwnedJob, session: SessionDep, runtime: RuntimeDep
 ) -> EmbedOut:
-    """Embed raw inputs with the job's model; each input has the card's ``input.shape``."""
+    """Embed raw inputs with the job's model; each input has the card's ``input.shape``
+    (a text model's inputs are strings)."""
     entry = _model_file(job, EMBED_FORMAT)
-    input_shape = (job.card or {}).get("input", {}).get("shape", [])
-    batch = to_batch(body.inputs, input_shape, runtime.settings.max_embed_inputs)
+    card_input = (job.card or {}).get("input", {})
+    limit = runtime.settings.max_embed_inputs
+    batch = (
+        to_texts(body.inputs, limit)
+        if card_input.get("type") == "text"
+        else to_batch(body.inputs, card_input.get("shape", []), limit)
+    )
     encoder = runtime.encoders.get(
         job.id,
         entry["sha256"],

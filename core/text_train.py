@@ -8,6 +8,11 @@ What differs is the data: every text is tokenised once, up front, and a step
 takes its rows' token ids, trimmed to the batch's longest text. The anchor and
 the positive of a pair are the loss's two views.
 
+The token embedding matrix (30,522 x 384, half the model's weights) stays as
+pretrained: a fine-tuning set touches few of its rows, and AdamW's decoupled
+weight decay would otherwise shrink every row it never sees, hurting the texts
+the model meets later; freezing it also halves the optimizer's work and state.
+
 Evaluation treats the test pairs as a retrieval set: the anchor and the
 positive of pair i form class i, so precision_at_1 is the share of test texts
 whose nearest neighbour is their own partner (catalog.TEXT_PAIRS).
@@ -59,6 +64,7 @@ class TextTrainer:
         _seed_everything(spec.train.seed)
         params = {**catalog.ENCODERS[spec.model.encoder].defaults(), **spec.model.params}
         self.encoder = TextEncoder(max_length=int(params["max_length"])).to(self.device)
+        self.encoder.bert.embeddings.word_embeddings.weight.requires_grad_(False)
         self.loss = losses.build(spec.objective.loss, embedding_dim=self.encoder.embedding_dim,
                                  **spec.objective.params).to(self.device)
         self.anchors = self.encoder.tokenize(data.anchors_train)
@@ -67,7 +73,8 @@ class TextTrainer:
         self.batch = min(spec.train.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch)
         self.total_steps = spec.train.epochs * self.steps_per_epoch
-        self.opt = _optimizer(spec, list(self.encoder.parameters()) + list(self.loss.parameters()))
+        trained = [p for p in self.encoder.parameters() if p.requires_grad]
+        self.opt = _optimizer(spec, trained + list(self.loss.parameters()))
         self.step = 0
         self.last_loss = float("nan")
         self.history: list[dict[str, Any]] = []
@@ -120,7 +127,7 @@ class TextTrainer:
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
         if self.spec.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.encoder.parameters(), self.spec.train.grad_clip)
+            nn.utils.clip_grad_norm_([p for p in self.encoder.parameters() if p.requires_grad], self.spec.train.grad_clip)
         self.opt.step()
         self.step += 1
         return value

@@ -21,7 +21,7 @@ from store.artifacts import ArtifactNotFound, ArtifactStore
 from store.datasets import get_dataset
 
 # Formats core.data.load_dataset reads from a file, by the suffix it dispatches on.
-SUFFIXES = {"npz": ".npz", "csv": ".csv", "parquet": ".parquet"}
+SUFFIXES = {"npz": ".npz", "csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}
 
 
 class DatasetCorrupt(RuntimeError):

@@ -61,19 +61,25 @@ def test_tokens_pad_to_the_longest_text_and_cut_at_max_length(encoder: TextEncod
             encoder.embed_tokens(trimmed.ids, trimmed.mask), dim=-1), atol=1e-5), "padding must not change a text"
 
 
-def test_one_epoch_of_mnrl_lowers_the_loss_and_exports_round_trip(pairs_file: Path, tmp_path: Path) -> None:
+def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(pairs_file: Path, tmp_path: Path) -> None:
     spec = validate_spec({
         "name": "text",
         "dataset": {"path": str(pairs_file), "split": {"test_fraction": 0.2}},
         "model": {"encoder": "minilm", "embedding_dim": 384, "params": {"max_length": 32}},
         "objective": {"loss": "mnrl"},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 1e-4, "seed": 0, "device": "cpu"},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 1e-4, "seed": 0, "device": "cpu", "checkpoint_every_steps": 2},
         "export": {"formats": ["safetensors", "torchscript"]},
     })
     data = load_dataset(spec)
     assert isinstance(data, TextPairs) and len(data.anchors_train) == 51
 
-    trainer = TextTrainer(spec, data, NullCallbacks())
+    class Keep(NullCallbacks):
+        states: list[bytes] = []
+
+        def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
+            self.states.append(state)
+
+    trainer = TextTrainer(spec, data, Keep())
     every_pair = torch.arange(48)
 
     def training_loss(t: TextTrainer) -> float:
@@ -87,6 +93,13 @@ def test_one_epoch_of_mnrl_lowers_the_loss_and_exports_round_trip(pairs_file: Pa
     assert result.step == 3 and not result.stopped
     assert after < before / 2, (before, after)
     assert 0.0 <= result.metrics["precision_at_1"] <= 1.0 and "recall_at_1" in result.metrics
+    pretrained = TextEncoder(max_length=32).bert.embeddings.word_embeddings.weight
+    assert torch.equal(result.encoder.bert.embeddings.word_embeddings.weight, pretrained), "token embeddings stay"
+
+    resumed = train(spec, data, resume=Keep.states[0])  # core.train.train hands text pairs to the text loop
+    assert resumed.step == 3
+    for name, value in result.encoder.state_dict().items():
+        assert torch.allclose(value, resumed.encoder.state_dict()[name], atol=1e-6), name
 
     card = export(result.encoder, spec, data, tmp_path / "out", result.metrics)
     assert card["input"]["type"] == "text" and card["embedding_dim"] == 384
@@ -100,26 +113,3 @@ def test_one_epoch_of_mnrl_lowers_the_loss_and_exports_round_trip(pairs_file: Pa
         scripted = torch.jit.load(str(tmp_path / "out" / card["files"]["torchscript"]["file"]))
         tokens = trained.tokenize(texts)
         assert torch.allclose(scripted(tokens.ids, tokens.mask), expected, atol=1e-5)
-
-
-def test_train_hands_text_pairs_to_the_text_loop_and_resumes_from_a_checkpoint(pairs_file: Path) -> None:
-    spec = validate_spec({
-        "dataset": {"path": str(pairs_file)},
-        "model": {"encoder": "minilm", "embedding_dim": 384, "params": {"max_length": 16}},
-        "objective": {"loss": "mnrl"},
-        "train": {"epochs": 1, "batch_size": 25, "lr": 1e-4, "device": "cpu", "checkpoint_every_steps": 1},
-        "eval": {"metrics": ["precision_at_1"], "every_epochs": 0},
-    })
-    data = load_dataset(spec)
-
-    class Keep(NullCallbacks):
-        states: list[bytes] = []
-
-        def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
-            self.states.append(state)
-
-    whole = train(spec, data, Keep())
-    resumed = train(spec, data, resume=Keep.states[0])
-    assert whole.step == resumed.step == 2
-    for name, value in whole.encoder.state_dict().items():
-        assert torch.allclose(value, resumed.encoder.state_dict()[name], atol=1e-6), name
