@@ -38,6 +38,8 @@ from store.models import Job, Owner
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 READ_CHUNK = 1 << 20
+# Compressed files (npz, parquet) may expand to this many times the upload limit, no more.
+MAX_EXPANSION = 8
 DEFAULT_LABEL_COLUMN = "label"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -77,15 +79,22 @@ async def upload_dataset(
     settings = runtime.settings
     upload = await receive_upload(request, settings.max_upload_bytes, settings.work_dir or None)
     try:
-        return await run_in_threadpool(_store_upload, session, runtime.artifacts, owner, upload)
+        max_bytes = MAX_EXPANSION * settings.max_upload_bytes
+        return await run_in_threadpool(
+            _store_upload, session, runtime.artifacts, owner, upload, max_bytes
+        )
     finally:
         upload.remove()
 
 
 def _store_upload(
-    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload
+    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload, max_bytes: int
 ) -> DatasetOut:
-    """Validate the received file, then store its bytes and its row in one transaction."""
+    """Validate the received file, then store its bytes and its row in one transaction.
+
+    ``max_bytes`` bounds the decoded arrays, so a small compressed file cannot
+    make the API allocate gigabytes.
+    """
     path = upload.path
     if path.suffix == TEXT_PAIRS_SUFFIX:
         return _store_text_pairs(session, artifacts, owner, upload)
@@ -101,7 +110,7 @@ def _store_upload(
             param="label_column",
         )
     try:
-        raw = read_file(path, label_column)
+        raw = read_file(path, label_column, max_bytes)
         info = describe(raw, path, label_column)
     except DataError as exc:
         raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None

@@ -36,7 +36,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
 }
 _BINARY: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}
+    200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"},
+    304: {"description": "If-None-Match named this file's ETag: the client has these bytes"},
 }
 
 
