@@ -28,6 +28,9 @@ _TRANSPORT_OPTIONS = {
     "interval_max": 0.5,
 }
 _PING_TIMEOUT_S = 2
+# kombu's Redis transport: messages with priority p > 0 go to "<queue>\x06\x16<step>".
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 def redis_client_url(broker_url: str) -> str:
@@ -71,6 +74,24 @@ class TrainQueue:
         finally:
             client.close()
 
+    def depth(self) -> int:
+        """Messages waiting in the train queue (kombu keeps one Redis list per priority step)."""
+        client = redis.Redis.from_url(
+            redis_client_url(self.broker_url), socket_connect_timeout=_PING_TIMEOUT_S, socket_timeout=_PING_TIMEOUT_S
+        )
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for key in _queue_keys(TRAIN_QUEUE):
+                    pipe.llen(key)
+                return sum(pipe.execute())
+        finally:
+            client.close()
+
     def close(self) -> None:
         """Release pooled broker connections (application shutdown)."""
         self._celery.close()
+
+
+def _queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu's Redis transport keeps for ``queue``: priority 0, then each higher step."""
+    return [queue] + [f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS[1:]]

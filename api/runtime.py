@@ -45,15 +45,16 @@ class Runtime:
         app whose database is down still starts and answers ``/healthz`` and ``/readyz``."""
         engine = make_engine(settings.database_url)
         session_factory = make_session_factory(engine)
+        queue = TrainQueue(settings.redis_url)
         return cls(
             settings=settings,
             engine=engine,
             session_factory=session_factory,
             artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
-            queue=TrainQueue(settings.redis_url),
+            queue=queue,
             submit_rate=SubmitRateLimiter(settings.redis_url, settings.submit_rate_per_minute),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
-            telemetry=Telemetry(session_factory),
+            telemetry=Telemetry(session_factory, queue.depth),
             catalog=catalog_json(),
         )
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics for ``GET /metrics``: request counts and latency by route, jobs by status.
+"""Prometheus metrics for ``GET /metrics``: request counts and latency by route, jobs by status,
+the broker's queue depth and the training rate of running jobs.
 
 Each application gets its own registry, so several apps in one process (tests,
 an embedding host) never register a metric twice. Requests are labelled by
@@ -11,8 +12,9 @@ it starts fast.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -32,7 +34,9 @@ UNMATCHED_ROUTE = "unmatched"
 class Telemetry:
     """The application's registry and the request metrics in it."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], queue_depth: Callable[[], int] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "embedmix_http_requests",
@@ -47,6 +51,9 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(JobsByStatus(session_factory))
+        self.registry.register(TrainingRate(session_factory))
+        if queue_depth is not None:
+            self.registry.register(QueueDepth(queue_depth))
 
 
 class JobsByStatus(Collector):
@@ -72,6 +79,74 @@ class JobsByStatus(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Registration must not query the database.
         yield GaugeMetricFamily("embedmix_jobs", "Jobs by status", labels=["status"])
+
+
+class QueueDepth(Collector):
+    """``embedmix_queue_depth``: train messages waiting in the broker, read at scrape time.
+
+    Next to ``embedmix_jobs{status="queued"}`` it tells a backlog (both high:
+    add workers) from lost messages (jobs queued, broker empty: the reaper re-sends them).
+    """
+
+    NAME = "embedmix_queue_depth"
+    HELP = "Messages waiting in the broker's train queue"
+
+    def __init__(self, depth: Callable[[], int]) -> None:
+        self.depth = depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            value = self.depth()
+        except Exception as exc:  # noqa: BLE001 - redis and kombu raise many kinds; /readyz reports the broker
+            logger.warning("queue depth skipped: %s", exc.__class__.__name__)
+            return
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=value)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP)
+
+
+class TrainingRate(Collector):
+    """``embedmix_training_steps_per_second``: steps all running jobs made since the previous scrape.
+
+    Workers write each job's step to its row; this compares the steps of the
+    jobs running now with what the previous scrape saw, over the time between
+    the two scrapes. A job that started or ended in between counts only for
+    the part both scrapes saw; the first scrape reports 0.
+    """
+
+    NAME = "embedmix_training_steps_per_second"
+    HELP = "Training steps per second over all running jobs, between the last two scrapes"
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.session_factory = session_factory
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._steps: dict[str, int] = {}
+        self._at: float | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.session_factory() as session:
+                query = select(Job.id, Job.step).where(Job.status.in_(("running", "cancelling")))
+                steps = {job_id: step for job_id, step in session.execute(query)}
+        except SQLAlchemyError as exc:
+            logger.warning("training rate skipped: %s", exc.__class__.__name__)
+            return
+        now = self.clock()
+        with self._lock:  # two scrapes at once must not both measure against the same baseline
+            before, since = self._steps, self._at
+            self._steps, self._at = steps, now
+        rate = 0.0
+        if since is not None and now > since:
+            made = sum(max(0, step - before[job_id]) for job_id, step in steps.items() if job_id in before)
+            rate = made / (now - since)
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=rate)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP)
 
 
 class RequestMetricsMiddleware:

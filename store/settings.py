@@ -7,6 +7,7 @@ else of each other; `core` and the CLI's local `train` never read them.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     max_dataset_rows: int = Field(5_000_000, gt=0, description="largest dataset a job may train on (rows)")
     admin_key: str | None = Field(None, description="if set, this key is created for the admin owner on start")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
+    log_format: Literal["json", "text"] = Field("json", description="service logs: JSON lines with the job id, or plain text")
 
 
 @lru_cache

@@ -22,8 +22,9 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, bootsteps
-from celery.signals import worker_shutting_down
+from celery.signals import setup_logging, worker_shutting_down
 
+from store.jsonlog import configure_logging
 from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings, get_settings
 from worker.context import context_for
 from worker.reaper import start_reaper_thread
@@ -121,6 +122,12 @@ def _register_train_task(app: EmbedmixCelery) -> None:
             return None
         owner: EmbedmixCelery = task.app
         return run_job(job_id, context_for(owner.embedmix_settings), shutdown=SHUTDOWN, enqueue=owner.enqueue)
+
+
+@setup_logging.connect(weak=False, dispatch_uid="embedmix-logging")
+def _on_setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
+    """Replace Celery's log setup with ours: one JSON line per record, carrying the job id (store.jsonlog)."""
+    configure_logging("worker", loglevel or "INFO", get_settings().log_format)
 
 
 @worker_shutting_down.connect(weak=False, dispatch_uid="embedmix-hand-back")

@@ -213,12 +213,11 @@ def test_submit_from_the_form_watch_the_curve_grow_then_cancel(page, service, sh
     page.wait_for_url("**/ui/#/jobs/job_*")
     jobs["long"] = page.url.rsplit("/", 1)[-1]
 
-    chart = page.locator("[data-testid=loss-chart]")
-    page.wait_for_function("() => +document.querySelector('[data-testid=loss-chart]').dataset.points >= 2")
-    first = int(chart.get_attribute("data-points"))
-    page.wait_for_function(
-        f"() => +document.querySelector('[data-testid=loss-chart]').dataset.points > {first}"
-    )
+    # The page renders after the URL changes: the chart may not exist yet when the first check runs.
+    points = "(() => { const c = document.querySelector('[data-testid=loss-chart]'); return c ? +c.dataset.points : 0; })()"
+    page.wait_for_function(f"() => {points} >= 2")
+    first = page.evaluate(points)
+    page.wait_for_function(f"() => {points} > {first}")
     assert page.locator("[data-testid=status]").first.inner_text() == "running"
     assert "left" in page.locator("[data-testid=progress-text]").inner_text()  # the ETA
     shoot(page, shots, "job-running")
