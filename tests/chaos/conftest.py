@@ -33,7 +33,13 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import create_job, create_owner, get_job_unscoped, list_checkpoints, list_events
+from store import (
+    create_job,
+    create_owner,
+    get_job_unscoped,
+    list_checkpoints,
+    list_events,
+)
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Checkpoint, Event, Job, Metric
 from store.settings import TRAIN_QUEUE, TRAIN_TASK
@@ -142,7 +148,7 @@ class LocalPostgres:
 
     def _run(self, tool: str, *args: str) -> None:
         command = [*self.run_as, str(self.bin_dir / tool), *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
         if result.returncode != 0:
             raise AssertionError(f"{tool} failed: {result.stdout}\n{result.stderr}")
 
@@ -319,7 +325,7 @@ class Stack:
             elif name == "api":
                 port = free_port()
                 url = self.api_url = f"http://127.0.0.1:{port}"
-                started.append(self._spawn(name, ["api", "--port", str(port)], lambda s: _healthy(f"{url}/healthz")))
+                started.append(self._spawn(name, ["api", "--port", str(port)], lambda _, u=url: _healthy(f"{u}/healthz")))
             else:
                 raise ValueError(f"no such process kind: {name}")
         for service in started:

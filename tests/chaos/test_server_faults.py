@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from store.db import migrate
@@ -25,6 +26,7 @@ from tests.chaos.conftest import (
 )
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+pytestmark = pytest.mark.slow  # processes, training and waits for leases: tens of seconds each
 POSTGRES_OUTAGE_S = 10.0
 
 
@@ -70,11 +72,12 @@ def _postgres_outage(stack: Stack, postgres: LocalPostgres) -> None:
 
     postgres.stop()
     stopped = time.monotonic()
+    short = {**SPEC, "train": {**SPEC["train"], "epochs": 1}}
     down = [
         api.get(f"/v1/jobs/{job_id}"),
         api.get("/v1/jobs"),
         api.post("/v1/jobs", json=SPEC),
-        api.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "during-outage"}),
+        api.post("/v1/jobs", json=short, headers={"Idempotency-Key": "during-outage"}),
         api.get("/readyz"),
     ]
     for response in down:
@@ -88,8 +91,10 @@ def _postgres_outage(stack: Stack, postgres: LocalPostgres) -> None:
     assert api.get(f"/v1/jobs/{job_id}").status_code == 200
     with stack.session_factory() as session:  # the refused submissions left nothing behind
         assert session.scalar(select(func.count()).select_from(Job)) == 1
-    retried = api.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "during-outage"})
+    retried = api.post("/v1/jobs", json=short, headers={"Idempotency-Key": "during-outage"})
     assert retried.status_code == 201
+    again = api.post("/v1/jobs", json=short, headers={"Idempotency-Key": "during-outage"})
+    assert again.json()["id"] == retried.json()["id"]
 
     job = stack.wait_status(job_id, "succeeded")
     # Progress survived the outage: any new attempt resumed from a checkpoint

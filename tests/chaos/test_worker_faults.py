@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
@@ -21,6 +22,7 @@ from store.models import Artifact
 from tests.chaos.conftest import ADMIN_KEY, SPEC, Stack, owner_pid, statuses, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+pytestmark = pytest.mark.slow  # processes, training and waits for leases: tens of seconds each
 
 
 def _resumed_from(stack: Stack, job_id: str) -> list[int]:
@@ -44,8 +46,8 @@ def _weights(api_url: str, job_id: str) -> dict[str, torch.Tensor]:
 
 def test_kill_9_mid_training_finishes_on_another_worker_with_identical_weights(stack: Stack) -> None:
     stack.start("api", "worker-a", "worker-b")
-    submit = lambda: httpx.post(f"{stack.api_url}/v1/jobs", json=SPEC, headers=AUTH, timeout=30)  # noqa: E731
-    reference, victim = submit().json()["id"], submit().json()["id"]
+    reference, victim = (httpx.post(f"{stack.api_url}/v1/jobs", json=SPEC, headers=AUTH, timeout=30).json()["id"]
+                         for _ in range(2))
 
     seen = stack.wait_checkpoint(victim)
     killed = owner_pid(stack.job(victim))
@@ -105,7 +107,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp
     """Files on disk this time: flip bytes in the newest checkpoint after its worker was killed."""
     artifacts = tmp_path / "artifacts"
     stack.settings["artifacts"] = str(artifacts)
-    worker = stack.worker("worker-a")
+    worker, reaper = stack.start("worker-a", "reaper")
     job_id = stack.submit(SPEC)
     stack.wait_checkpoint(job_id, count=2)
     worker.kill()
@@ -118,7 +120,6 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
 
-    (reaper,) = stack.start("reaper")
     stack.wait_status(job_id, "queued")  # the stand-alone reaper re-queued the dead worker's job
     assert f"job {job_id}: lease expired; now queued" in reaper.log()
     stack.worker("worker-b")
