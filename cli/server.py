@@ -166,11 +166,17 @@ def _stop_on_signals() -> None:
 
 
 def _announce(url: str, key: str, data_dir: Path) -> None:
+    """Say how to use the service; the key itself only to a terminal, never into a log file."""
+    key_file = data_dir / "api-key"
+    if sys.stdout.isatty():
+        shown, exported = f"{key}   (saved in {key_file})", key
+    else:
+        shown, exported = f"saved in {key_file} (not printed: output is not a terminal)", f"$(cat {key_file})"
     typer.echo(f"""
 embedmix is up at {url}  (API docs: {url}/docs)
-admin API key: {key}   (saved in {data_dir / 'api-key'})
+admin API key: {shown}
 
-  export EMBEDMIX_URL={url} EMBEDMIX_API_KEY={key}
+  export EMBEDMIX_URL={url} EMBEDMIX_API_KEY={exported}
   curl -s -H "Authorization: Bearer $EMBEDMIX_API_KEY" -H 'Content-Type: application/json' \\
        -d @examples/mnist1d-ms.json $EMBEDMIX_URL/v1/jobs
   embedmix submit examples/mnist1d-ms.json --wait
