@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from api import catalog, datasets, health, jobs, keys, models, projection, stream, ui
-from api.errors import install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.deps import reject_unknown_query
+from api.errors import document_errors, install_error_handlers
+from api.limits import BodyLimitMiddleware, InputGuardMiddleware
 from api.runtime import Runtime
 from api.telemetry import RequestMetricsMiddleware
 from api.uploads import MULTIPART_OVERHEAD
@@ -63,7 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     for module in (jobs, stream, models, projection, datasets, keys, catalog, health, ui):
-        app.include_router(module.router)
+        # API routes refuse query parameters they do not take; pages and probes are lenient.
+        strict = module.router.prefix.startswith("/v1")
+        app.include_router(
+            module.router, dependencies=[Depends(reject_unknown_query)] if strict else []
+        )
+    document_errors(app)
     _add_middleware(app, runtime)
     return app
 
@@ -78,6 +84,7 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
             return upload_limit
         return settings.max_request_bytes
 
+    app.add_middleware(InputGuardMiddleware, max_json_depth=settings.max_json_depth)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     if settings.cors_origins:
         # Bearer keys, not cookies: no credentials mode, so a listed origin cannot ride a session.

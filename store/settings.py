@@ -36,6 +36,7 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="JSON bodies (specs, embed requests)")
+    max_json_depth: int = Field(32, gt=1, description="deepest nesting a JSON body may have (specs need 4, embed inputs 5)")
     max_embed_inputs: int = Field(10_000, gt=0)
     max_active_jobs_per_owner: int = Field(50, gt=0, description="queued + running")
     submit_rate_per_minute: int = Field(120, gt=0, description="job submissions per owner per minute (429 beyond)")
