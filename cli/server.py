@@ -173,7 +173,7 @@ def _announce(url: str, key: str, data_dir: Path) -> None:
     else:
         shown, exported = f"saved in {key_file} (not printed: output is not a terminal)", f"$(cat {key_file})"
     typer.echo(f"""
-embedmix is up at {url}  (API docs: {url}/docs)
+embedmix is up at {url}  (dashboard: {url}/ui, API docs: {url}/docs)
 admin API key: {shown}
 
   export EMBEDMIX_URL={url} EMBEDMIX_API_KEY={exported}
