@@ -121,9 +121,15 @@ def project(
 
 
 def project_test_set(
-    encoder: Encoder, data: Dataset, device: torch.device, *, seed: int = 0, max_points: int = MAX_POINTS
-) -> dict[str, Any]:
-    """The maps of the test set as embedded by ``encoder`` (the exported model, without its head)."""
+    encoder: Encoder, data: object, device: torch.device, *, seed: int = 0, max_points: int = MAX_POINTS
+) -> dict[str, Any] | None:
+    """The maps of the test set as embedded by ``encoder`` (the exported model, without its head).
+
+    None for data that is not an array dataset (text pairs): their test rows are
+    strings with no class to colour them by, so a map would show little.
+    """
+    if not isinstance(data, Dataset):
+        return None
     index = subsample(len(data.x_test), max_points, seed)
     embeddings = embed(encoder, data.x_test[index], device)
     labels = None if data.y_test is None else data.y_test[index]

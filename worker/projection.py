@@ -16,7 +16,6 @@ import logging
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from core.data import Dataset
 from core.models import Encoder
 from core.projection import project_test_set
 from store.events import NewEvent
@@ -29,11 +28,16 @@ PROJECTION = "projection"  # the event type the API looks for
 
 
 def store_projection(
-    context: WorkerContext, job_id: str, run_key: str, encoder: Encoder, data: Dataset, device: torch.device, seed: int
+    context: WorkerContext, job_id: str, run_key: str, encoder: Encoder, data: object, device: torch.device, seed: int
 ) -> None:
-    """Compute the test set's 2-D maps, store them as an artifact and announce it in the timeline."""
+    """Compute the test set's 2-D maps, store them as an artifact and announce it in the timeline.
+
+    Data without a map (text pairs, see ``core.projection.project_test_set``) leaves nothing.
+    """
     try:
         maps = project_test_set(encoder, data, device, seed=seed)
+        if maps is None:
+            return
         body = json.dumps(maps, separators=(",", ":")).encode()
         with context.session_factory() as session:
             artifact = context.artifacts.put(session, [body])

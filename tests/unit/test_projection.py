@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from core.projection import MAX_POINTS, pca_2d, project, subsample
+from core.data import Dataset
+from core.projection import MAX_POINTS, pca_2d, project, project_test_set, subsample
 
 CAP = 150  # small enough that t-SNE takes a moment
 
@@ -78,3 +79,15 @@ def test_subsample_is_sorted_unique_and_bounded(n, cap):
     index = subsample(n, cap, seed=0)
     assert len(index) == min(n, cap) and index.unique().numel() == len(index)
     assert torch.equal(index, index.sort().values)
+
+
+def test_the_test_set_is_embedded_by_the_model_and_text_pairs_have_no_map():
+    x, labels = _clusters(n_per=10)
+    data = Dataset(x_train=x, y_train=labels, x_test=x, y_test=labels, task="classification", source="clusters")
+    encoder = torch.nn.Linear(x.shape[1], 3)
+    result = project_test_set(encoder, data, torch.device("cpu"), max_points=25)
+    assert result is not None and result["points"] == 25 and result["total_points"] == 40
+    assert result["labels"] == labels[subsample(40, 25, 0)].tolist()
+    expected, _ = pca_2d(encoder(x[subsample(40, 25, 0)]).detach())
+    np.testing.assert_allclose(result["maps"][0]["coords"], expected.numpy(), atol=1e-3)
+    assert project_test_set(encoder, object(), torch.device("cpu")) is None
