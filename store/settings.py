@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     lease_ttl_s: float = Field(30.0, gt=1.0, description="a worker's lease on its job; renewed every ttl/3")
     reaper_interval_s: float = Field(10.0, gt=0.1)
+    broker_visibility_timeout_s: float = Field(
+        24 * 3600.0, gt=1.0, description="an unacknowledged message goes back to the queue after this long"
+    )
     metrics_flush_s: float = Field(1.0, gt=0.0, description="metrics and events are written in batches at most this often")
     cancel_poll_s: float = Field(0.5, gt=0.0, description="how often a running job checks for a cancel request")
 

