@@ -4,7 +4,8 @@ It lives in ``store`` for the reason the settings do: the API and the worker
 both import ``store`` and nothing of each other. Each line has ``time`` (UTC,
 ISO 8601), ``level``, ``logger``, ``service`` (api, worker, reaper),
 ``message``, ``job_id`` when the line concerns a job, ``exception`` with the
-traceback when one was logged, and any ``extra={...}`` fields the caller gave.
+traceback when one was logged, and any ``extra={...}`` fields the caller gave;
+the API's access lines add ``client``, ``method``, ``path``, ``http_version`` and ``status``.
 
 The job id is taken from ``extra={"job_id": ...}`` when given, else found in
 the message: every log line of ours that concerns a job names it
@@ -28,8 +29,13 @@ LogFormat = Literal["json", "text"]
 JOB_ID = re.compile(r"\bjob_[A-Za-z0-9]{20}\b")
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
 _LOGGERS_WITH_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.redirected")
-# What every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# What every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field
+# (but uvicorn's ``color_message``, the message again with terminal colour codes).
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message"
+}
+ACCESS_LOGGER = "uvicorn.access"
+ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")  # the arguments of uvicorn's access line
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,6 +57,8 @@ class JsonFormatter(logging.Formatter):
         job_id = getattr(record, "job_id", None) or _job_id_in(message)
         if job_id:
             line["job_id"] = job_id
+        if record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == len(ACCESS_FIELDS):
+            line.update(zip(ACCESS_FIELDS, record.args, strict=True))
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in line:
                 line[key] = value

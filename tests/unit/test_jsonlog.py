@@ -59,6 +59,7 @@ def test_configure_routes_uvicorn_access_lines_through_the_json_handler(restore_
     logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1", "GET", f"/v1/jobs/{JOB}", "1.1", 200)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert len(lines) == 1 and lines[0]["job_id"] == JOB and lines[0]["service"] == "api"
+    assert lines[0]["method"] == "GET" and lines[0]["path"] == f"/v1/jobs/{JOB}" and lines[0]["status"] == 200
 
 
 def test_text_format_for_people(restore_logging, capsys):
