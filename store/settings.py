@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     lease_ttl_s: float = Field(30.0, gt=1.0, description="a worker's lease on its job; renewed every ttl/3")
     reaper_interval_s: float = Field(10.0, gt=0.1)
+    lost_message_after_s: float = Field(
+        120.0, gt=0.0, description="a queued job nobody took for this long gets its message re-sent (then backing off)"
+    )
     broker_visibility_timeout_s: float = Field(
         24 * 3600.0, gt=1.0, description="an unacknowledged message goes back to the queue after this long"
     )

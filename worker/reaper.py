@@ -9,8 +9,9 @@ Two ways a job gets stuck, two remedies:
 * Its message was lost (Redis restarted without persistence, the API died
   between commit and publish): the job sits queued, unleased, with nothing in
   the broker. The broker cannot be asked cheaply whether a message exists, so
-  the reaper re-sends one once the job has waited ``lost_after_s`` since its
-  last message, then waits twice as long before the next, and so on (capped at
+  the reaper re-sends one once the job has waited ``lost_after_s`` (the
+  ``lost_message_after_s`` setting, 2 minutes by default) since its last
+  message, then waits twice as long before the next, and so on (capped at
   ``MAX_RESEND_INTERVAL_S``). A re-sent message that was not lost after all is
   harmless: its delivery finds the job leased or finished and exits. The
   doubling keeps a long, legitimately busy queue from filling with copies.
@@ -177,7 +178,7 @@ def run_reaper(
     database_down = False
     while True:
         try:
-            reap_once(session_factory, celery_app)
+            reap_once(session_factory, celery_app, lost_after_s=settings.lost_message_after_s)
         except (OperationalError, InterfaceError) as exc:
             # An outage is expected to end; say so once, not with a traceback every pass.
             if not database_down:
