@@ -132,7 +132,9 @@ def train(
         _fail("; ".join(f"{e['field']}: {e['message']}" for e in exc.errors))
     except DataError as exc:
         _fail(str(exc))
-    console.print(f"data: {data.source} train {len(data.x_train)} test {len(data.x_test)} input {list(data.input_shape)}")
+    summary = data.describe()  # arrays or text pairs alike
+    console.print(f"data: {summary['source']} train {summary['train_rows']} test {summary['test_rows']} "
+                  f"input {summary['input_shape']}")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task_id = bar.add_task(spec.name, total=None, info="starting")

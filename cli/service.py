@@ -176,7 +176,7 @@ def download(job_id: str, fmt: str = typer.Option("onnx", "--format", help="safe
             _fail(exc)
 
 
-def embed(job_id: str, inputs: Path = typer.Argument(..., help=".npy or .json file with one input per row"),
+def embed(job_id: str, inputs: Path = typer.Argument(..., help=".npy or .json file with one input per row (a text model: a JSON list of strings)"),
           url: Url = None, api_key: Key = None) -> None:
     """Embed inputs with a job's model; prints the embeddings as JSON."""
     if inputs.suffix == ".npy":

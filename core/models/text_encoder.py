@@ -107,11 +107,14 @@ class TextEncoder(nn.Module):
 
 
 class TokenEmbedder(nn.Module):
-    """(input_ids, attention_mask) -> unit-length embeddings: the traceable part, for TorchScript."""
+    """(input_ids, attention_mask) -> unit-length embeddings: the traceable part, for ONNX and TorchScript."""
 
     def __init__(self, encoder: TextEncoder) -> None:
         super().__init__()
         self.encoder = encoder
+        # In the encoder's mode: the ONNX exporter restores the wrapper's mode afterwards, recursively,
+        # and a wrapper left in training mode would switch the encoder's dropout back on.
+        self.train(encoder.training)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return F.normalize(self.encoder.embed_tokens(input_ids, attention_mask), dim=-1)

@@ -10,6 +10,8 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -68,7 +70,7 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(pairs_fil
         "model": {"encoder": "minilm", "embedding_dim": 384, "params": {"max_length": 32}},
         "objective": {"loss": "mnrl"},
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-4, "seed": 0, "device": "cpu", "checkpoint_every_steps": 2},
-        "export": {"formats": ["safetensors", "torchscript"]},
+        "export": {"formats": ["safetensors", "onnx", "torchscript"]},
     })
     data = load_dataset(spec)
     assert isinstance(data, TextPairs) and len(data.anchors_train) == 51
@@ -103,7 +105,7 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(pairs_fil
 
     card = export(result.encoder, spec, data, tmp_path / "out", result.metrics)
     assert card["input"]["type"] == "text" and card["embedding_dim"] == 384
-    assert set(card["files"]) == {"safetensors", "torchscript"}
+    assert set(card["files"]) == {"safetensors", "onnx", "torchscript"}
     texts = ["Chen likes olives.", "Who likes pancakes?"]
     trained = result.encoder.eval()
     with torch.no_grad():
@@ -113,3 +115,6 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(pairs_fil
         scripted = torch.jit.load(str(tmp_path / "out" / card["files"]["torchscript"]["file"]))
         tokens = trained.tokenize(texts)
         assert torch.allclose(scripted(tokens.ids, tokens.mask), expected, atol=1e-5)
+    session = ort.InferenceSession(str(tmp_path / "out" / card["files"]["onnx"]["file"]))
+    onnx_out = session.run(None, {"input_ids": tokens.ids.numpy(), "attention_mask": tokens.mask.numpy()})[0]
+    assert np.allclose(onnx_out, expected.numpy(), atol=1e-5)

@@ -19,7 +19,7 @@ TEXT_SPEC = {
     "dataset": {"path": "pairs.jsonl"},
     "model": {"encoder": "minilm", "embedding_dim": 384},
     "objective": {"loss": "mnrl"},
-    "export": {"formats": ["safetensors", "torchscript"]},
+    "export": {"formats": ["safetensors", "onnx", "torchscript"]},
 }
 
 
@@ -112,7 +112,6 @@ def test_mnrl_is_in_batch_cross_entropy_of_scaled_cosines() -> None:
     "change,field",
     [
         ({"model": {"encoder": "minilm"}}, "model.embedding_dim"),
-        ({"export": {"formats": ["onnx"]}}, "export.formats"),
         ({"model": {"encoder": "minilm", "embedding_dim": 384, "projection_dim": 16}}, "model.projection_dim"),
         ({"train": {"compile": True}}, "train.compile"),
         ({"dataset": {"name": "mnist1d"}}, "model.encoder"),
