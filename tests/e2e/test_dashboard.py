@@ -267,7 +267,22 @@ def test_jobs_table_filters_and_the_compare_page_lines_up_two_runs(page, service
     assert rows.first.get_attribute("data-job-id") == jobs["small"]
     page.select_option("[data-testid=status-filter]", "")
     page.wait_for_function("() => document.querySelectorAll('tr[data-job-id]').length === 2")
+    page.click("th[data-sort=name]")  # by name, A to Z
+    assert rows.first.get_attribute("data-job-id") == jobs["long"]
+    page.click("th[data-sort=name]")  # Z to A
+    assert rows.first.get_attribute("data-job-id") == jobs["small"]
     shoot(page, shots, "jobs")
+
+    visit(page, service, "/jobs?limit=1")  # one job a page: newest first, then the older one
+    page.wait_for_selector(f"tr[data-job-id={jobs['small']}]")
+    assert rows.count() == 1 and page.is_disabled("[data-testid=newer]")
+    page.click("[data-testid=older]")
+    page.wait_for_selector(f"tr[data-job-id={jobs['long']}]")
+    assert rows.count() == 1 and page.is_disabled("[data-testid=older]")
+    page.click("[data-testid=newer]")
+    page.wait_for_selector(f"tr[data-job-id={jobs['small']}]")
+    visit(page, service, "/jobs")
+    page.wait_for_selector(f"tr[data-job-id={jobs['small']}]")
 
     for role in ("small", "long"):
         page.check(f"tr[data-job-id={jobs[role]}] input[type=checkbox]")

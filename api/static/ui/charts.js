@@ -70,6 +70,7 @@ export function lineChart(container, { xLabel = "step", yLabel = "", testId = ""
     for (const t of ticks(x0, x1, 6)) {
       el("text", { x: sx(t), y: H - 10, "text-anchor": "middle" }, svg).textContent = formatNumber(t);
     }
+    el("text", { x: L - 6, y: H - 10, "text-anchor": "end" }, svg).textContent = xLabel;
     el("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }, svg);
     el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }, svg);
     for (const s of current) {

@@ -16,6 +16,7 @@ const COLUMNS = [
 ];
 
 export async function jobsPage(page, params) {
+  const pageSize = Math.min(100, Math.max(1, Number(params.get("limit")) || PAGE_SIZE)); // #/jobs?limit=50
   const state = { status: params.get("status") || "", text: "", sort: "created", desc: true, cursors: [null], index: 0, jobs: [], hasMore: false };
   const selected = new Set();
   const statusSelect = h("select", { "data-testid": "status-filter" }, STATUSES.map((s) => h("option", { value: s }, s || "any status")));
@@ -23,8 +24,8 @@ export async function jobsPage(page, params) {
   const textFilter = h("input", { type: "search", placeholder: "filter by name, method, dataset", "data-testid": "text-filter", size: 30 });
   const compareButton = h("button", { disabled: true, "data-testid": "compare-selected" }, "Compare selected");
   const table = h("table", { "data-testid": "jobs-table" });
-  const prev = h("button", {}, "‹ Newer");
-  const next = h("button", {}, "Older ›");
+  const prev = h("button", { "data-testid": "newer" }, "‹ Newer");
+  const next = h("button", { "data-testid": "older" }, "Older ›");
   const pageLabel = h("span", { class: "muted" });
   const message = h("div");
   page.append(
@@ -36,7 +37,7 @@ export async function jobsPage(page, params) {
 
   async function load() {
     const cursor = state.cursors[state.index];
-    let url = `/v1/jobs?limit=${PAGE_SIZE}`;
+    let url = `/v1/jobs?limit=${pageSize}`;
     if (state.status) url += `&status=${state.status}`;
     if (cursor) url += `&cursor=${encodeURIComponent(cursor)}`;
     try {
