@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
 
 from api.deps import OwnedJob, RuntimeDep, SessionDep
 from api.errors import ApiError
 from api.schemas import ErrorOut
-from store.models import Event
+from store.events import latest_event
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
 
@@ -39,13 +38,8 @@ def read_projection(job: OwnedJob, session: SessionDep, runtime: RuntimeDep) -> 
     """The embedding map of the job's test set (PCA, plus t-SNE/UMAP where the worker has them)."""
     if job.status != "succeeded":
         raise ApiError(409, "invalid_state", f"job {job.id} is {job.status}; its map is made when it succeeds")
-    query = (
-        select(Event.data)
-        .where(Event.job_id == job.id, Event.type == PROJECTION_EVENT)
-        .order_by(Event.id.desc())
-        .limit(1)
-    )
-    data = session.scalars(query).first()
+    event = latest_event(session, job.id, PROJECTION_EVENT)
+    data = event.data if event is not None else None
     if not data or "artifact_id" not in data:
         raise ApiError(404, "not_found", f"job {job.id} has no embedding map (see its events for why)")
     body = b"".join(runtime.artifacts.open(session, data["artifact_id"]))

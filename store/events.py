@@ -71,3 +71,9 @@ def list_events(
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def latest_event(session: Session, job_id: str, type: str) -> Event | None:
+    """The job's newest event of ``type`` (e.g. the ``projection`` that names its embedding map)."""
+    query = select(Event).where(Event.job_id == job_id, Event.type == type).order_by(Event.id.desc()).limit(1)
+    return session.scalars(query).first()
