@@ -107,5 +107,6 @@ def test_fuzzing_every_route_finds_no_5xx_and_no_response_off_the_schema(
     report = "\n\n".join(f"== {label}\n" + "\n".join(found) for label, found in failures.items())
     assert not failures, report
     total = sum(cases.values())
+    print(f"{total} cases over {len(operations)} operations")  # shown with -rP
     assert total >= MIN_CASES, f"only {total} cases: {dict(cases)}"
     assert set(cases) == {op.label for op in operations}
