@@ -192,12 +192,16 @@ def test_form_shows_the_apis_validation_message_beside_the_field(page, service):
     visit(page, service, "/new")
     page.select_option("[data-field='dataset.name']", "blobs")
     page.fill("[data-field='train.epochs']", "0")
+    page.select_option("[data-field='mixup.method']", "metrix")  # the form grows the method's own fields
+    page.fill("[data-field='mixup.alpha']", "-1")
     page.click("[data-testid=submit-job]")
     message = page.locator("[data-field-box='train.epochs'] .field-error")
-    message.wait_for()
+    page.wait_for_function("() => document.querySelector(\"[data-field-box='train.epochs'] .field-error\").textContent")
     assert "greater than or equal to 1" in message.inner_text()
+    assert "greater than 0" in page.inner_text("[data-field-box='mixup.alpha'] .field-error")
     assert page.locator("[data-field-box='train.epochs']").get_attribute("class") == "field invalid"
-    assert json.loads(page.input_value("[data-testid=spec-json]"))["train"]["epochs"] == 0
+    spec = json.loads(page.input_value("[data-testid=spec-json]"))
+    assert spec["train"]["epochs"] == 0 and spec["mixup"] == {"method": "metrix", "alpha": -1}
     assert api_get(service, "/v1/jobs")["data"] == []  # nothing was stored
 
 
