@@ -13,8 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from store import DatabaseArtifacts
 from store.db import migrate
-from store.models import Job
+from store.models import Artifact, Job
 from tests.chaos.conftest import (
     ADMIN_KEY,
     SPEC,
@@ -108,4 +109,7 @@ def _postgres_outage(stack: Stack, postgres: LocalPostgres) -> None:
     assert all(step >= before for step in resumed)
     assert len(resumed) == job.attempts - 1
     _assert_metrics_once(stack, job_id)
+    with stack.session_factory() as session:  # no blob was left half-written by the cut connections
+        assert session.scalar(select(func.count()).select_from(Artifact).where(Artifact.complete.is_(False))) == 0
+        assert all(DatabaseArtifacts().verify(session, c.artifact_id) for c in stack.checkpoints(job_id))
     api.close()
