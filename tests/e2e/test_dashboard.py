@@ -130,6 +130,7 @@ def page(service):
         tab.set_default_timeout(TIMEOUT_MS)
         tab.js_errors = []
         tab.on("pageerror", lambda error: tab.js_errors.append(str(error)))
+        tab.on("console", lambda message: _console(tab, message))
         # The shell should load nothing from outside the API: any other host is a failure.
         tab.route(lambda url: not url.startswith(service.url), lambda route: route.abort())
         tab.on("requestfailed", lambda request: _failed(tab, request))
@@ -150,6 +151,13 @@ def no_js_errors(request):
         tab = request.getfixturevalue("page")
         errors, tab.js_errors[:] = list(tab.js_errors), []
         assert not errors, errors
+
+
+def _console(tab, message) -> None:
+    """Console errors fail the test (a refused script or style shows up here), except the
+    browser's note about each 4xx answer, which the tests cause on purpose (a wrong key, a bad spec)."""
+    if message.type == "error" and not message.text.startswith("Failed to load resource"):
+        tab.js_errors.append(f"console: {message.text}")
 
 
 def _failed(tab, request) -> None:
