@@ -221,6 +221,56 @@ def clustering_metrics(embeddings: Tensor, labels: Tensor, *, seed: int = 0) -> 
 # --------------------------------------------------------------------------- probes
 
 
+def nearest_neighbours(queries: Tensor, references: Tensor, k: int, *, chunk: int = 1024,
+                       block: int = 16_384) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """The k most cosine-similar references of every query, one chunk of queries at a time.
+
+    Yields (first query row, similarities (rows, k), reference indices (rows, k)),
+    best first. References are scanned in blocks of `block` and each block's top k
+    merged into a running top k, so memory is O(chunk x block) whatever the number
+    of references: 1,000,000 references of d = 128 take their own 512 MB plus a
+    64 MB similarity block at the defaults.
+    """
+    reference = _normalised(references)
+    query = _normalised(queries)
+    k = min(k, reference.shape[0])
+    buffer = torch.empty(min(chunk, query.shape[0]), min(block, reference.shape[0]))
+    for lo in range(0, query.shape[0], chunk):
+        q = query[lo : lo + chunk]
+        best_sims = best_idx = None
+        for start in range(0, reference.shape[0], block):
+            part = reference[start : start + block]
+            sims = buffer[: q.shape[0], : part.shape[0]]
+            torch.mm(q, part.T, out=sims)
+            top, idx = torch.topk(sims, min(k, part.shape[0]), dim=1)
+            idx += start
+            if best_sims is not None:
+                top, pick = torch.topk(torch.cat([best_sims, top], dim=1), k, dim=1)
+                idx = torch.gather(torch.cat([best_idx, idx], dim=1), 1, pick)
+            best_sims, best_idx = top, idx
+        yield lo, best_sims, best_idx
+
+
+def query_retrieval_metrics(queries: Tensor, query_labels: Tensor, references: Tensor, reference_labels: Tensor, *,
+                            ks: Sequence[int] = (1, 10), chunk: int = 1024, block: int = 16_384) -> dict[str, float]:
+    """precision_at_1 and recall_at_{k} of separate queries against a reference set (a gallery), cosine.
+
+    The form for galleries too large for every item to query all the others
+    (`retrieval_metrics`): a million references are searched by a sample of
+    queries, exactly (no index), in O(chunk x block) memory.
+    """
+    ks = _check_ks(ks)
+    ref_labels = reference_labels.detach().cpu()
+    truth = query_labels.detach().cpu()
+    hits = dict.fromkeys((1, *ks), 0)
+    for lo, _, idx in nearest_neighbours(queries, references, max(ks), chunk=chunk, block=block):
+        relevant = ref_labels[idx] == truth[lo : lo + idx.shape[0], None]
+        for k in hits:
+            hits[k] += int(relevant[:, :k].any(dim=1).sum())
+    n = truth.shape[0] or math.nan
+    return {"precision_at_1": hits[1] / n, **{f"recall_at_{k}": hits[k] / n for k in ks}}
+
+
 def knn_accuracy(
     train_emb: Tensor,
     train_labels: Tensor,
@@ -238,18 +288,14 @@ def knn_accuracy(
     leaves the vote unchanged and keeps exp finite for small T. Ties go to the
     smallest class label.
     """
-    reference = _normalised(train_emb)
-    queries = _normalised(test_emb)
     classes, reference_class = torch.unique(train_labels.detach().cpu(), return_inverse=True)
     truth = test_labels.detach().cpu()
-    k = min(k, reference.shape[0])
     correct = 0
-    for lo in range(0, queries.shape[0], chunk):
-        sims, idx = torch.topk(queries[lo : lo + chunk] @ reference.T, k, dim=1, sorted=False)
-        weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
+    for lo, sims, idx in nearest_neighbours(test_emb, train_emb, k, chunk=chunk):
+        weights = torch.exp((sims - sims[:, :1]) / temperature)
         votes = torch.zeros(sims.shape[0], len(classes)).scatter_add_(1, reference_class[idx], weights)
         correct += int((classes[votes.argmax(dim=1)] == truth[lo : lo + chunk]).sum())
-    return correct / queries.shape[0]
+    return correct / truth.shape[0]
 
 
 def linear_probe_accuracy(train_emb: Tensor, train_labels: Tensor, test_emb: Tensor, test_labels: Tensor, *, seed: int = 0) -> float:
