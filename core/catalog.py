@@ -137,6 +137,10 @@ ENCODERS: dict[str, Entry] = {
 
 _PML = "pytorch-metric-learning"
 
+# Every loss trains with train.grad_cache_chunk (the cached loss: the model runs chunk by chunk).
+# extra["grad_cache"] = "row_blocked" marks the losses whose own O(B^2) matrices are then also
+# computed in row blocks of that size, so their memory stays O(chunk x B) at B = 16,384.
+
 LOSSES: dict[str, Entry] = {
     e.name: e
     for e in [
@@ -153,10 +157,11 @@ LOSSES: dict[str, Entry] = {
               labels="class", min_per_class=2, paper="Wang et al., Multi-Similarity Loss (2019)", source=f"{_PML} MultiSimilarityLoss"),
         Entry("supcon", "loss", "Supervised contrastive loss (all same-class samples are positives).",
               (_f("temperature", 0.1, 0.001, 10.0),),
-              labels="class", min_per_class=2, paper="Khosla et al., Supervised Contrastive Learning (2020)", source=f"{_PML} SupConLoss"),
+              labels="class", min_per_class=2, paper="Khosla et al., Supervised Contrastive Learning (2020)", source=f"{_PML} SupConLoss",
+              extra={"grad_cache": "row_blocked"}),
         Entry("ntxent", "loss", "NT-Xent / InfoNCE. Two views: the other view is the positive. With labels: every same-class sample is a positive, other positives leave the denominator.",
               (_f("temperature", 0.07, 0.001, 10.0),),
-              labels="optional", views=2, paper="Chen et al., SimCLR (2020)", source=f"{_PML} NTXentLoss"),
+              labels="optional", views=2, paper="Chen et al., SimCLR (2020)", source=f"{_PML} NTXentLoss", extra={"grad_cache": "row_blocked"}),
         Entry("proxy_anchor", "loss", "One learned proxy per class; anchors pull their class's data, push the rest.",
               (_f("margin", 0.1, 0.0, 2.0), _f("alpha", 32.0, 0.0, 256.0)),
               labels="class", needs_num_classes=True, paper="Kim et al., Proxy Anchor Loss (2020)", source=f"{_PML} ProxyAnchorLoss"),
@@ -179,7 +184,8 @@ LOSSES: dict[str, Entry] = {
               source="sentence-transformers MultipleNegativesRankingLoss"),
         Entry("decoupled_softmax", "loss", "DEXML's decoupled softmax: other positives leave each positive's denominator.",
               (_f("temperature", 0.05, 0.001, 10.0),),
-              labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py"),
+              labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py",
+              extra={"grad_cache": "row_blocked"}),
     ]
 }
 
