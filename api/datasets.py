@@ -30,7 +30,7 @@ from core.data.arrays import labels_to_indices
 from core.data.dataset import DataError
 from core.data.files import SUFFIXES, read_file
 from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
-from core.data.text_pairs import read_text_pairs
+from core.data.text_pairs import count_text_pairs
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
 from store.jobs import ACTIVE_STATUSES
 from store.models import Job, Owner
@@ -139,7 +139,7 @@ def _store_text_pairs(
     if upload.fields.get("label_column"):
         raise bad_upload("label_column applies to csv and parquet files", param="label_column")
     try:
-        raw = read_text_pairs(upload.path)
+        rows = count_text_pairs(upload.path)
     except DataError as exc:
         raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None
     info = {
@@ -148,13 +148,13 @@ def _store_text_pairs(
         "num_classes": None,
         "class_names": None,
         "has_test": False,
-        "train_rows": len(raw),
+        "train_rows": rows,
         "test_rows": 0,
         "label_column": None,
     }
     artifact = artifacts.put(session, _chunks(upload.path))
     dataset = create_dataset(
-        session, owner.id, filename=upload.path.name, format="jsonl", rows=len(raw), info=info,
+        session, owner.id, filename=upload.path.name, format="jsonl", rows=rows, info=info,
         artifact=artifact,
     )
     session.commit()

@@ -11,6 +11,7 @@ object, unknown or missing fields, empty or over-long texts, too many lines.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,25 +83,44 @@ class TextPairs:
         }
 
 
-def read_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> RawPairs:
-    """Every pair of a .jsonl file, checked line by line; DataError names the first bad line."""
+def iter_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> Iterator[tuple[str, str, str | None]]:
+    """(anchor, positive, label) line by line, checked; DataError names the first bad line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    pairs = RawPairs([], [], [])
+    count = 0
     with path.open("rb") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
-            if len(pairs) == max_pairs:
+            if count == max_pairs:
                 raise DataError(f"{path.name}: line {number}: more than {max_pairs} pairs")
-            anchor, positive, label = _parse_line(line, f"{path.name}: line {number}")
-            pairs.anchors.append(anchor)
-            pairs.positives.append(positive)
-            pairs.labels.append(label)
-    if len(pairs) < MIN_PAIRS:
-        raise DataError(f"{path.name}: {len(pairs)} pairs; at least {MIN_PAIRS} are needed (some to train on, some to test)")
+            count += 1
+            yield _parse_line(line, f"{path.name}: line {number}")
+
+
+def read_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> RawPairs:
+    """Every pair of a .jsonl file, checked line by line."""
+    pairs = RawPairs([], [], [])
+    for anchor, positive, label in iter_text_pairs(path, max_pairs):
+        pairs.anchors.append(anchor)
+        pairs.positives.append(positive)
+        pairs.labels.append(label)
+    _check_count(len(pairs), Path(path))
     return pairs
+
+
+def count_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> int:
+    """Check every line as `read_text_pairs` does, keeping no text: how the API validates an upload
+    in memory that does not grow with the file."""
+    count = sum(1 for _ in iter_text_pairs(path, max_pairs))
+    _check_count(count, Path(path))
+    return count
+
+
+def _check_count(count: int, path: Path) -> None:
+    if count < MIN_PAIRS:
+        raise DataError(f"{path.name}: {count} pairs; at least {MIN_PAIRS} are needed (some to train on, some to test)")
 
 
 def _parse_line(line: bytes, where: str) -> tuple[str, str, str | None]:

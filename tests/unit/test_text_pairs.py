@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data import DataError, TextPairs, load_dataset
-from core.data.text_pairs import MAX_TEXT_CHARS, read_text_pairs, split_pairs
+from core.data.text_pairs import MAX_TEXT_CHARS, count_text_pairs, read_text_pairs, split_pairs
 from core.losses import build
 from core.spec import SpecError, SplitSpec, validate_spec
 
@@ -39,6 +39,7 @@ def test_reads_pairs_labels_and_skips_blank_lines(tmp_path: Path) -> None:
     assert raw.anchors == ["question 0", "question 1", "question 2", "é ünïcode"]
     assert raw.positives[:2] == ["answer 0", "answer 1"]
     assert raw.labels == [None, None, None, "7"]
+    assert count_text_pairs(tmp_path / "pairs.jsonl") == 4
 
 
 @pytest.mark.parametrize(
@@ -59,6 +60,8 @@ def test_a_bad_line_is_refused_with_its_number(tmp_path: Path, bad: str, message
     path = _write(tmp_path, _pairs(2) + [bad] + _pairs(3))
     with pytest.raises(DataError, match=message):
         read_text_pairs(path)
+    with pytest.raises(DataError, match=message):
+        count_text_pairs(path)
 
 
 def test_invalid_utf8_too_few_and_too_many_pairs(tmp_path: Path) -> None:
@@ -68,6 +71,8 @@ def test_invalid_utf8_too_few_and_too_many_pairs(tmp_path: Path) -> None:
         read_text_pairs(path)
     with pytest.raises(DataError, match="3 pairs; at least 4"):
         read_text_pairs(_write(tmp_path, _pairs(3)))
+    with pytest.raises(DataError, match="3 pairs; at least 4"):
+        count_text_pairs(tmp_path / "pairs.jsonl")
     with pytest.raises(DataError, match="line 6: more than 5 pairs"):
         read_text_pairs(_write(tmp_path, _pairs(6)), max_pairs=5)
 
