@@ -59,7 +59,9 @@ def tsne_2d(x: Tensor, seed: int) -> Tensor | None:
     from threadpoolctl import threadpool_limits
 
     perplexity = min(30.0, (len(x) - 1) / 3)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, n_jobs=1, max_iter=TSNE_ITERATIONS)
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, n_jobs=1, max_iter=TSNE_ITERATIONS
+    )
     # One thread: its OpenMP threads fighting a busy machine's other work made it 5-10x slower.
     with threadpool_limits(1):
         return torch.from_numpy(tsne.fit_transform(x.double().numpy())).float()

@@ -20,7 +20,6 @@ import json
 import logging
 import logging.config
 import re
-import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -82,7 +81,8 @@ def logging_config(service: str, level: str | int = "INFO", log_format: LogForma
     process it starts (``uvicorn.run(log_config=...)``), which also covers
     ``--workers`` > 1, where the API's processes are spawned, not forked.
     """
-    formatter: dict[str, Any] = {"()": f"{__name__}.JsonFormatter", "service": service}  # a name: it is pickled to spawned processes
+    # The formatter by name: the config is pickled to the processes uvicorn spawns.
+    formatter: dict[str, Any] = {"()": f"{__name__}.JsonFormatter", "service": service}
     if log_format == "text":
         formatter = {"format": TEXT_FORMAT}
     return {

@@ -44,7 +44,7 @@ def store_projection(
             session.commit()
     except (OperationalError, InterfaceError):
         raise  # the database is down: the job's own ending fails the same way and the reaper takes over
-    except Exception as exc:  # noqa: BLE001 - a missing picture must not fail a trained model
+    except Exception as exc:  # a missing picture must not fail a trained model
         log.warning("job %s: embedding map not computed", job_id, exc_info=True)
         message = f"no embedding map: {type(exc).__name__}: {str(exc)[:200]}"
         record(context.session_factory, job_id, warning_event(job_id, run_key, PROJECTION, message))

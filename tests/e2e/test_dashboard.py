@@ -29,7 +29,7 @@ import httpx
 import onnx
 import pytest
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install '.[dev]'")
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("EMBEDMIX_CHROMIUM", "/usr/bin/chromium")
@@ -226,7 +226,8 @@ def test_submit_from_the_form_watch_the_curve_grow_then_cancel(page, service, sh
     jobs["long"] = page.url.rsplit("/", 1)[-1]
 
     # The page renders after the URL changes: the chart may not exist yet when the first check runs.
-    points = "(() => { const c = document.querySelector('[data-testid=loss-chart]'); return c ? +c.dataset.points : 0; })()"
+    chart = "document.querySelector('[data-testid=loss-chart]')"
+    points = f"(() => {{ const c = {chart}; return c ? +c.dataset.points : 0 }})()"
     page.wait_for_function(f"() => {points} >= 2")
     first = page.evaluate(points)
     page.wait_for_function(f"() => {points} > {first}")
@@ -309,4 +310,5 @@ def test_jobs_table_filters_and_the_compare_page_lines_up_two_runs(page, service
 
 def test_screenshots_were_written(shots):
     names = {p.name for p in shots.glob("ui-*.png")}
-    assert {"ui-signin.png", "ui-new-job.png", "ui-job-running.png", "ui-job.png", "ui-jobs.png", "ui-compare.png"} <= names
+    pages = ("signin", "new-job", "job-running", "job", "jobs", "compare")
+    assert {f"ui-{page}.png" for page in pages} <= names

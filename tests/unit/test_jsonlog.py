@@ -35,7 +35,8 @@ def test_lines_without_a_job_have_no_job_id_and_exceptions_keep_their_traceback(
     try:
         raise ValueError("boom")
     except ValueError:
-        record = logging.getLogger("x").makeRecord("x", logging.ERROR, __file__, 1, "job_short is no id", (), sys.exc_info())
+        info = sys.exc_info()
+        record = logging.getLogger("x").makeRecord("x", logging.ERROR, __file__, 1, "job_short is no id", (), info)
     line = json.loads(JsonFormatter("api").format(record))
     assert "job_id" not in line
     assert "ValueError: boom" in line["exception"]
@@ -56,7 +57,8 @@ def test_configure_routes_uvicorn_access_lines_through_the_json_handler(restore_
     logging.getLogger("uvicorn.access").addHandler(logging.StreamHandler())  # as uvicorn's own config does
     logging.getLogger("uvicorn.access").propagate = False
     configure_logging("api", "INFO")
-    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1", "GET", f"/v1/jobs/{JOB}", "1.1", 200)
+    access = ("127.0.0.1", "GET", f"/v1/jobs/{JOB}", "1.1", 200)
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', *access)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert len(lines) == 1 and lines[0]["job_id"] == JOB and lines[0]["service"] == "api"
     assert lines[0]["method"] == "GET" and lines[0]["path"] == f"/v1/jobs/{JOB}" and lines[0]["status"] == 200

@@ -10,7 +10,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from core.data import Dataset
-from core.projection import MAX_POINTS, pca_2d, project, project_test_set, subsample
+from core.projection import pca_2d, project, project_test_set, subsample
 
 CAP = 150  # small enough that t-SNE takes a moment
 
