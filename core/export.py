@@ -131,7 +131,7 @@ TEXT_INPUTS = ["input_ids", "attention_mask"]
 
 def _text_example(encoder: TextEncoder) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = encoder.tokenize(["an example sentence to trace", "another one"])
-    return tokens.ids, tokens.mask
+    return tokens.ids.long(), tokens.mask.long()
 
 
 def save_text_torchscript(encoder: TextEncoder, path: Path) -> None:

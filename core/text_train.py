@@ -155,9 +155,11 @@ class TextTrainer:
         every_epochs = self.spec.eval.every_epochs
         self.encoder.train()
         running, count, metrics, stopped = 0.0, 0, {}, False
+        order_epoch, order = -1, torch.empty(0, dtype=torch.long)
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
-            order = epoch_order(t.seed, epoch, len(self.anchors))
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.anchors))
             self.last_loss = self._train_step(order[offset * self.batch:(offset + 1) * self.batch])
             running, count = running + self.last_loss, count + 1
             epoch_now = self.step // self.steps_per_epoch

@@ -220,10 +220,11 @@ class S3Artifacts:
         """Upload in S3_PART_SIZE parts, hashing as they go; abort the upload if anything fails."""
         artifact = _start(session, self.backend)
         key = self._key(artifact.id)
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         digest, size = hashlib.sha256(), 0
         parts: list[dict[str, Any]] = []
+        upload_id = None
         try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
             for number, piece in enumerate(_at_least_one(_rechunk(chunks, S3_PART_SIZE)), start=1):
                 digest.update(piece)
                 size += len(piece)
@@ -235,8 +236,9 @@ class S3Artifacts:
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            if upload_id is not None:
+                with contextlib.suppress(BotoCoreError, ClientError):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             _discard(session, artifact)
             raise
         artifact.location = key

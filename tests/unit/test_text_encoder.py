@@ -116,7 +116,8 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(
         assert torch.allclose(reloaded(texts), expected, atol=1e-5)
         scripted = torch.jit.load(str(tmp_path / "out" / card["files"]["torchscript"]["file"]))
         tokens = trained.tokenize(texts)
-        assert torch.allclose(scripted(tokens.ids, tokens.mask), expected, atol=1e-5)
+        ids, mask = tokens.ids.long(), tokens.mask.long()  # int64, as the card says
+        assert torch.allclose(scripted(ids, mask), expected, atol=1e-5)
     session = ort.InferenceSession(str(tmp_path / "out" / card["files"]["onnx"]["file"]))
-    onnx_out = session.run(None, {"input_ids": tokens.ids.numpy(), "attention_mask": tokens.mask.numpy()})[0]
+    onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.allclose(onnx_out, expected.numpy(), atol=1e-5)
