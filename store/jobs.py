@@ -314,7 +314,7 @@ def reap_expired(session: Session, job_id: str, *, now: datetime | None = None) 
             {
                 "finished_at": now,
                 "error": {
-                    "code": "lease_expired",
+                    "code": "worker_lost",
                     "message": "the worker stopped responding and no attempts are left",
                 },
             },

@@ -157,8 +157,7 @@ def test_worker_killed_on_the_last_attempt_fails_the_job(stack: Stack) -> None:
 
     job = stack.wait_status(job_id, "failed")
     assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
-    # The issue asks for "worker_lost"; store.jobs.reap_expired still names it "lease_expired".
-    assert job.error["code"] == "lease_expired"
+    assert job.error["code"] == "worker_lost"
     assert statuses(stack.events(job_id)) == ["running", "failed"]
     assert f"job {job_id}: lease expired; now failed" in reaper.log()
     redis = stack.redis.client()

@@ -343,7 +343,7 @@ def test_leases_expire_are_found_and_reaped(session: Session) -> None:
     session.commit()
     assert expired_leases(session, later) == []
     failed = session.get_one(Job, exhausted)
-    assert failed.error["code"] == "lease_expired" and failed.lease_owner is None
+    assert failed.error["code"] == "worker_lost" and failed.lease_owner is None
 
     assert claim_lease(session, lapsed, "w2", ttl_s=60, now=later)
     assert session.get_one(Job, lapsed).attempts == 2
