@@ -10,17 +10,16 @@ client never has to parse two formats.
 
 from __future__ import annotations
 
-import anyio
-
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -253,8 +252,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
-    # A connection refused, dropped or timed out, or SQLite busy past its timeout:
-    # all transient from the client's side.
+    # A connection refused, dropped or timed out (InterfaceError: one closed under the
+    # driver), or SQLite busy past its timeout: all transient from the client's side.
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)

@@ -6,15 +6,24 @@ values) at most every ``metrics_flush_s``, and the cancel flag is read from the
 database at most every ``cancel_poll_s``. Checkpoints are the exception: they
 are written when the engine makes them, because they are what a new attempt
 resumes from.
+
+A database outage does not stop training: points that could not be written
+stay buffered for the next flush, the cancel flag keeps its last value, and a
+checkpoint that cannot be stored is skipped (the next one will be). The lease's
+heartbeat decides when an outage has lasted too long (a whole TTL), and the
+task retries its final writes for as long as the lease lives.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core.train import Progress
 from store.jobs import get_job_status, update_progress
@@ -24,7 +33,11 @@ from worker.context import WorkerContext
 from worker.events import record, warning_event
 from worker.lease import Lease
 
+log = logging.getLogger("embedmix.worker")
+
 EVAL_PREFIX = "eval/"
+# What a database that is down or restarting raises; anything else is a bug and propagates.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 class StopReason(enum.Enum):
@@ -59,6 +72,7 @@ class StoreCallbacks:
         self._last_poll = -math.inf
         self._cancel_requested = False
         self._skipped_metrics: set[str] = set()
+        self._database_down = False
 
     # -- the engine's protocol ---------------------------------------------------
     def on_progress(self, progress: Progress) -> None:
@@ -76,13 +90,20 @@ class StoreCallbacks:
         self._flush_if_due()
 
     def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
-        """Flush what came before (the checkpoint must not be ahead of the series), then save it."""
-        if self.lease.lost:
+        """Flush what came before (the checkpoint must not be ahead of the series), then save it.
+
+        With the database down the checkpoint is skipped, not waited for: training
+        goes on and the next checkpoint is tried as usual.
+        """
+        if self.lease.lost or not self.flush():
             return
-        self.flush()
-        save_checkpoint(
-            self.context.session_factory, self.context.artifacts, self.job_id, state, step=step, epoch=epoch
-        )
+        try:
+            save_checkpoint(
+                self.context.session_factory, self.context.artifacts, self.job_id, state, step=step, epoch=epoch
+            )
+        except DATABASE_DOWN:
+            self._outage(f"checkpoint at step {step} skipped")
+            return
         self.checkpoints_saved += 1
 
     def should_stop(self) -> bool:
@@ -99,25 +120,40 @@ class StoreCallbacks:
             return StopReason.SHUTDOWN
         return None
 
-    def flush(self) -> None:
-        """Write buffered metric points, the progress and the latest eval values in one transaction."""
+    def flush(self) -> bool:
+        """Write buffered metric points, the progress and the latest eval values in one transaction.
+
+        Returns whether everything buffered is now in the database; with the
+        database down the points stay buffered for the next try (the upsert by
+        (job, name, step) makes writing one twice harmless).
+        """
         self._last_flush = self.clock()
-        if self.lease.lost or (not self._points and self._progress is None):
-            return
-        points, self._points = self._points, []
-        progress = self._progress
-        with self.context.session_factory() as session:
-            upsert_metrics(session, self.job_id, points)
-            if progress is not None:
-                update_progress(
-                    session,
-                    self.job_id,
-                    step=progress.step,
-                    epoch=progress.epoch,
-                    total_steps=progress.total_steps,
-                    metrics=dict(self.latest_eval) if self.latest_eval else None,
-                )
-            session.commit()
+        if self.lease.lost:
+            return False
+        if not self._points and self._progress is None:
+            return True
+        points, progress = list(self._points), self._progress
+        try:
+            with self.context.session_factory() as session:
+                upsert_metrics(session, self.job_id, points)
+                if progress is not None:
+                    update_progress(
+                        session,
+                        self.job_id,
+                        step=progress.step,
+                        epoch=progress.epoch,
+                        total_steps=progress.total_steps,
+                        metrics=dict(self.latest_eval) if self.latest_eval else None,
+                    )
+                session.commit()
+        except DATABASE_DOWN:
+            self._outage(f"{len(self._points)} metric points kept for the next write")
+            return False
+        del self._points[: len(points)]
+        if self._database_down:
+            self._database_down = False
+            log.info("job %s: database reachable again; buffered metrics written", self.job_id)
+        return True
 
     # -- internals -------------------------------------------------------------------
     def _flush_if_due(self) -> None:
@@ -132,9 +168,18 @@ class StoreCallbacks:
         if now - self._last_poll < self.context.settings.cancel_poll_s:
             return False
         self._last_poll = now
-        with self.context.session_factory() as session:
-            self._cancel_requested = get_job_status(session, self.job_id) == "cancelling"
+        try:
+            with self.context.session_factory() as session:
+                self._cancel_requested = get_job_status(session, self.job_id) == "cancelling"
+        except DATABASE_DOWN:
+            self._outage("cancel flag not read")
         return self._cancel_requested
+
+    def _outage(self, what: str) -> None:
+        """Log the first failure of an outage as a warning, the rest quietly: training goes on."""
+        level = logging.DEBUG if self._database_down else logging.WARNING
+        self._database_down = True
+        log.log(level, "job %s: database unreachable (%s); training goes on", self.job_id, what)
 
     def _warn_not_finite(self, name: str, step: int, value: float) -> None:
         """Neither SQL nor JSON carries NaN: say once per series that points were left out."""

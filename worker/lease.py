@@ -26,6 +26,7 @@ from store.jobs import claim_lease, get_job_unscoped, release_lease, renew_lease
 log = logging.getLogger("embedmix.worker")
 
 HOSTNAME_CHARS = 64
+HEARTBEAT_RETRY_S = 1.0
 
 
 def new_owner_token() -> str:
@@ -116,17 +117,24 @@ class Lease:
             self._thread.join()
 
     def _beat(self) -> None:
-        """Renew every ttl/3 until stopped or lost; database errors are retried until a TTL has passed."""
+        """Renew every ttl/3 until stopped or lost; database errors are retried until a TTL has passed.
+
+        After a failed renewal the next try comes within a second, not a whole
+        interval later, so a database that is back in time saves the lease.
+        """
         interval = self.ttl_s / 3
         last_renewed = time.monotonic()
-        while not self._stop.wait(interval):
+        wait = interval
+        while not self._stop.wait(wait):
             try:
                 with self.session_factory() as session:
                     renewed = self.renew(session)
                     session.commit()
-            except SQLAlchemyError:
+            except SQLAlchemyError as exc:
                 if time.monotonic() - last_renewed < self.ttl_s:
-                    log.warning("job %s: heartbeat failed; retrying", self.job_id, exc_info=True)
+                    if wait == interval:  # the first failure of an outage; the retries stay quiet
+                        log.warning("job %s: heartbeat failed (%s); retrying", self.job_id, type(exc).__name__)
+                    wait = min(HEARTBEAT_RETRY_S, interval)
                     continue
                 self._lost.set()
                 log.error("job %s: no heartbeat reached the database for a whole lease; stopping", self.job_id)
@@ -136,3 +144,4 @@ class Lease:
                     log.warning("job %s: lease lost to the reaper or another worker; stopping", self.job_id)
                 return
             last_renewed = time.monotonic()
+            wait = interval

@@ -43,7 +43,10 @@ def store_projection(
             artifact = context.artifacts.put(session, [body])
             session.commit()
     except (OperationalError, InterfaceError):
-        raise  # the database is down: the job's own ending fails the same way and the reaper takes over
+        # The database is down: the trained model matters more than its picture, so the
+        # job goes on to its ending (which waits the outage out) without a map.
+        log.warning("job %s: embedding map not stored: database unreachable", job_id)
+        return
     except Exception as exc:  # a missing picture must not fail a trained model
         log.warning("job %s: embedding map not computed", job_id, exc_info=True)
         message = f"no embedding map: {type(exc).__name__}: {str(exc)[:200]}"

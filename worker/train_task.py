@@ -21,14 +21,14 @@ import logging
 import math
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core.data import DataError, Dataset, load_dataset
 from core.export import export
@@ -38,17 +38,25 @@ from store.artifacts import CHUNK_SIZE
 from store.events import NewEvent, add_events
 from store.jobs import get_job_unscoped, release_lease, transition
 from store.models import Checkpoint, Job
-from worker.callbacks import StopReason, StoreCallbacks
+from worker.callbacks import DATABASE_DOWN, StopReason, StoreCallbacks
 from worker.checkpoints import ResumePoint, load_resume_point
 from worker.context import WorkerContext
 from worker.dataset_files import dataset_file
-from worker.events import ENQUEUED, TRACEBACK, log_event, record, status_event, warning_event
+from worker.events import (
+    ENQUEUED,
+    TRACEBACK,
+    log_event,
+    record,
+    status_event,
+    warning_event,
+)
 from worker.lease import Lease
 from worker.projection import store_projection
 
 log = logging.getLogger("embedmix.worker")
 
 Enqueue = Callable[[str], None]
+T = TypeVar("T")
 
 # Errors the user can act on, by the code clients see in job.error; anything
 # else is our fault and reported as internal_error without its details.
@@ -59,6 +67,7 @@ FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (FloatingPointError, "diverged"),
     (torch.OutOfMemoryError, "out_of_memory"),
 )
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # backoff for the final writes while the database is down
 MAX_ERROR_MESSAGE = 2000
 MAX_INTERNAL_MESSAGE = 200
 
@@ -101,7 +110,7 @@ def run_job(
             return None
         try:
             return _train_and_finish(context, lease, job, shutdown or threading.Event(), enqueue)
-        except (OperationalError, InterfaceError):
+        except DATABASE_DOWN:
             # The database went away: not the job's fault, and nothing can be
             # recorded now. The lease lapses, the reaper re-queues the job and
             # the next attempt resumes from the last checkpoint.
@@ -146,11 +155,20 @@ def _train_and_finish(
         record(context.session_factory, job.job_id, _start_event(job, device, resume))
         callbacks = StoreCallbacks(context, lease, shutdown=shutdown)
         result = train(spec, data, callbacks, resume=resume.state if resume else None, device=device)
-        callbacks.flush()
+        _flush_before_ending(callbacks, lease)
         if result.stopped:
             return _end_stopped(context, lease, job, callbacks.stop_reason(), result, enqueue)
         info = _training_info(job, device, result, resume)
         return _succeed(context, lease, job, spec, data, result, Path(scratch) / "export", info)
+
+
+def _flush_before_ending(callbacks: StoreCallbacks, lease: Lease) -> None:
+    """The run's last metric points must be written before it ends: retried while the database
+    is down, for as long as the lease lives (after that the ending fails and the reaper takes over)."""
+    delay = RETRY_FIRST_S
+    while not callbacks.flush() and not lease.lost:
+        time.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_S)
 
 
 def _work_dir(context: WorkerContext) -> Path | None:
@@ -313,7 +331,7 @@ def _succeed(
     """
     metrics = {name: value for name, value in result.metrics.items() if math.isfinite(value)}
     card = export(result.encoder, spec, data, out_dir, metrics, info)
-    files = _store_model_files(context, out_dir, card)
+    files = _store_model_files(context, lease, out_dir, card)
     store_projection(context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed)
     summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
     event = status_event(
@@ -341,23 +359,24 @@ def _succeed(
     return None
 
 
-def _store_model_files(context: WorkerContext, out_dir: Path, card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _store_model_files(
+    context: WorkerContext, lease: Lease, out_dir: Path, card: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Put each exported file into the artifact store, one transaction each; check what was stored."""
-    stored: dict[str, dict[str, Any]] = {}
-    for fmt, entry in card["files"].items():
-        with context.session_factory() as session:
-            artifact = context.artifacts.put(session, _file_chunks(out_dir / entry["file"]))
-            if artifact.sha256 != entry["sha256"] or artifact.bytes != entry["bytes"]:
-                session.rollback()
-                raise ModelStoreError(f"{entry['file']} did not reach the artifact store intact")
-            stored[fmt] = {
-                "artifact_id": artifact.id,
-                "sha256": artifact.sha256,
-                "bytes": artifact.bytes,
-                "file": entry["file"],
-            }
-            session.commit()
-    return stored
+    return {
+        fmt: _while_leased(lease, f"storing {entry['file']}", lambda e=entry: _store_model_file(context, out_dir, e))
+        for fmt, entry in card["files"].items()
+    }
+
+
+def _store_model_file(context: WorkerContext, out_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    with context.session_factory() as session:
+        artifact = context.artifacts.put(session, _file_chunks(out_dir / entry["file"]))
+        if artifact.sha256 != entry["sha256"] or artifact.bytes != entry["bytes"]:
+            session.rollback()
+            raise ModelStoreError(f"{entry['file']} did not reach the artifact store intact")
+        session.commit()
+    return {"artifact_id": artifact.id, "sha256": artifact.sha256, "bytes": artifact.bytes, "file": entry["file"]}
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -394,7 +413,8 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
             )
         )
     else:
-        log.info("job %s: failed with %s: %s", job.job_id, code, error["message"])
+        # The message goes to the owner's events, not the log: a data error may quote the file.
+        log.info("job %s: failed with %s", job.job_id, code)
     return "failed" if _finalize(context, lease, ["running", "cancelling"], "failed", events, error=error) else None
 
 
@@ -415,6 +435,40 @@ def _finalize(
     **fields: Any,
 ) -> bool:
     """One transaction: prove the lease, change the status, clear the lease, write the events."""
+    return _while_leased(
+        lease,
+        f"ending as {to_status}",
+        lambda: _finalize_once(context, lease, from_statuses, to_status, events, **fields),
+    )
+
+
+def _while_leased(lease: Lease, what: str, write: Callable[[], T]) -> T:
+    """Run one of the ending's writes, waiting out a database outage (with backoff) while the lease lives.
+
+    Each write is one transaction, so a try cut off by the outage left nothing
+    behind and the next try starts clean; a run that trained through an outage
+    is not thrown away for want of its last writes.
+    """
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return write()
+        except DATABASE_DOWN:
+            if lease.lost:
+                raise
+            log.warning("job %s: database unreachable while %s; retrying in %.1f s", lease.job_id, what, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_S)
+
+
+def _finalize_once(
+    context: WorkerContext,
+    lease: Lease,
+    from_statuses: list[str],
+    to_status: str,
+    events: list[NewEvent],
+    **fields: Any,
+) -> bool:
     with context.session_factory() as session:
         if not lease.renew(session):
             session.rollback()
