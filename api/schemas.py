@@ -148,7 +148,8 @@ class EmbedIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: list[Any] = Field(
-        description="raw samples, each of the model's input shape (see the model card's input.shape)"
+        description="raw samples, each of the model's input shape (see the model card's input.shape); "
+        "strings for a text model (input.type 'text')"
     )
 
 
