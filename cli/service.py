@@ -195,7 +195,7 @@ def embed(job_id: str, inputs: Path = typer.Argument(..., help=".npy or .json fi
 @datasets_app.command("upload")
 def datasets_upload(path: Path, label_column: Optional[str] = typer.Option(None, "--label-column"),
                     url: Url = None, api_key: Key = None) -> None:
-    """Upload an .npz, .csv or .parquet file; prints the dataset id."""
+    """Upload an .npz, .csv or .parquet file, or .jsonl text pairs; prints the dataset id."""
     with _client(url, api_key) as client:
         try:
             ds = client.upload_dataset(path, label_column=label_column)
