@@ -8,13 +8,13 @@ pinning a worker to a GPU is done in its environment, not here.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from typing import Literal
 
 from celery.utils.nodenames import default_nodename, host_format
 
+from store.jsonlog import configure_logging
 from store.settings import TRAIN_QUEUE, Settings
 from worker.celery_app import create_app
 from worker.reaper import run_reaper
@@ -70,7 +70,7 @@ def serve_reaper(settings: Settings, loglevel: str = "INFO") -> None:
     Logging is set up here because, unlike a Celery worker, nothing else does:
     without it the reaper's warnings (which jobs it re-queued or failed) are lost.
     """
-    logging.basicConfig(level=loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    configure_logging("reaper", loglevel, settings.log_format)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
