@@ -233,18 +233,20 @@ class Trainer:
             self.forward = CompiledForward(self.net, self._compile_failed)
 
     def _place_data(self, data: Dataset) -> None:
-        """Training arrays on the device when they fit; otherwise pinned host memory, batches copied without blocking."""
+        """Training arrays on the device when they fit, so batches are drawn by index there; otherwise in host memory."""
         nbytes = data.x_train.nbytes + (data.y_train.nbytes if data.y_train is not None else 0)
         self.data_on_device = data_fits(nbytes, self.device)
         home = self.device if self.data_on_device else torch.device("cpu")
         self.x = data.x_train.to(home)
         self.y = data.y_train.to(home) if data.y_train is not None else None
-        if not self.data_on_device:
-            self.x = self.x.pin_memory()
-            self.y = self.y.pin_memory() if self.y is not None else None
 
     def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A batch's inputs and labels on the device (idx lives where the data does)."""
+        """A batch's inputs and labels on the device (idx lives where the data does).
+
+        From host memory a batch is gathered into pinned memory (only the batch: pinning
+        a data set too large for the GPU would tie up as much page-locked RAM) and copied
+        without blocking, so the copy overlaps the work already queued on the GPU.
+        """
         x = self.x[idx]
         y = self.y[idx] if self.y is not None else None
         if not self.data_on_device:
