@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         24 * 3600.0, gt=1.0, description="an unacknowledged message goes back to the queue after this long"
     )
     metrics_flush_s: float = Field(1.0, gt=0.0, description="metrics and events are written in batches at most this often")
+    checkpoint_min_interval_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="a job whose spec checkpoints once per epoch (the default) stores one at most this often; "
+        "the last one of a run, and one made to stop, always",
+    )
     cancel_poll_s: float = Field(0.5, gt=0.0, description="how often a running job checks for a cancel request")
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)

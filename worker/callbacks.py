@@ -28,7 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from core.train import Progress
 from store.jobs import get_job_status, update_progress
 from store.metrics import MetricPoint, upsert_metrics
-from worker.checkpoints import save_checkpoint
+from worker.checkpoints import CheckpointWriter
 from worker.context import WorkerContext
 from worker.events import record, warning_event
 from worker.lease import Lease
@@ -57,6 +57,7 @@ class StoreCallbacks:
         lease: Lease,
         *,
         shutdown: threading.Event | None = None,
+        checkpoint_min_interval_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.context = context
@@ -65,7 +66,9 @@ class StoreCallbacks:
         self.shutdown = shutdown or threading.Event()
         self.clock = clock
         self.latest_eval: dict[str, float] = {}
-        self.checkpoints_saved = 0
+        self.checkpoints = CheckpointWriter(
+            context.session_factory, context.artifacts, self.job_id, skip_if=lambda: lease.lost
+        )
         self._points: list[MetricPoint] = []
         self._progress: Progress | None = None
         self._last_flush = clock()
@@ -73,6 +76,8 @@ class StoreCallbacks:
         self._cancel_requested = False
         self._skipped_metrics: set[str] = set()
         self._database_down = False
+        self.checkpoint_min_interval_s = checkpoint_min_interval_s
+        self._last_checkpoint = clock()
 
     # -- the engine's protocol ---------------------------------------------------
     def on_progress(self, progress: Progress) -> None:
@@ -90,26 +95,34 @@ class StoreCallbacks:
         self._flush_if_due()
 
     def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
-        """Flush what came before (the checkpoint must not be ahead of the series), then save it.
+        """Flush what came before (the checkpoint must not be ahead of the series), then hand the
+        checkpoint to the background writer; the loop does not wait for the database.
 
         With the database down the checkpoint is skipped, not waited for: training
         goes on and the next checkpoint is tried as usual.
         """
-        if self.lease.lost or not self.flush():
+        if self.lease.lost or not self._checkpoint_due(step):
             return
-        try:
-            save_checkpoint(
-                self.context.session_factory, self.context.artifacts, self.job_id, state, step=step, epoch=epoch
-            )
-        except DATABASE_DOWN:
+        if not self.flush():
             self._outage(f"checkpoint at step {step} skipped")
             return
-        self.checkpoints_saved += 1
+        self._last_checkpoint = self.clock()
+        self.checkpoints.submit(state, step, epoch)
 
     def should_stop(self) -> bool:
         return self.stop_reason() is not None
 
     # -- for the task ------------------------------------------------------------
+    def __enter__(self) -> StoreCallbacks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.checkpoints.close()
+
+    def wait_for_checkpoints(self) -> None:
+        """Block until every checkpoint handed over is stored; raise a write error the writer met."""
+        self.checkpoints.drain()
+
     def stop_reason(self) -> StopReason | None:
         """Why the run must stop now, if it must; a lost lease outranks everything."""
         if self.lease.lost:
@@ -174,6 +187,15 @@ class StoreCallbacks:
         except DATABASE_DOWN:
             self._outage("cancel flag not read")
         return self._cancel_requested
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """A run's last checkpoint and one made to stop are always stored; periodic ones at most
+        every ``checkpoint_min_interval_s``, so an epoch of a second does not pay for a
+        database write each time (a crash costs at most that much training)."""
+        last = self._progress is not None and step >= self._progress.total_steps
+        if last or self.checkpoint_min_interval_s <= 0 or self.stop_reason() is not None:
+            return True
+        return self.clock() - self._last_checkpoint >= self.checkpoint_min_interval_s
 
     def _outage(self, what: str) -> None:
         """Log the first failure of an outage as a warning, the rest quietly: training goes on."""

@@ -5,21 +5,35 @@ recorded as a row, each step committed before the next: a crash at any point
 leaves either no row or a row whose bytes are whole. Only the newest
 ``KEEP_CHECKPOINTS`` are kept; older blobs are deleted only after the newer row
 is committed, so a job always has a checkpoint to resume from.
+
+:class:`CheckpointWriter` does that writing on a thread of its own, so the
+training loop hands over the bytes and carries on instead of waiting for the
+database (storing, reading back and pruning were most of what the service's
+callbacks cost the loop).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.artifacts import ArtifactNotFound, ArtifactStore
 from store.checkpoints import add_checkpoint, list_checkpoints
 from store.models import Checkpoint
 
+log = logging.getLogger("embedmix.worker")
+
 KEEP_CHECKPOINTS = 3
+# Checkpoints handed over but not yet stored; a loop that makes them faster than
+# the store takes them waits, rather than holding many copies of the state in memory.
+MAX_PENDING_CHECKPOINTS = 2
 
 
 class CheckpointWriteError(RuntimeError):
@@ -114,3 +128,76 @@ def _read_verified(session: Session, artifacts: ArtifactStore, checkpoint: Check
     if len(state) != checkpoint.bytes or digest.hexdigest() != checkpoint.sha256:
         return None
     return state
+
+
+class CheckpointWriter:
+    """Stores a job's checkpoints in order on a background thread.
+
+    ``submit`` returns at once (unless two are already waiting); ``drain``
+    waits until every submitted checkpoint is stored, and is what a run calls
+    before it ends, so that a cancelled or handed-back job's last checkpoint is
+    in the store before anyone is told. A checkpoint that did not read back as
+    written is an error the loop sees at its next ``submit`` or at ``drain``;
+    one skipped because the database was down is only logged (the next one is
+    tried as usual). ``skip_if`` (the lease is lost) drops what is still waiting.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        artifacts: ArtifactStore,
+        job_id: str,
+        skip_if: Callable[[], bool],
+    ) -> None:
+        self.session_factory = session_factory
+        self.artifacts = artifacts
+        self.job_id = job_id
+        self.skip_if = skip_if
+        self.saved = 0
+        self._pending: queue.Queue[tuple[bytes, int, int] | None] = queue.Queue(MAX_PENDING_CHECKPOINTS)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job_id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, state: bytes, step: int, epoch: int) -> None:
+        self._raise_error()
+        self._pending.put((state, step, epoch))
+
+    def drain(self) -> None:
+        """Wait for every submitted checkpoint to be stored (or skipped); raise a write error."""
+        self._pending.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Stop the thread once what is waiting has been written (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.put(None)
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self._pending.get()) is not None:
+            try:
+                self._write(*item)
+            finally:
+                self._pending.task_done()
+        self._pending.task_done()
+
+    def _write(self, state: bytes, step: int, epoch: int) -> None:
+        if self.skip_if() or self._error is not None:
+            return
+        try:
+            save_checkpoint(self.session_factory, self.artifacts, self.job_id, state, step=step, epoch=epoch)
+        except (OperationalError, InterfaceError):
+            log.warning("job %s: checkpoint at step %d skipped: database unreachable", self.job_id, step)
+        except Exception as exc:  # noqa: BLE001 - handed to the training thread, which fails the job
+            self._error = exc
+        else:
+            self.saved += 1

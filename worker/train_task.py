@@ -153,9 +153,12 @@ def _train_and_finish(
         data = _load_data(context, job, spec, Path(scratch))
         resume = _resume_point(context, job)
         record(context.session_factory, job.job_id, _start_event(job, device, resume))
-        callbacks = StoreCallbacks(context, lease, shutdown=shutdown)
-        result = train(spec, data, callbacks, resume=resume.state if resume else None, device=device)
-        _flush_before_ending(callbacks, lease)
+        # A cadence the spec asks for is kept exactly; the per-epoch default is rate-limited.
+        min_interval = context.settings.checkpoint_min_interval_s if spec.train.checkpoint_every_steps is None else 0.0
+        with StoreCallbacks(context, lease, shutdown=shutdown, checkpoint_min_interval_s=min_interval) as callbacks:
+            result = train(spec, data, callbacks, resume=resume.state if resume else None, device=device)
+            callbacks.wait_for_checkpoints()
+            _flush_before_ending(callbacks, lease)
         if result.stopped:
             return _end_stopped(context, lease, job, callbacks.stop_reason(), result, enqueue)
         info = _training_info(job, device, result, resume)

@@ -290,6 +290,7 @@ class Stack:
             EMBEDMIX_REAPER_INTERVAL_S=str(REAPER_INTERVAL_S),
             EMBEDMIX_METRICS_FLUSH_S="0.2",
             EMBEDMIX_CANCEL_POLL_S="0.2",
+            EMBEDMIX_CHECKPOINT_MIN_INTERVAL_S="0",
             EMBEDMIX_CACHE=str(self.cache),
             OMP_NUM_THREADS="1",
             PYTHONUNBUFFERED="1",

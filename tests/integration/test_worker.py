@@ -98,6 +98,7 @@ def fast_settings(database_url: str, redis_url: str = UNUSED_BROKER) -> Settings
         reaper_interval_s=0.5,
         metrics_flush_s=0.2,
         cancel_poll_s=0.2,
+        checkpoint_min_interval_s=0.0,
     )
 
 
@@ -255,6 +256,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         "EMBEDMIX_REAPER_INTERVAL_S": str(settings.reaper_interval_s),
         "EMBEDMIX_METRICS_FLUSH_S": str(settings.metrics_flush_s),
         "EMBEDMIX_CANCEL_POLL_S": str(settings.cancel_poll_s),
+        "EMBEDMIX_CHECKPOINT_MIN_INTERVAL_S": str(settings.checkpoint_min_interval_s),
         "OMP_NUM_THREADS": "1",
     }
     code = (
@@ -533,6 +535,25 @@ def test_only_the_last_three_checkpoints_are_kept(context: WorkerContext) -> Non
 
 
 @on_postgres
+def test_per_epoch_checkpoints_are_rate_limited_but_an_asked_cadence_is_kept(context: WorkerContext) -> None:
+    """With a long minimum interval, the default once-per-epoch checkpoints collapse to the run's
+    last one; a spec that sets checkpoint_every_steps gets exactly what it asked for."""
+    slow = WorkerContext(
+        context.settings.model_copy(update={"checkpoint_min_interval_s": 3600.0}),
+        context.session_factory,
+        context.artifacts,
+    )
+    sf = context.session_factory
+    default_cadence = submit(sf, SPEC)
+    asked = submit(sf, {**SPEC, "train": {**SPEC["train"], "checkpoint_every_steps": 2}})
+    assert run_job(default_cadence, slow) == "succeeded"
+    assert run_job(asked, slow) == "succeeded"
+    with sf() as session:
+        last = load_job(sf, default_cadence).total_steps
+        assert [c.step for c in list_checkpoints(session, default_cadence)] == [last]
+        assert [c.step for c in list_checkpoints(session, asked)] == [10, 12, 14]
+
+
 def test_bad_spec_fails_as_invalid_spec_without_a_traceback(context: WorkerContext) -> None:
     sf = context.session_factory
     job_id = submit(sf, {**SPEC, "dataset": {"name": "no_such_dataset"}})
