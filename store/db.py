@@ -19,6 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 # Long enough for a writer to finish a 1 MiB chunk insert on a slow disk; short
 # enough that a stuck lock surfaces as an error instead of a hang.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Per process: as many connections as the API's thread pool runs requests at once (40),
+# so a request waits for a thread, never for a connection (which times out as a 503);
+# 10 stay open. Two API processes and a few workers fit PostgreSQL's default of 100.
+POOL_SIZE, POOL_OVERFLOW = 10, 30
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -31,7 +35,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     instead of failing at once). PostgreSQL gets ``pool_pre_ping`` so that a
     connection dropped by a database restart is replaced, not handed out.
     """
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database not in (None, "", ":memory:"):
+        # Enough pooled connections for the API's thread pool under load: past the
+        # pool, every request opens and closes a connection of its own (a backend
+        # process on PostgreSQL), which costs more than the request itself.
+        kwargs = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, **kwargs}
+    if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
