@@ -44,13 +44,17 @@ def test_lines_without_a_job_have_no_job_id_and_exceptions_keep_their_traceback(
 
 @pytest.fixture
 def restore_logging():
+    """Save and restore the loggers these tests configure, starting uvicorn's access logger afresh:
+    an in-process uvicorn earlier in the run (tests/security) leaves its level at WARNING."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     uvicorn = logging.getLogger("uvicorn.access")
-    saved_uvicorn = (list(uvicorn.handlers), uvicorn.propagate)
+    saved_uvicorn = (list(uvicorn.handlers), uvicorn.propagate, uvicorn.level, uvicorn.disabled)
+    uvicorn.setLevel(logging.NOTSET)
+    uvicorn.disabled = False
     yield
     root.handlers[:], root.level = saved
-    uvicorn.handlers[:], uvicorn.propagate = saved_uvicorn
+    uvicorn.handlers[:], uvicorn.propagate, uvicorn.level, uvicorn.disabled = saved_uvicorn
 
 
 def test_configure_routes_uvicorn_access_lines_through_the_json_handler(restore_logging, capsys):
