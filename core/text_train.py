@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import io
 import math
-import random
-import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,7 +32,17 @@ from core.data.text_pairs import TextPairs
 from core.evaluate import evaluate
 from core.models.text_encoder import TextEncoder, Tokens
 from core.spec import JobSpec
-from core.train import CHECKPOINT_FORMAT, Callbacks, NullCallbacks, Progress, TrainResult, epoch_order, lr_at, pick_device
+from core.train import (
+    CHECKPOINT_FORMAT,
+    Callbacks,
+    NullCallbacks,
+    TrainingLoop,
+    TrainResult,
+    epoch_order,
+    lr_at,
+    pick_device,
+    seed_everything,
+)
 
 EVAL_BATCH = 256
 
@@ -53,7 +60,7 @@ def embed_tokens(encoder: TextEncoder, tokens: Tokens, device: torch.device, bat
     return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)
 
 
-class TextTrainer:
+class TextTrainer(TrainingLoop):
     """One text run's state; `run()` trains from the current step to the end or a stop."""
 
     def __init__(self, spec: JobSpec, data: TextPairs, callbacks: Callbacks | None = None,
@@ -61,7 +68,7 @@ class TextTrainer:
         self.spec, self.data = spec, data
         self.cb = callbacks or NullCallbacks()
         self.device = device or pick_device(spec)
-        _seed_everything(spec.train.seed)
+        seed_everything(spec.train.seed)
         params = {**catalog.ENCODERS[spec.model.encoder].defaults(), **spec.model.params}
         self.encoder = TextEncoder(max_length=int(params["max_length"])).to(self.device)
         self.encoder.bert.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -107,10 +114,14 @@ class TextTrainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step = int(state["step"])
 
-    def _checkpoint(self) -> None:
-        self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
-
     # -- the loop ----------------------------------------------------------------
+    def _batch_order(self, epoch: int) -> Tensor:
+        return epoch_order(self.spec.train.seed, epoch, len(self.anchors))
+
+    def _trained_encoder(self) -> nn.Module:
+        self.encoder.train()
+        return self.encoder
+
     def batch_loss(self, idx: Tensor) -> Tensor:
         """The loss of pairs ``idx``: anchors and positives are the two views."""
         a = self.anchors.select(idx).to(self.device)
@@ -141,69 +152,11 @@ class TextTrainer:
         return evaluate(names, train=None, test=(embeddings, torch.cat([pair, pair])),
                         recall_k=tuple(self.spec.eval.recall_k), seed=self.spec.train.seed)
 
-    def _report_eval(self, epoch: int) -> dict[str, float]:
-        values = self.evaluate()
-        self.cb.on_metrics(self.step, epoch, {f"eval/{k}": v for k, v in values.items()})
-        self.history.append({"step": self.step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}})
-        return values
-
-    def run(self) -> TrainResult:
-        t = self.spec.train
-        start, start_step = time.perf_counter(), self.step
-        log_every = max(1, self.total_steps // 1000)
-        checkpoint_every = t.checkpoint_every_steps or self.steps_per_epoch
-        every_epochs = self.spec.eval.every_epochs
-        self.encoder.train()
-        running, count, metrics, stopped = 0.0, 0, {}, False
-        order_epoch, order = -1, torch.empty(0, dtype=torch.long)
-        while self.step < self.total_steps:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.anchors))
-            self.last_loss = self._train_step(order[offset * self.batch:(offset + 1) * self.batch])
-            running, count = running + self.last_loss, count + 1
-            epoch_now = self.step // self.steps_per_epoch
-            if self.step % log_every == 0 or self.step == self.total_steps:
-                self.cb.on_metrics(self.step, epoch_now, {"train/loss": running / count})
-                running, count = 0.0, 0
-            self._progress(start, start_step)
-            done_epoch = self.step % self.steps_per_epoch == 0
-            if done_epoch and every_epochs and epoch_now % every_epochs == 0 and self.step < self.total_steps:
-                self._report_eval(epoch_now)
-            if self.step % checkpoint_every == 0 and self.step < self.total_steps:
-                self._checkpoint()
-            if self.cb.should_stop():
-                stopped = True
-                self._checkpoint()
-                break
-        if not stopped:
-            metrics = self._report_eval(self.step // self.steps_per_epoch)
-            self._checkpoint()
-        return TrainResult(self.encoder, metrics, self.step, self.step // self.steps_per_epoch, stopped,  # type: ignore[arg-type]
-                           time.perf_counter() - start, self.history)
-
-    def _progress(self, start: float, start_step: int) -> None:
-        elapsed = time.perf_counter() - start
-        rate = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
-        self.cb.on_progress(Progress(
-            step=self.step, total_steps=self.total_steps, epoch=self.step // self.steps_per_epoch,
-            epochs=self.spec.train.epochs, loss=self.last_loss, lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
-            eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
-        ))
-
-
 def _optimizer(spec: JobSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     t = spec.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def _seed_everything(seed: int) -> None:
-    """Any incidental numpy/python/torch randomness (dropout) follows the spec's seed."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train_text(spec: JobSpec, data: TextPairs, callbacks: Callbacks | None = None, *, resume: bytes | None = None,

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -190,7 +191,104 @@ class CompiledForward:
         return self.net(x)
 
 
-class Trainer:
+class TrainingLoop(ABC):
+    """The loop every trainer shares: epochs of seeded batch orders, loss logging, progress,
+    periodic evaluation and checkpoints, stopping on request. A subclass owns the model and
+    the data and says how to take one step, evaluate, and serialise its state; the loop is
+    written once so that array and text runs report, checkpoint and resume alike.
+
+    A subclass sets ``spec``, ``cb``, ``opt``, ``batch``, ``steps_per_epoch``,
+    ``total_steps``, ``step``, ``last_loss`` and ``history``.
+    """
+
+    spec: JobSpec
+    cb: Callbacks
+    opt: torch.optim.Optimizer
+    batch: int
+    steps_per_epoch: int
+    total_steps: int
+    step: int
+    last_loss: float
+    history: list[dict[str, Any]]
+
+    @abstractmethod
+    def _train_step(self, idx: torch.Tensor) -> float:
+        """One optimisation step on rows ``idx``; advances ``step``; returns the loss."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def state_bytes(self) -> bytes: ...
+
+    @abstractmethod
+    def _batch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the training rows, where the rows live."""
+
+    @abstractmethod
+    def _trained_encoder(self) -> nn.Module:
+        """Switch the model to training mode and return the encoder the result hands back."""
+
+    def _checkpoint(self) -> None:
+        self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
+
+    def _report_eval(self, epoch: int) -> dict[str, float]:
+        values = self.evaluate()
+        self.cb.on_metrics(self.step, epoch, {f"eval/{k}": v for k, v in values.items()})
+        self.history.append({"step": self.step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}})
+        return values
+
+    def run(self) -> TrainResult:
+        t = self.spec.train
+        start, start_step = time.perf_counter(), self.step
+        log_every = max(1, self.total_steps // 1000)
+        checkpoint_every = t.checkpoint_every_steps or self.steps_per_epoch
+        every_epochs = self.spec.eval.every_epochs
+        encoder = self._trained_encoder()
+        running, count, metrics, stopped = 0.0, 0, {}, False
+        order_epoch, order = -1, torch.empty(0, dtype=torch.long)
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, self._batch_order(epoch)
+            idx = order[offset * self.batch:(offset + 1) * self.batch]
+            self.last_loss = self._train_step(idx)
+            running += self.last_loss
+            count += 1
+            done_epoch = self.step % self.steps_per_epoch == 0
+            epoch_now = self.step // self.steps_per_epoch
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                self.cb.on_metrics(self.step, epoch_now, {"train/loss": running / count})
+                running, count = 0.0, 0
+            self._progress(start, start_step)
+            if done_epoch and every_epochs and epoch_now % every_epochs == 0 and self.step < self.total_steps:
+                self._report_eval(epoch_now)
+            if self.step % checkpoint_every == 0 and self.step < self.total_steps:
+                self._checkpoint()
+            if self.cb.should_stop():
+                stopped = True
+                self._checkpoint()
+                break
+        if not stopped:
+            metrics = self._report_eval(self.step // self.steps_per_epoch)
+            self._checkpoint()
+        return TrainResult(encoder, metrics, self.step, self.step // self.steps_per_epoch, stopped,
+                           time.perf_counter() - start, self.history)
+
+    def _progress(self, start: float, start_step: int) -> None:
+        elapsed = time.perf_counter() - start
+        done = self.step - start_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        self.cb.on_progress(Progress(
+            step=self.step, total_steps=self.total_steps, epoch=self.step // self.steps_per_epoch,
+            epochs=self.spec.train.epochs, loss=self.last_loss,
+            lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
+            eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
+        ))
+
+
+
+class Trainer(TrainingLoop):
     """One run's state; `run()` trains from the current step to the end or a stop."""
 
     def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None):
@@ -198,7 +296,7 @@ class Trainer:
         self.spec, self.data = spec, data
         self.cb = callbacks or NullCallbacks()
         self.device = device or pick_device(spec)
-        _seed_everything(spec.train.seed)
+        seed_everything(spec.train.seed)
         self.net = build_net(spec.model, data.x_train).to(self.device)
         out_dim = spec.model.projection_dim or spec.model.embedding_dim
         self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
@@ -295,10 +393,13 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step = int(state["step"])
 
-    def _checkpoint(self) -> None:
-        self.cb.on_checkpoint(self.state_bytes(), self.step, self.step // self.steps_per_epoch)
+    def _batch_order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(self.spec.train.seed, epoch, len(self.x)).to(self.x.device)
 
-    # -- the loop ----------------------------------------------------------------
+    def _trained_encoder(self) -> nn.Module:
+        self.net.train()
+        return self.net.encoder
+
     def _view(self, x: torch.Tensor) -> torch.Tensor:
         return augment(x, self.spec.augment, self.gen) if self.augment else x
 
@@ -371,61 +472,6 @@ class Trainer:
             values |= self.method.extra_metrics(self.net.encoder, self.data, self.device)
         return values
 
-    def _report_eval(self, epoch: int) -> dict[str, float]:
-        values = self.evaluate()
-        self.cb.on_metrics(self.step, epoch, {f"eval/{k}": v for k, v in values.items()})
-        self.history.append({"step": self.step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}})
-        return values
-
-    def run(self) -> TrainResult:
-        t = self.spec.train
-        start, start_step = time.perf_counter(), self.step
-        log_every = max(1, self.total_steps // 1000)
-        checkpoint_every = t.checkpoint_every_steps or self.steps_per_epoch
-        every_epochs = self.spec.eval.every_epochs
-        self.net.train()
-        running, count, metrics, stopped = 0.0, 0, {}, False
-        order_epoch, order = -1, None
-        while self.step < self.total_steps:
-            epoch, offset = divmod(self.step, self.steps_per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(t.seed, epoch, len(self.x)).to(self.x.device)
-            idx = order[offset * self.batch:(offset + 1) * self.batch]
-            self.last_loss = self._train_step(idx)
-            running += self.last_loss
-            count += 1
-            done_epoch = self.step % self.steps_per_epoch == 0
-            epoch_now = self.step // self.steps_per_epoch
-            if self.step % log_every == 0 or self.step == self.total_steps:
-                self.cb.on_metrics(self.step, epoch_now, {"train/loss": running / count})
-                running, count = 0.0, 0
-            self._progress(start, start_step)
-            if done_epoch and every_epochs and epoch_now % every_epochs == 0 and self.step < self.total_steps:
-                self._report_eval(epoch_now)
-            if self.step % checkpoint_every == 0 and self.step < self.total_steps:
-                self._checkpoint()
-            if self.cb.should_stop():
-                stopped = True
-                self._checkpoint()
-                break
-        if not stopped:
-            metrics = self._report_eval(self.step // self.steps_per_epoch)
-            self._checkpoint()
-        return TrainResult(self.net.encoder, metrics, self.step, self.step // self.steps_per_epoch, stopped,
-                           time.perf_counter() - start, self.history)
-
-    def _progress(self, start: float, start_step: int) -> None:
-        elapsed = time.perf_counter() - start
-        done = self.step - start_step
-        rate = done / elapsed if elapsed > 0 else 0.0
-        self.cb.on_progress(Progress(
-            step=self.step, total_steps=self.total_steps, epoch=self.step // self.steps_per_epoch,
-            epochs=self.spec.train.epochs, loss=self.last_loss,
-            lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
-            eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
-        ))
-
-
 def _optimizer(spec: JobSpec, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     t = spec.train
     if t.optimizer == "sgd":
@@ -435,7 +481,7 @@ def _optimizer(spec: JobSpec, params: list[nn.Parameter], device: torch.device) 
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cuda", "cpu"))
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     """Model initialisation and any incidental numpy/python randomness follow the spec's seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -446,7 +492,9 @@ def train(spec: JobSpec, data: Dataset | TextPairs, callbacks: Callbacks | None 
           device: torch.device | None = None) -> TrainResult:
     """Train `spec` on `data`; with `resume`, continue from that checkpoint. Text pairs train in `core.text_train`."""
     if isinstance(data, TextPairs):
-        from core.text_train import train_text  # imported here: core.text_train builds on this module
+        from core.text_train import (
+            train_text,  # imported here: core.text_train builds on this module
+        )
 
         return train_text(spec, data, callbacks, resume=resume, device=device)
     trainer = Trainer(spec, data, callbacks, device)
