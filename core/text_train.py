@@ -20,7 +20,6 @@ whose nearest neighbour is their own partner (catalog.TEXT_PAIRS).
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
@@ -33,7 +32,6 @@ from core.evaluate import evaluate
 from core.models.text_encoder import TextEncoder, Tokens
 from core.spec import JobSpec
 from core.train import (
-    CHECKPOINT_FORMAT,
     Callbacks,
     NullCallbacks,
     TrainingLoop,
@@ -87,32 +85,12 @@ class TextTrainer(TrainingLoop):
         self.history: list[dict[str, Any]] = []
 
     # -- checkpoints -------------------------------------------------------------
-    def state_bytes(self) -> bytes:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "net": self.encoder.state_dict(),
-            "loss": self.loss.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-        }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.getvalue()
+    def _own_state(self) -> dict[str, Any]:
+        return {"net": self.encoder.state_dict(), "loss": self.loss.state_dict()}
 
-    def load_state(self, blob: bytes) -> None:
-        """Restore a checkpoint; weights_only=True so a tampered blob cannot run code."""
-        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+    def _load_own_state(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["net"])
         self.loss.load_state_dict(state["loss"])
-        self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-        self.step = int(state["step"])
 
     # -- the loop ----------------------------------------------------------------
     def _batch_order(self, epoch: int) -> Tensor:

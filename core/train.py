@@ -30,7 +30,7 @@ from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
 from core.mixup import Batch
-from core.models import Encoder, TrainingNet, build_net
+from core.models import Encoder, build_net
 from core.spec import JobSpec
 
 CHECKPOINT_FORMAT = 1
@@ -197,11 +197,12 @@ class TrainingLoop(ABC):
     the data and says how to take one step, evaluate, and serialise its state; the loop is
     written once so that array and text runs report, checkpoint and resume alike.
 
-    A subclass sets ``spec``, ``cb``, ``opt``, ``batch``, ``steps_per_epoch``,
+    A subclass sets ``spec``, ``device``, ``cb``, ``opt``, ``batch``, ``steps_per_epoch``,
     ``total_steps``, ``step``, ``last_loss`` and ``history``.
     """
 
     spec: JobSpec
+    device: torch.device
     cb: Callbacks
     opt: torch.optim.Optimizer
     batch: int
@@ -219,7 +220,38 @@ class TrainingLoop(ABC):
     def evaluate(self) -> dict[str, float]: ...
 
     @abstractmethod
-    def state_bytes(self) -> bytes: ...
+    def _own_state(self) -> dict[str, Any]:
+        """The subclass's part of a checkpoint: its modules' state dicts and any RNG of its own."""
+
+    @abstractmethod
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_own_state` saved."""
+
+    def state_bytes(self) -> bytes:
+        """Everything a resumed run needs to continue bit-exactly: step, optimizer, RNG states, modules."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            **self._own_state(),
+            "optimizer": self.opt.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore a checkpoint; weights_only=True so a tampered blob cannot run code."""
+        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+        self._load_own_state(state)
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
 
     @abstractmethod
     def _batch_order(self, epoch: int) -> torch.Tensor:
@@ -361,37 +393,20 @@ class Trainer(TrainingLoop):
         self.cb.on_metrics(self.step, self.step // self.steps_per_epoch, {"train/compile_fallback": 1.0})
 
     # -- checkpoints -------------------------------------------------------------
-    def state_bytes(self) -> bytes:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
+    def _own_state(self) -> dict[str, Any]:
+        return {
             "net": self.net.state_dict(),
             "loss": self.loss.state_dict(),
             "method": self.method.state_dict() if self.method is not None else {},
-            "optimizer": self.opt.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
             "rng_gen": self.gen.get_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.getvalue()
 
-    def load_state(self, blob: bytes) -> None:
-        """Restore a checkpoint; weights_only=True so a tampered blob cannot run code."""
-        state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+    def _load_own_state(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.loss.load_state_dict(state["loss"])
         if self.method is not None:
             self.method.load_state_dict(state["method"])
-        self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
         self.gen.set_state(state["rng_gen"].cpu() if self.device.type == "cpu" else state["rng_gen"])
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-        self.step = int(state["step"])
 
     def _batch_order(self, epoch: int) -> torch.Tensor:
         return epoch_order(self.spec.train.seed, epoch, len(self.x)).to(self.x.device)
