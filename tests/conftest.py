@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -61,3 +63,24 @@ def postgres_server() -> Iterator[PostgresServer]:
     admin.dispose()
 
 
+
+
+@contextmanager
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client for the Redis database at ``url``, emptied before and after; a skip if unreachable.
+
+    Each test module that shares the machine's Redis owns one database number,
+    so emptying it touches no one else's keys.
+    """
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        pytest.skip(f"Redis unreachable at {url}: {exc}")
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()

@@ -52,6 +52,7 @@ from store import (
 )
 from store.models import Artifact, Dataset
 from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings
+from tests.conftest import flushed_redis
 
 REDIS_DB = 12
 BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -131,15 +132,8 @@ class Keys:
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     """The real Redis, database REDIS_DB, empty before and after the test."""
-    client = redis.Redis.from_url(BROKER_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis unreachable at {BROKER_URL}: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(BROKER_URL) as client:
+        yield client
 
 
 @pytest.fixture

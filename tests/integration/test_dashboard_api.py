@@ -30,6 +30,7 @@ from store import (
     update_progress,
 )
 from store.settings import Settings
+from tests.conftest import flushed_redis
 
 REDIS_DB = 6
 BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -38,15 +39,8 @@ SPEC = {"name": "mapped", "dataset": {"name": "blobs"}, "train": {"epochs": 1}}
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis unreachable at {BROKER_URL}: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(BROKER_URL) as client:
+        yield client
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from store.settings import Settings
+from tests.conftest import flushed_redis
 from tests.integration.conftest import database_url, postgres_url  # noqa: F401 - fixtures
 from tests.integration.test_api import (  # noqa: F401 - fixtures
     client,
@@ -33,15 +34,8 @@ SECURITY_BROKER_URL = f"redis://127.0.0.1:6379/{SECURITY_REDIS_DB}"
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     """The real Redis, database SECURITY_REDIS_DB, empty before and after the test."""
-    client = redis.Redis.from_url(SECURITY_BROKER_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis unreachable at {SECURITY_BROKER_URL}: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(SECURITY_BROKER_URL) as client:
+        yield client
 
 
 def security_settings(database_url: str, scratch: Path, **overrides: object) -> Settings:
