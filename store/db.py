@@ -7,22 +7,30 @@ transaction ends.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 # Long enough for a writer to finish a 1 MiB chunk insert on a slow disk; short
 # enough that a stuck lock surfaces as an error instead of a hang.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Per process: as many connections as the API's thread pool runs requests at once (40),
-# so a request waits for a thread, never for a connection (which times out as a 503);
-# 10 stay open. Two API processes and a few workers fit PostgreSQL's default of 100.
-POOL_SIZE, POOL_OVERFLOW = 10, 30
+# so a request waits for a thread, never for a connection (which times out as a 503).
+# 20 stay open: a connection past them is closed when returned, and with only 10, polls
+# from 16 clients opened and closed a backend per request. Two API processes and a few
+# workers fit PostgreSQL's default of 100.
+POOL_SIZE, POOL_OVERFLOW = 20, 20
+# A connection back in the pool for longer than this is pinged before its next use.
+PING_AFTER_IDLE_S = 1.0
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -32,8 +40,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     SQLite gets WAL (readers never block the writer), enforced foreign keys
     (off by default in SQLite) and a busy timeout (concurrent writers wait
-    instead of failing at once). PostgreSQL gets ``pool_pre_ping`` so that a
-    connection dropped by a database restart is replaced, not handed out.
+    instead of failing at once). PostgreSQL connections that sat idle in the
+    pool are pinged before use (:func:`_ping_if_idle`), so that one dropped by a
+    database restart is replaced, not handed out.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database not in (None, "", ":memory:"):
@@ -45,7 +54,37 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
+    return engine
+
+
+def _note_checkin(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    connection_record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
+    """A checkout listener: ping a connection that was idle for over :data:`PING_AFTER_IDLE_S` before handing it out.
+
+    ``pool_pre_ping`` would ping every checkout: a round trip per request, a
+    tenth of a status poll's cost. A connection in steady use has just proved
+    itself alive; and when the server goes away under load, the first request
+    to meet the broken connection fails (a 503) and SQLAlchemy discards the
+    whole pool. Raising ``DisconnectionError`` here makes the pool retry the
+    checkout with a fresh connection.
+    """
+
+    def listener(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any DBAPI error: the connection is not worth keeping
+            raise DisconnectionError(str(exc)) from exc
+
+    return listener
 
 
 def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
