@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner, PageDep, RuntimeDep, SessionDep
 from api.errors import ApiError, not_found
+from api.key_cache import Caller
 from api.schemas import DatasetOut, ErrorOut, Page
 from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
@@ -33,7 +34,7 @@ from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from core.data.text_pairs import count_text_pairs
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
 from store.jobs import ACTIVE_STATUSES
-from store.models import Job, Owner
+from store.models import Job
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -88,7 +89,7 @@ async def upload_dataset(
 
 
 def _store_upload(
-    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload, max_bytes: int
+    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload, max_bytes: int
 ) -> DatasetOut:
     """Validate the received file, then store its bytes and its row in one transaction.
 
@@ -129,7 +130,7 @@ def _store_upload(
 
 
 def _store_text_pairs(
-    session: Session, artifacts: ArtifactStore, owner: Owner, upload: Upload
+    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload
 ) -> DatasetOut:
     """A .jsonl file of text pairs, checked line by line as the engine reads it, then stored.
 

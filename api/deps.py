@@ -19,8 +19,10 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, not_found, unauthorized
+from api.key_cache import Caller
 from api.runtime import Runtime
 from store import authenticate, ensure_admin_key, get_job
 from store.models import Job, Owner
@@ -61,27 +63,44 @@ _bearer = HTTPBearer(
 )
 
 
-def get_current_owner(
-    session: SessionDep,
-    settings: SettingsDep,
+async def get_current_owner(
+    runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Owner:
-    """The owner of the presented key; 401 for a missing, unknown or revoked key (never which)."""
+) -> Caller:
+    """The owner of the presented key; 401 for a missing, unknown or revoked key (never which).
+
+    Async, and answered from the process's :class:`~api.key_cache.KeyCache`
+    when it can: a poll loop then costs no query and no thread for its key.
+    """
     if credentials is None:
         raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key = credentials.credentials
-    owner = authenticate(session, key)
-    if (
-        owner is None
-        and settings.admin_key
-        and hmac.compare_digest(key.encode(), settings.admin_key.encode())
-    ):
-        owner = _provision_admin(session, key)
-    # authenticate() may stamp the key's last use; keep that apart from the handler's own transaction.
-    session.commit()
-    if owner is None:
+    caller = runtime.keys.get(key)
+    if caller is None:
+        caller = await run_in_threadpool(_authenticate, runtime, key)
+    if caller is None:
         raise unauthorized("invalid or revoked API key")
-    return owner
+    return caller
+
+
+def _authenticate(runtime: Runtime, key: str) -> Caller | None:
+    """Look the key up in the database (in its own short transaction) and remember a valid one."""
+    generation = runtime.keys.generation  # read first: an eviction during the lookup voids its answer
+    settings = runtime.settings
+    with runtime.session_factory() as session:
+        owner = authenticate(session, key)
+        if (
+            owner is None
+            and settings.admin_key
+            and hmac.compare_digest(key.encode(), settings.admin_key.encode())
+        ):
+            owner = _provision_admin(session, key)
+        session.commit()  # authenticate() may have stamped the key's last use
+    if owner is None:
+        return None
+    caller = Caller(id=owner.id, is_admin=owner.is_admin)
+    runtime.keys.put(key, caller, generation)
+    return caller
 
 
 def _provision_admin(session: Session, key: str) -> Owner | None:
@@ -99,21 +118,22 @@ def _provision_admin(session: Session, key: str) -> Owner | None:
         return None
 
 
-CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
+CurrentOwner = Annotated[Caller, Depends(get_current_owner)]
 
 
-def require_admin(owner: CurrentOwner) -> Owner:
+async def require_admin(owner: CurrentOwner) -> Caller:
     if not owner.is_admin:
         raise ApiError(403, "forbidden", "this call needs an admin key")
     return owner
 
 
-AdminOwner = Annotated[Owner, Depends(require_admin)]
+AdminOwner = Annotated[Caller, Depends(require_admin)]
 
 
-def get_owned_job(
-    job_id: Annotated[str, Path(max_length=64)], owner: CurrentOwner, session: SessionDep
-) -> Job:
+JobIdPath = Annotated[str, Path(max_length=64)]
+
+
+def get_owned_job(job_id: JobIdPath, owner: CurrentOwner, session: SessionDep) -> Job:
     """The caller's job; someone else's is as absent as a job that never existed."""
     job = get_job(session, owner.id, job_id)
     if job is None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from api.deps import AdminOwner, CurrentOwner, SessionDep
+from api.deps import AdminOwner, CurrentOwner, RuntimeDep, SessionDep
 from api.errors import ApiError, not_found
 from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut
 from store import create_api_key, create_owner, get_owner, revoke_api_key
@@ -51,7 +51,7 @@ def create_key(body: KeyCreateIn, admin: AdminOwner, session: SessionDep) -> Key
 
 @router.delete("/{key_id}", responses=_ERRORS)
 def revoke_key(
-    key_id: Annotated[int, Path(ge=1)], owner: CurrentOwner, session: SessionDep
+    key_id: Annotated[int, Path(ge=1)], owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
 ) -> KeyOut:
     """Revoke a key at once; requests with it get 401 from then on. Revoking twice is harmless."""
     key = session.get(ApiKey, key_id)
@@ -59,5 +59,6 @@ def revoke_key(
         raise not_found("key", str(key_id), param="key_id")
     revoke_api_key(session, key.owner_id, key.id)
     session.commit()
+    runtime.revocations.publish(key.owner_id)  # every API process drops its cached keys of this owner
     session.refresh(key)
     return KeyOut.model_validate(key)

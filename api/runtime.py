@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.embedding import EncoderCache
+from api.key_cache import KeyCache, RevocationListener
 from api.queue import TrainQueue
 from api.rate_limit import SubmitRateLimiter
 from api.telemetry import Telemetry
@@ -35,6 +36,8 @@ class Runtime:
     artifacts: ArtifactStore
     queue: TrainQueue
     submit_rate: SubmitRateLimiter
+    keys: KeyCache
+    revocations: RevocationListener
     encoders: EncoderCache
     telemetry: Telemetry
     catalog: dict[str, list[dict[str, Any]]]
@@ -46,6 +49,7 @@ class Runtime:
         engine = make_engine(settings.database_url)
         session_factory = make_session_factory(engine)
         queue = TrainQueue(settings.redis_url)
+        keys = KeyCache(settings.key_cache_s)
         return cls(
             settings=settings,
             engine=engine,
@@ -53,12 +57,19 @@ class Runtime:
             artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
             queue=queue,
             submit_rate=SubmitRateLimiter(settings.redis_url, settings.submit_rate_per_minute),
+            keys=keys,
+            revocations=RevocationListener(settings.redis_url, keys),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
             telemetry=Telemetry(session_factory, queue.depth),
             catalog=catalog_json(),
         )
 
+    def start(self) -> None:
+        """Background work that lives as long as the server: following key revocations."""
+        self.revocations.start()
+
     def close(self) -> None:
+        self.revocations.close()
         self.queue.close()
         self.submit_rate.close()
         self.engine.dispose()

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16_384, gt=0, description="largest train.batch_size")
     max_model_width: int = Field(4096, gt=0, description="largest model.width, model.embedding_dim and projection_dim")
     max_dataset_rows: int = Field(5_000_000, gt=0, description="largest dataset a job may train on (rows)")
+    key_cache_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="an API process remembers a valid key this long (0: never); revoking evicts it everywhere at once",
+    )
     admin_key: str | None = Field(None, description="if set, this key is created for the admin owner on start")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
     log_format: Literal["json", "text"] = Field("json", description="service logs: JSON lines with the job id, or plain text")

@@ -9,11 +9,15 @@ server cannot be reached, the PostgreSQL variants are skipped, saying why.
 
 S3: a real S3 server (moto's, on a free loopback port) for the whole session;
 each test that asks for one gets a bucket of its own.
+
+Redis: tests that stop it, or must not share its channels, get a redis-server
+of their own on a free port (``redis_server``, ``app_settings``).
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +27,12 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from store import create_api_key, create_owner
 from store.artifacts import S3Artifacts
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
+from store.settings import Settings
+from tests.chaos.conftest import RedisServer
 from tests.conftest import PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -117,3 +124,32 @@ def s3_bucket(s3_endpoint: str) -> str:
 def s3_artifacts(s3_endpoint: str, s3_bucket: str) -> S3Artifacts:
     """An S3 artifact store under a prefix, as ``EMBEDMIX_ARTIFACTS=s3://bucket/prefix`` makes it."""
     return S3Artifacts(s3_bucket, "run/blobs", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may kill and start again."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def app_settings(database_url: str, redis_server: RedisServer, tmp_path: Path) -> Settings:
+    """Settings for an application on ``database_url`` whose Redis is the test's own."""
+    return Settings(database_url=database_url, redis_url=redis_server.url, artifacts="db", work_dir=str(tmp_path))
+
+
+def owner_with_keys(settings: Settings, count: int) -> tuple[int, list[tuple[int, str]]]:
+    """A new owner in the settings' database: its id and ``count`` (key id, key) pairs."""
+    engine = make_engine(settings.database_url)
+    with make_session_factory(engine)() as session:
+        owner = create_owner(session, f"owner-{secrets.token_hex(4)}")
+        keys = [create_api_key(session, owner.id) for _ in range(count)]
+        session.commit()
+        owner_id, pairs = owner.id, [(row.id, plain) for row, plain in keys]
+    engine.dispose()
+    return owner_id, pairs
