@@ -17,14 +17,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.types import Scope
 
 from api import catalog, datasets, health, jobs, keys, models, projection, stream, ui
 from api.deps import reject_unknown_query
 from api.errors import document_errors, install_error_handlers
 from api.limits import BodyLimitMiddleware, InputGuardMiddleware
+from api.poll import JobPollMiddleware
 from api.runtime import Runtime
 from api.telemetry import RequestMetricsMiddleware
 from api.uploads import MULTIPART_OVERHEAD
@@ -85,6 +87,7 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
             return upload_limit
         return settings.max_request_bytes
 
+    app.add_middleware(JobPollMiddleware, runtime=runtime, route=_route(jobs.router, "GET", "/v1/jobs/{job_id}"))
     app.add_middleware(InputGuardMiddleware, max_json_depth=settings.max_json_depth)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     if settings.cors_origins:
@@ -97,6 +100,10 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
             expose_headers=["ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition"],
         )
     app.add_middleware(RequestMetricsMiddleware, telemetry=runtime.telemetry)
+
+
+def _route(router: APIRouter, method: str, path: str) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path and method in r.methods)
 
 
 def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
 
 from store.models import Job
 
@@ -69,7 +70,8 @@ class JobOut(BaseModel):
     max_attempts: int
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job | Row[Any]) -> JobOut:
+        """From the ORM object or a plain row of the jobs table (the poll reads rows)."""
         if job.total_steps:
             fraction = min(1.0, job.step / job.total_steps)
         else:
