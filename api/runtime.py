@@ -5,6 +5,7 @@ independent apps as they like."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ from store import (
 from store.settings import Settings
 
 ENCODER_CACHE_SIZE = 4
+# Threads for api.poll's reads: a poll holds one for a single-row query, so a few serve
+# thousands a second (store.db sizes the connection pool for them).
+POLL_THREADS = 4
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Runtime:
     submit_rate: SubmitRateLimiter
     keys: KeyCache
     revocations: RevocationListener
+    poll_threads: ThreadPoolExecutor
     encoders: EncoderCache
     telemetry: Telemetry
     catalog: dict[str, list[dict[str, Any]]]
@@ -59,6 +64,7 @@ class Runtime:
             submit_rate=SubmitRateLimiter(settings.redis_url, settings.submit_rate_per_minute),
             keys=keys,
             revocations=RevocationListener(settings.redis_url, keys),
+            poll_threads=ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="polls"),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
             telemetry=Telemetry(session_factory, queue.depth),
             catalog=catalog_json(),
@@ -70,6 +76,7 @@ class Runtime:
 
     def close(self) -> None:
         self.revocations.close()
+        self.poll_threads.shutdown(wait=False)
         self.queue.close()
         self.submit_rate.close()
         self.engine.dispose()

@@ -23,12 +23,12 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 # Long enough for a writer to finish a 1 MiB chunk insert on a slow disk; short
 # enough that a stuck lock surfaces as an error instead of a hang.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Per process: as many connections as the API's thread pool runs requests at once (40),
-# so a request waits for a thread, never for a connection (which times out as a 503).
-# 20 stay open: a connection past them is closed when returned, and with only 10, polls
-# from 16 clients opened and closed a backend per request. Two API processes and a few
-# workers fit PostgreSQL's default of 100.
-POOL_SIZE, POOL_OVERFLOW = 20, 20
+# Per process: as many connections as the API runs requests at once on threads (FastAPI's
+# pool of 40 and the 4 poll threads of api.poll), so a request waits for a thread, never
+# for a connection (which times out as a 503). 20 stay open: a connection past them is
+# closed when returned, and with only 10, polls from 16 clients opened and closed a
+# backend per request. Two API processes and a few workers fit PostgreSQL's default of 100.
+POOL_SIZE, POOL_OVERFLOW = 20, 24
 # A connection back in the pool for longer than this is pinged before its next use.
 PING_AFTER_IDLE_S = 1.0
 
