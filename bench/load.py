@@ -5,9 +5,10 @@ Everything runs on loopback against throwaway servers this script starts and
 removes: a PostgreSQL database created on the machine's server (dropped at the
 end), a ``redis-server`` on a free port, ``embedmix api --workers N`` and two
 ``embedmix worker`` processes. Status polls are driven by ``wrk`` (Debian's
-package; it must be on PATH), submissions by an asyncio httpx client, each with
-its own Idempotency-Key and a share of them sent twice, as a client retrying
-after a timeout would.
+package; it must be on PATH), going round ``--poll-jobs`` jobs; submissions by an
+asyncio httpx client, each with its own Idempotency-Key and a share of them sent
+twice, as a client retrying after a timeout would (a connection error is retried
+with the same key too).
 
 What it checks and prints:
 * polls: requests/s achieved, p50 / p99 latency, non-2xx responses and socket errors;
@@ -59,6 +60,7 @@ SUBMIT_SPEC = {
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
 RETRY_SHARE = 10  # every 10th submission is sent again with the same key
+TRANSPORT_RETRIES = 3
 
 
 def free_port() -> int:
@@ -168,17 +170,25 @@ async def submit_bursts(url: str, key: str, burst: int, seconds: float) -> tuple
                                  headers={"Authorization": f"Bearer {key}"}) as client:
 
         async def one(idem: str) -> None:
-            for attempt in range(2 if int(idem.rsplit("-", 1)[1]) % RETRY_SHARE == 0 else 1):
+            for _ in range(2 if int(idem.rsplit("-", 1)[1]) % RETRY_SHARE == 0 else 1):
+                await send(idem)
+
+        async def send(idem: str) -> None:
+            """POST once, retrying a connection error with the same key as a client should: a pooled
+            connection the server closed for idleness (uvicorn's keep-alive is 5 s) fails this way."""
+            for _ in range(TRANSPORT_RETRIES + 1):
                 start = time.perf_counter()
                 try:
                     response = await client.post("/v1/jobs", json=SUBMIT_SPEC, headers={"Idempotency-Key": idem})
-                except httpx.HTTPError as exc:
-                    codes[type(exc).__name__] += 1
+                except httpx.TransportError as exc:
+                    codes[f"{type(exc).__name__} (retried)"] += 1
                     continue
                 latencies.append(time.perf_counter() - start)
                 codes[response.status_code] += 1
                 if response.status_code == 201:
                     accepted.add(idem)
+                return
+            codes["gave up"] += 1
 
         deadline, wave = time.monotonic() + seconds, 0
         while time.monotonic() < deadline:
@@ -187,10 +197,18 @@ async def submit_bursts(url: str, key: str, burst: int, seconds: float) -> tuple
     return latencies, codes, accepted
 
 
-def run_wrk(url: str, key: str, seconds: float, connections: int) -> subprocess.Popen:
+def run_wrk(url: str, key: str, job_ids: list[str], seconds: float, connections: int, tmp: Path) -> subprocess.Popen:
+    """wrk polling GET /v1/jobs/{id}, each connection going round ``job_ids`` (a Lua request hook)."""
+    script = tmp / "polls.lua"
+    ids = ", ".join(f'"{job_id}"' for job_id in job_ids)
+    script.write_text(
+        f"local ids = {{{ids}}}\nlocal n = 0\n"
+        "request = function()\n  n = n + 1\n"
+        '  return wrk.format("GET", "/v1/jobs/" .. ids[n % #ids + 1])\nend\n'
+    )
     return subprocess.Popen(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s",
-         "-H", f"Authorization: Bearer {key}", url],
+         "-s", str(script), "-H", f"Authorization: Bearer {key}", url],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -228,6 +246,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--burst", type=int, default=200, help="simultaneous submissions per wave")
     parser.add_argument("--connections", type=int, default=64, help="wrk's open connections for polls")
+    parser.add_argument("--poll-jobs", type=int, default=100, help="distinct jobs the polls go round")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--drain-jobs", type=int, default=100)
     args = parser.parse_args()
@@ -238,12 +257,15 @@ def main() -> None:
         stack = Stack(Path(tmp), args.api_workers, limits)
         try:
             with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}) as client:
-                job_id = client.post("/v1/jobs", json=SUBMIT_SPEC, headers={"Idempotency-Key": "poll-target"}).json()["id"]
-            wrk = run_wrk(f"{stack.url}/v1/jobs/{job_id}", stack.key, args.seconds, args.connections)
+                poll_ids = [
+                    client.post("/v1/jobs", json=SUBMIT_SPEC, headers={"Idempotency-Key": f"poll-target-{i}"}).json()["id"]
+                    for i in range(args.poll_jobs)
+                ]
+            wrk = run_wrk(stack.url, stack.key, poll_ids, args.seconds, args.connections, Path(tmp))
             latencies, codes, accepted = asyncio.run(submit_bursts(stack.url, stack.key, args.burst, args.seconds))
             polls = parse_wrk(wrk.communicate()[0])
             in_db = stack.jobs_in_database()
-            in_db.pop("poll-target", None)
+            in_db = {key: n for key, n in in_db.items() if not key.startswith("poll-target-")}
             missing = accepted - in_db.keys()
             duplicated = {k for k, n in in_db.items() if n != 1}
             unexpected = in_db.keys() - accepted
@@ -254,7 +276,7 @@ def main() -> None:
     server_errors = sum(n for code, n in codes.items() if isinstance(code, int) and code >= 500)
     print(f"load, {args.seconds:.0f} s, PostgreSQL, {args.api_workers} API processes, loopback, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"polls GET /v1/jobs/{{id}} (wrk, {args.connections} connections): {polls['rps']} req/s, "
+    print(f"polls GET /v1/jobs/{{id}} (wrk, {args.connections} connections, {args.poll_jobs} jobs): {polls['rps']} req/s, "
           f"p50 {polls['p50']}, p99 {polls['p99']}, non-2xx {polls['non2xx']}, socket errors {polls['socket']}")
     print(f"submissions ({args.burst} at once, repeated): {len(latencies)} requests, codes {dict(codes)}, "
           f"5xx {server_errors}, p50 {statistics.median(latencies) * 1000:.0f} ms, "
