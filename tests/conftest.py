@@ -1,4 +1,4 @@
-"""Fixtures shared by every test directory: throwaway PostgreSQL databases.
+"""Fixtures shared by every test directory: throwaway PostgreSQL databases and redis-servers.
 
 The server at ``EMBEDMIX_TEST_POSTGRES_URL`` (default: the ``test`` database on
 127.0.0.1:5432 as user postgres) is used only to CREATE and DROP uniquely named
@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -84,3 +90,77 @@ def flushed_redis(url: str) -> Iterator[redis.Redis]:
     finally:
         client.flushdb()
         client.close()
+
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and any logs) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_timeout()}")
+        time.sleep(0.1)
+
+
+class RedisServer:
+    """A redis-server of this test's own; ``restart`` keeps the port and loses every key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.directory / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), 20, f"redis-server on port {self.port}")
+        client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes with its data, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=2)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port, which it may kill and start again."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -17,18 +17,15 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,7 +40,7 @@ from store import (
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Checkpoint, Event, Job, Metric
 from store.settings import TRAIN_QUEUE, TRAIN_TASK
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, RedisServer, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "em_chaos-admin-key-0123456789abcdefghijklmnopqrstuv"
@@ -66,70 +63,7 @@ SPEC: dict[str, Any] = {
     "export": {"formats": ["safetensors"]},
 }
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and any logs) otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_timeout()}")
-        time.sleep(0.1)
-
-
 # -- throwaway servers -------------------------------------------------------------------------
-
-
-class RedisServer:
-    """A redis-server of this test's own; ``restart`` keeps the port and loses every key."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), 20, f"redis-server on port {self.port}")
-        client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes with its data, as in a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=2)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 class LocalPostgres:
@@ -212,16 +146,6 @@ def local_postgres() -> Iterator[LocalPostgres]:
         except AssertionError:
             pass  # already stopped by the test
         shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 # -- the service's processes -------------------------------------------------------------------

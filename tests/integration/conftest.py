@@ -17,7 +17,6 @@ of their own on a free port (``redis_server``, ``app_settings``).
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from store.artifacts import S3Artifacts
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
 from store.settings import Settings
-from tests.chaos.conftest import RedisServer
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, RedisServer
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -124,17 +122,6 @@ def s3_bucket(s3_endpoint: str) -> str:
 def s3_artifacts(s3_endpoint: str, s3_bucket: str) -> S3Artifacts:
     """An S3 artifact store under a prefix, as ``EMBEDMIX_ARTIFACTS=s3://bucket/prefix`` makes it."""
     return S3Artifacts(s3_bucket, "run/blobs", endpoint_url=s3_endpoint)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, which it may kill and start again."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

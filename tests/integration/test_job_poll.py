@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 import api.poll
 from api.app import create_app
 from store.settings import Settings
-from tests.chaos.conftest import wait_for
+from tests.conftest import wait_for
 from tests.integration.conftest import owner_with_keys
 
 SPEC = {"name": "polled", "dataset": {"name": "blobs", "size": 100}, "train": {"epochs": 1}}

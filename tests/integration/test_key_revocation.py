@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from store import make_engine, make_session_factory, revoke_api_key
 from store.settings import Settings
-from tests.chaos.conftest import RedisServer, wait_for
+from tests.conftest import RedisServer, wait_for
 from tests.integration.conftest import owner_with_keys
 
 
