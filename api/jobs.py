@@ -72,6 +72,7 @@ assert set(get_args(JobStatus)) == set(JOB_STATUSES), "JobStatus must list the s
 RETRY_AFTER_QUOTA_S = 30
 MAX_METRIC_PAGE = 1000
 UNCANCELLABLE = ("succeeded", "failed")
+JOB_MEDIA_TYPE = "application/json"  # GET /v1/jobs/{id}, from the route or api.poll
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -295,8 +296,6 @@ async def read_job(job_id: JobIdPath, owner: CurrentOwner, runtime: RuntimeDep) 
         raise not_found("job", job_id, param="job_id")
     return Response(body, media_type=JOB_MEDIA_TYPE)
 
-
-JOB_MEDIA_TYPE = "application/json"
 
 
 def read_job_json(engine: Engine, owner_id: int, job_id: str) -> bytes | None:
