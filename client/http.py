@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import httpx
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+SUBMIT_ATTEMPTS = 3
+SUBMIT_RETRY_S = 0.5  # then 1 s
 
 
 class ApiError(Exception):
@@ -57,8 +61,20 @@ class EmbedmixClient:
 
     # -- jobs --------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+        """Submit a job; a connection lost before the answer is retried, and makes no second job.
+
+        Every submission carries an Idempotency-Key (a random one unless given),
+        so a retry after the request may already have reached the server (a
+        kept-alive connection the server closed, a reset) gets the job the
+        first try made.
+        """
+        headers = {"Idempotency-Key": idempotency_key or f"sdk-{secrets.token_urlsafe(24)}"}
+        for attempt in range(SUBMIT_ATTEMPTS - 1):
+            try:
+                return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+            except httpx.TransportError:
+                time.sleep(SUBMIT_RETRY_S * 2**attempt)
+        return self._call("POST", "/v1/jobs", json=spec, headers=headers)  # the last try's error is the caller's
 
     def jobs(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
