@@ -21,7 +21,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
@@ -118,7 +119,54 @@ class DatabaseArtifacts:
         return _verify(self, session, artifact_id)
 
 
-class FilesystemArtifacts:
+class _BytesOutsideTheDatabase(ABC):
+    """What the file and S3 stores share: rows the database store wrote stay readable
+    through them (switching a deployment's store loses nothing), and a delete drops the
+    row, then the bytes. Subclasses say how to open and how to remove one artifact's bytes.
+    """
+
+    backend: str
+    _database: DatabaseArtifacts
+
+    def open(self, session: Session, artifact_id: str) -> Iterator[bytes]:
+        """Open the bytes now (missing ones fail here, not mid-stream), then stream them."""
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is not None and artifact.backend == self._database.backend:
+            return self._database.open(session, artifact_id)
+        return self._open(_complete_artifact(session, artifact_id, self.backend))
+
+    def delete(self, session: Session, artifact_id: str) -> bool:
+        """Delete the row, then the bytes.
+
+        The bytes go at once, not at commit: should the caller's transaction
+        roll back, the row survives without its bytes, and open() and verify()
+        report it missing rather than serving anything wrong.
+        """
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            return False
+        if artifact.backend == self._database.backend:
+            return self._database.delete(session, artifact_id)
+        remove = self._remover(artifact) if artifact.location else None  # located while the row is there
+        _discard(session, artifact)
+        if remove is not None:
+            remove()
+        return True
+
+    def verify(self, session: Session, artifact_id: str) -> bool:
+        """True if the bytes still hash to the recorded sha256 (False if they are gone)."""
+        return _verify(self, session, artifact_id)
+
+    @abstractmethod
+    def _open(self, artifact: Artifact) -> Iterator[bytes]:
+        """Stream a complete artifact's bytes, or raise ArtifactNotFound if they are gone."""
+
+    @abstractmethod
+    def _remover(self, artifact: Artifact) -> Callable[[], None]:
+        """Where the artifact's bytes are, as a call that removes them (made before the row goes)."""
+
+
+class FilesystemArtifacts(_BytesOutsideTheDatabase):
     """Blobs as files under ``root``, at ``<2 id chars>/<artifact id>``.
 
     Artifacts recorded in the database backend stay readable through this
@@ -155,39 +203,16 @@ class FilesystemArtifacts:
         artifact.location = location
         return _finish(session, artifact, size, sha256)
 
-    def open(self, session: Session, artifact_id: str) -> Iterator[bytes]:
-        """Open the file now (a missing file fails here, not mid-stream) and stream it in 1 MiB reads."""
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is not None and artifact.backend == self._database.backend:
-            return self._database.open(session, artifact_id)
-        artifact = _complete_artifact(session, artifact_id, self.backend)
+    def _open(self, artifact: Artifact) -> Iterator[bytes]:
         try:
             file = self._path(artifact).open("rb")
         except FileNotFoundError as exc:
-            raise ArtifactNotFound(f"artifact {artifact_id}: file is missing") from exc
+            raise ArtifactNotFound(f"artifact {artifact.id}: file is missing") from exc
         return _read(file)
 
-    def delete(self, session: Session, artifact_id: str) -> bool:
-        """Delete the row, then the file.
-
-        The file goes at once, not at commit: should the caller's transaction
-        roll back, the row survives without its bytes, and open() and verify()
-        report it missing rather than serving anything wrong.
-        """
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is None:
-            return False
-        if artifact.backend == self._database.backend:
-            return self._database.delete(session, artifact_id)
-        path = self._path(artifact) if artifact.location else None
-        _discard(session, artifact)
-        if path is not None:
-            path.unlink(missing_ok=True)
-        return True
-
-    def verify(self, session: Session, artifact_id: str) -> bool:
-        """True if the file still hashes to the recorded sha256 (False if it is gone)."""
-        return _verify(self, session, artifact_id)
+    def _remover(self, artifact: Artifact) -> Callable[[], None]:
+        path = self._path(artifact)
+        return lambda: path.unlink(missing_ok=True)
 
     def _path(self, artifact: Artifact) -> Path:
         """The artifact's file, refusing a location that would leave ``root`` (a tampered row)."""
@@ -197,7 +222,7 @@ class FilesystemArtifacts:
         return path
 
 
-class S3Artifacts:
+class S3Artifacts(_BytesOutsideTheDatabase):
     """Blobs as objects at ``<prefix>/<2 id chars>/<artifact id>`` in an S3 bucket.
 
     Credentials and region come from the standard AWS sources (environment,
@@ -244,36 +269,18 @@ class S3Artifacts:
         artifact.location = key
         return _finish(session, artifact, size, digest.hexdigest())
 
-    def open(self, session: Session, artifact_id: str) -> Iterator[bytes]:
-        """Request the object now (a missing object fails here, not mid-stream), then stream it."""
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is not None and artifact.backend == self._database.backend:
-            return self._database.open(session, artifact_id)
-        artifact = _complete_artifact(session, artifact_id, self.backend)
+    def _open(self, artifact: Artifact) -> Iterator[bytes]:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._location(artifact))
         except ClientError as exc:
             if _error_code(exc) in S3_MISSING:
-                raise ArtifactNotFound(f"artifact {artifact_id}: object is missing") from exc
+                raise ArtifactNotFound(f"artifact {artifact.id}: object is missing") from exc
             raise
         return _read_s3(response["Body"])
 
-    def delete(self, session: Session, artifact_id: str) -> bool:
-        """Delete the row, then the object (at once, not at commit, as the filesystem store does)."""
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is None:
-            return False
-        if artifact.backend == self._database.backend:
-            return self._database.delete(session, artifact_id)
-        key = self._location(artifact) if artifact.location else None
-        _discard(session, artifact)
-        if key is not None:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        return True
-
-    def verify(self, session: Session, artifact_id: str) -> bool:
-        """True if the object still hashes to the recorded sha256 (False if it is gone)."""
-        return _verify(self, session, artifact_id)
+    def _remover(self, artifact: Artifact) -> Callable[[], None]:
+        key = self._location(artifact)
+        return lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def _key(self, artifact_id: str) -> str:
         name = f"{artifact_id[-2:]}/{artifact_id}"

@@ -458,11 +458,23 @@ def test_artifact_round_trip_streams_and_detects_corruption(
     _flip_a_byte(session, artifacts, artifact)
     assert not artifacts.verify(session, artifact.id)
 
+    location = artifact.location
     assert artifacts.delete(session, artifact.id)
     session.commit()
     with pytest.raises(ArtifactNotFound):
         artifacts.open(session, artifact.id)
     assert not artifacts.delete(session, artifact.id)
+    assert not _bytes_remain(session, artifacts, artifact.id, location)
+
+
+def _bytes_remain(session: Session, artifacts: ArtifactStore, artifact_id: str, location: str | None) -> bool:
+    """Whether a deleted artifact's file, object or chunks are still stored."""
+    if isinstance(artifacts, FilesystemArtifacts):
+        return (artifacts.root / str(location)).exists()
+    if isinstance(artifacts, S3Artifacts):
+        listed = artifacts.client.list_objects_v2(Bucket=artifacts.bucket, Prefix=str(location))
+        return listed.get("KeyCount", 0) > 0
+    return session.scalars(select(ArtifactChunk).where(ArtifactChunk.artifact_id == artifact_id)).first() is not None
 
 
 def _flip_a_byte(session: Session, artifacts: ArtifactStore, artifact: Artifact) -> None:
