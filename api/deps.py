@@ -130,7 +130,8 @@ async def require_admin(owner: CurrentOwner) -> Caller:
 AdminOwner = Annotated[Caller, Depends(require_admin)]
 
 
-JobIdPath = Annotated[str, Path(max_length=64)]
+JOB_ID_MAX_LENGTH = 64
+JobIdPath = Annotated[str, Path(max_length=JOB_ID_MAX_LENGTH)]
 
 
 def get_owned_job(job_id: JobIdPath, owner: CurrentOwner, session: SessionDep) -> Job:

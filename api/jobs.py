@@ -297,7 +297,6 @@ async def read_job(job_id: JobIdPath, owner: CurrentOwner, runtime: RuntimeDep) 
     return Response(body, media_type=JOB_MEDIA_TYPE)
 
 
-
 def read_job_json(engine: Engine, owner_id: int, job_id: str) -> bytes | None:
     """The owner's job as the JSON body of ``GET /v1/jobs/{id}``, or None if it is not theirs.
 

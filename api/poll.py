@@ -22,10 +22,13 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.deps import JOB_ID_MAX_LENGTH
 from api.jobs import JOB_MEDIA_TYPE, read_job_json
 from api.runtime import Runtime
 
-POLL_PATH = re.compile(r"/v1/jobs/(job_[A-Za-z0-9]{20})")  # store.models.new_id("job_")
+# What the route's {job_id} takes (one path segment, JobIdPath's length); an id that names no
+# job of the caller's is read, found absent and handed to the route for its 404.
+POLL_PATH = re.compile(rf"/v1/jobs/([^/]{{1,{JOB_ID_MAX_LENGTH}}})")
 
 
 class JobPollMiddleware:

@@ -90,8 +90,11 @@ def test_what_the_short_way_cannot_answer_reaches_the_route(
     for headers in ({}, auth("em_unknown_key"), {"Authorization": f"Basic {alice}"}):
         refused = client.get(path, headers=headers)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
-    assert client.get("/v1/jobs/job_short", headers=auth(alice)).status_code == 404
     assert short_way == [job_id]
+    assert client.get("/v1/jobs/job_unknown", headers=auth(alice)).status_code == 404
+    too_long = client.get("/v1/jobs/" + "j" * 65, headers=auth(alice))
+    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "job_id"
+    assert short_way == [job_id, "job_unknown"]  # looked for the first, left the second to the route
 
     def failing(*args: Any) -> bytes:
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
