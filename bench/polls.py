@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import SUBMIT_SPEC, Stack, free_port, parse_wrk, run_wrk  # noqa: E402
-from service import BARE_APP  # noqa: E402
+from service import BARE_APP, wait_ready  # noqa: E402
 
 CONNECTIONS = 16
 
@@ -59,7 +58,7 @@ def bare_polls(tmp: Path, seconds: float) -> dict[str, str]:
                                 cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(url + "/v1/jobs/job_x")
+        wait_ready(url, "/v1/jobs/job_x")  # the bare app has no /readyz
         run_wrk(url, "none", ["job_x"], 2, CONNECTIONS, tmp).communicate()
         return parse_wrk(run_wrk(url, "none", ["job_x"], seconds, CONNECTIONS, tmp).communicate()[0])
     finally:
@@ -68,19 +67,6 @@ def bare_polls(tmp: Path, seconds: float) -> dict[str, str]:
             bare.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(bare.pid, signal.SIGKILL)
-
-
-def wait_up(url: str, timeout: float = 30) -> None:
-    """The bare app has no /readyz: wait until ``url`` answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def main() -> None:

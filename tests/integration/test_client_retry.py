@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from api.app import create_app
@@ -22,7 +21,7 @@ from client import EmbedmixClient
 from store import make_engine, make_session_factory
 from store.models import Job
 from store.settings import Settings
-from tests.conftest import free_port, wait_for
+from tests.conftest import served_in_thread
 from tests.integration.conftest import owner_with_keys
 
 SPEC = {"name": "retried", "dataset": {"name": "blobs", "size": 100}, "train": {"epochs": 1}}
@@ -30,14 +29,8 @@ SPEC = {"name": "retried", "dataset": {"name": "blobs", "size": 100}, "train": {
 
 @pytest.fixture
 def server_port(app_settings: Settings) -> Iterator[int]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(app_settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 20, "uvicorn to start")
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(app_settings)) as port:
+        yield port
 
 
 class AnswerLosingProxy:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import select
 import socket
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select as sql_select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from store.models import Artifact, ArtifactChunk, Dataset
 from tests.integration.test_api import Keys, auth, classification_npz, npz_bytes
+from tests.conftest import served_in_thread
 from tests.security.conftest import security_settings
 
 UPLOAD_LIMIT = 200_000
@@ -295,22 +294,8 @@ def live_server(
 ) -> Iterator[tuple[str, int]]:
     """The app behind a real uvicorn server on a free loopback port, in a thread."""
     settings = security_settings(database_url, scratch, max_upload_bytes=UPLOAD_LIMIT)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        threading.Event().wait(0.05)
-    assert server.started, "uvicorn did not start"
-    yield "127.0.0.1", port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(settings)) as port:
+        yield "127.0.0.1", port
 
 
 def _send_until_answered(address: tuple[str, int], head: bytes, body: Iterator[bytes]) -> tuple[bytes, int]:
