@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core import catalog
+from core.errors import SpecError
 
 Name = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
 
@@ -159,14 +160,6 @@ EXAMPLE_SPEC: dict[str, Any] = {
     "eval": {"metrics": ["precision_at_1", "map_at_r", "recall_at_k"]},
     "export": {"formats": ["safetensors", "onnx"]},
 }
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; `errors` is a list of {"field", "message"}, the field as a dotted path."""
-
-    def __init__(self, errors: list[dict[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
 
 
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:

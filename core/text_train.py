@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from core import catalog, losses
 from core.data.text_pairs import TextPairs
+from core.errors import Diverged
 from core.evaluate import evaluate
 from core.models.text_encoder import TextEncoder, Tokens
 from core.spec import JobSpec
@@ -114,7 +115,7 @@ class TextTrainer(TrainingLoop):
         loss.backward()
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
+            raise Diverged(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
         if self.spec.train.grad_clip:
             nn.utils.clip_grad_norm_([p for p in self.encoder.parameters() if p.requires_grad], self.spec.train.grad_clip)
         self.opt.step()

@@ -27,6 +27,7 @@ from torch import nn
 from core import catalog, losses, mixup
 from core.data import Dataset, TextPairs
 from core.data.augment import augment
+from core.errors import Diverged, UnsupportedSpec
 from core.evaluate import USES_TRAIN, evaluate
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
 from core.mixup import Batch
@@ -37,10 +38,6 @@ CHECKPOINT_FORMAT = 1
 # Share of the free accelerator memory the training data may take before it stays in host memory.
 DEVICE_DATA_SHARE = 0.5
 log = logging.getLogger(__name__)
-
-
-class UnsupportedSpec(ValueError):
-    """A valid spec that this engine version cannot run yet (the message says which field)."""
 
 
 @dataclass
@@ -463,7 +460,7 @@ class Trainer(TrainingLoop):
             loss.backward()
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
+            raise Diverged(f"loss became {value} at step {self.step}; lower train.lr or enable train.grad_clip")
         if self.spec.train.grad_clip:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.spec.train.grad_clip)
         self.opt.step()

@@ -17,11 +17,12 @@ import torch
 from core import catalog
 from core.data.arrays import check_features, check_rows, labels_to_indices
 from core.data.builtin import load_builtin
-from core.data.dataset import DataError, Dataset
+from core.data.dataset import Dataset
 from core.data.files import read_file
 from core.data.split import split
 from core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
-from core.spec import JobSpec, SpecError, compatibility_errors
+from core.errors import DataError, SpecError
+from core.spec import JobSpec, compatibility_errors
 
 __all__ = ["DataError", "Dataset", "TextPairs", "load_dataset", "dataset_from_arrays", "text_pairs_for"]
 

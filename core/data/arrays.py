@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.data.dataset import DataError, Task
+from core.data.dataset import Task
+from core.errors import DataError
 
 
 def check_features(x: np.ndarray, where: str) -> np.ndarray:

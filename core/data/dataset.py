@@ -1,4 +1,4 @@
-"""The in-memory dataset the engine trains on, and the one error type for bad data."""
+"""The in-memory dataset the engine trains on."""
 
 from __future__ import annotations
 
@@ -8,10 +8,6 @@ from typing import Any, Literal
 import torch
 
 Task = Literal["classification", "regression"]
-
-
-class DataError(ValueError):
-    """Data that cannot be trained on; the message says what is wrong and where."""
 
 
 @dataclass

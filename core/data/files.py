@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from core.data.arrays import check_features, check_rows
-from core.data.dataset import DataError
+from core.errors import DataError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
 SPLIT_COLUMN = "split"

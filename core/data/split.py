@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from core.data.dataset import DataError, Task
+from core.data.dataset import Task
+from core.errors import DataError
 from core.spec import SplitSpec
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.dataset import DataError
+from core.errors import DataError
 from core.spec import SplitSpec
 
 SUFFIX = ".jsonl"
