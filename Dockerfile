@@ -6,6 +6,7 @@ WORKDIR /app
 RUN pip install torch==2.13.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY core core
+COPY service service
 COPY store store
 COPY api api
 COPY worker worker

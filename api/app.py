@@ -30,8 +30,8 @@ from api.poll import JobPollMiddleware
 from api.runtime import Runtime
 from api.telemetry import RequestMetricsMiddleware
 from api.uploads import MULTIPART_OVERHEAD
-from store.jsonlog import logging_config
-from store.settings import Settings, get_settings
+from service.jsonlog import logging_config
+from service.settings import Settings, get_settings
 
 logger = logging.getLogger("embedmix.api")
 
@@ -113,7 +113,7 @@ def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, worke
     own app from the ``EMBEDMIX_*`` environment (an app's engine and broker
     pools must not cross a fork), so ``settings`` must be the environment's.
     """
-    log_config = logging_config("api", "INFO", settings.log_format)  # JSON lines with the job id (store.jsonlog)
+    log_config = logging_config("api", "INFO", settings.log_format)  # JSON lines with the job id (service.jsonlog)
     logger.info("embedmix API on http://%s:%d (docs at /docs), %d process(es)", host, port, workers)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_config=log_config)

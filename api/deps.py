@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError, not_found, unauthorized
 from api.key_cache import Caller
 from api.runtime import Runtime
+from service.settings import Settings
 from store import authenticate, ensure_admin_key, get_job
 from store.models import Job, Owner
-from store.settings import Settings
 
 logger = logging.getLogger("embedmix.api")
 

@@ -50,6 +50,7 @@ from core.spec import (
     compatibility_errors,
     validate_spec,
 )
+from service.settings import Settings
 from store import (
     ActiveJobLimit,
     IdempotencyConflict,
@@ -62,7 +63,6 @@ from store import (
     request_cancel,
 )
 from store.models import JOB_STATUSES
-from store.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

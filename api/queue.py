@@ -13,7 +13,7 @@ import logging
 import redis
 from celery import Celery
 
-from store.settings import TRAIN_QUEUE, TRAIN_TASK
+from service.queue import TRAIN_QUEUE, send_train_message
 
 logger = logging.getLogger("embedmix.api")
 
@@ -54,7 +54,7 @@ class TrainQueue:
     def enqueue(self, job_id: str) -> bool:
         """Send the job's message; False (and a warning) if the broker could not take it."""
         try:
-            self._celery.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, retry=False)
+            send_train_message(self._celery, job_id, retry=False)
         except Exception as exc:
             logger.warning(
                 "could not enqueue job %s (%s); it stays queued for the reaper to re-send",

@@ -18,13 +18,13 @@ from api.queue import TrainQueue
 from api.rate_limit import SubmitRateLimiter
 from api.telemetry import Telemetry
 from core.catalog import catalog_json
+from service.settings import Settings
 from store import (
     ArtifactStore,
     artifact_store_from_url,
     make_engine,
     make_session_factory,
 )
-from store.settings import Settings
 
 ENCODER_CACHE_SIZE = 4
 # Threads for api.poll's reads: a poll holds one for a single-row query, so a few serve

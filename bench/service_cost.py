@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 from core.data import load_dataset
 from core.spec import validate_spec
 from core.train import train
+from service.settings import Settings
 from store import create_job, create_owner, make_engine, make_session_factory
 from store.artifacts import DatabaseArtifacts
 from store.db import migrate
 from store.models import Job
-from store.settings import Settings
 from worker import train_task
 from worker.callbacks import StoreCallbacks
 from worker.context import WorkerContext

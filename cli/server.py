@@ -23,7 +23,7 @@ PROCESS_STOP_TIMEOUT_S = 15.0
 
 
 def _settings():
-    from store.settings import Settings
+    from service.settings import Settings
 
     return Settings()
 

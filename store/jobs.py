@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, new_id, utcnow
+from service.ids import new_job_id
+from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, utcnow
 from store.paging import page
 from store.sql import affected_rows, upsert_insert
 
@@ -102,7 +103,7 @@ def create_job(
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     if max_active is not None:
         session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
-    job_id = new_id("job_")
+    job_id = new_job_id()
     insert = upsert_insert(session, Job).values(
         id=job_id,
         owner_id=owner_id,

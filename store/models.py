@@ -2,17 +2,15 @@
 
 Every timestamp is a timezone-aware UTC ``datetime`` on both backends (see
 :class:`UTCDateTime`). Public identifiers are prefixed random strings
-(``job_``, ``ds_``, ``art_``, ``ckpt_``) so that they cannot be guessed or
-enumerated; only events keep an integer id, because clients page through them
-with ``after_id``. Enumerations are short strings guarded by CHECK constraints
-rather than native enum types, which keeps migrations identical on SQLite and
-PostgreSQL.
+(``job_``, ``ds_``, ``art_``, ``ckpt_``; their formats are :mod:`service.ids`) so
+that they cannot be guessed or enumerated; only events keep an integer id, because
+clients page through them with ``after_id``. Enumerations are short strings
+guarded by CHECK constraints rather than native enum types, which keeps
+migrations identical on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-import secrets
-import string
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,17 +35,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from service.ids import ARTIFACT_PREFIX, CHECKPOINT_PREFIX, DATASET_PREFIX, new_id, new_job_id
+
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 ARTIFACT_BACKENDS = ("db", "fs", "s3")
-
-_ALPHANUMERIC = string.ascii_letters + string.digits
-
-
-def new_id(prefix: str, length: int = 20) -> str:
-    """A prefixed random id (``job_`` + 20 alphanumerics): unguessable, and its prefix says what it names."""
-    return prefix + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
 
 
 def utcnow() -> datetime:
@@ -142,7 +135,7 @@ class Job(Base):
         Index("ix_jobs_owner_id_created_at_id", "owner_id", "created_at", "id"),
     )
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("job_"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
@@ -203,7 +196,7 @@ class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (CheckConstraint(_in("backend", ARTIFACT_BACKENDS), name="backend"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("art_"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id(ARTIFACT_PREFIX))
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
     backend: Mapped[str] = mapped_column(String(8))
@@ -229,7 +222,7 @@ class Checkpoint(Base):
 
     __tablename__ = "checkpoints"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ckpt_"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id(CHECKPOINT_PREFIX))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
@@ -245,7 +238,7 @@ class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_owner_id_created_at_id", "owner_id", "created_at", "id"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ds_"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id(DATASET_PREFIX))
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     filename: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))

@@ -18,15 +18,16 @@ reaper notices the expired lease long before the timeout.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.signals import setup_logging, worker_shutting_down
 
-from store.jsonlog import configure_logging
-from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings, get_settings
+from service.ids import is_job_id
+from service.jsonlog import configure_logging
+from service.queue import TRAIN_QUEUE, TRAIN_TASK, send_train_message
+from service.settings import Settings, get_settings
 from worker.context import context_for
 from worker.reaper import start_reaper_thread
 from worker.train_task import run_job
@@ -37,7 +38,6 @@ log = logging.getLogger("embedmix.worker")
 # default sweep is ten times rarer); the scan is one sorted-set range query.
 MAX_RESTORE_INTERVAL_S = 10.0
 REAPER_STOP_TIMEOUT_S = 10.0
-JOB_ID = re.compile(r"job_[A-Za-z0-9]{1,64}")
 
 # Set when this process's worker begins a warm shutdown: running jobs save a
 # checkpoint and go back to the queue instead of holding the shutdown for hours.
@@ -52,8 +52,8 @@ class EmbedmixCelery(Celery):
         self.embedmix_settings = settings
 
     def enqueue(self, job_id: str) -> None:
-        """Send a job's message exactly as the API does."""
-        self.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+        """Send a job's message exactly as the API does (a worker handing its job back)."""
+        send_train_message(self, job_id)
 
 
 class ReaperStep(bootsteps.StartStopStep):
@@ -130,7 +130,7 @@ def _register_train_task(app: EmbedmixCelery) -> None:
     @app.task(name=TRAIN_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def train(task: Task, job_id: object) -> str | None:
         """Run one job by id; the spec and everything else is read from the database."""
-        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        if not is_job_id(job_id):
             log.error("ignoring a message whose argument is not a job id: %r", job_id)
             return None
         owner: EmbedmixCelery = task.app
@@ -139,7 +139,7 @@ def _register_train_task(app: EmbedmixCelery) -> None:
 
 @setup_logging.connect(weak=False, dispatch_uid="embedmix-logging")
 def _on_setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
-    """Replace Celery's log setup with ours: one JSON line per record, carrying the job id (store.jsonlog)."""
+    """Replace Celery's log setup with ours: one JSON line per record, carrying the job id (service.jsonlog)."""
     configure_logging("worker", loglevel or "INFO", get_settings().log_format)
 
 

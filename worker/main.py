@@ -14,8 +14,9 @@ from typing import Literal
 
 from celery.utils.nodenames import default_nodename, host_format
 
-from store.jsonlog import configure_logging
-from store.settings import TRAIN_QUEUE, Settings
+from service.jsonlog import configure_logging
+from service.queue import TRAIN_QUEUE
+from service.settings import Settings
 from worker.celery_app import create_app
 from worker.reaper import run_reaper
 
@@ -74,4 +75,4 @@ def serve_reaper(settings: Settings, loglevel: str = "INFO") -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_reaper(settings, stop)
+    run_reaper(settings, stop, create_app(settings))

@@ -26,16 +26,16 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.queue import TaskSender, send_train_message
+from service.settings import Settings
 from store.events import NewEvent, add_events
 from store.jobs import expired_leases, get_job_unscoped, reap_expired
 from store.models import Event, Job, utcnow
-from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings
 from worker.context import session_factory_for
 from worker.events import ENQUEUED, status_event
 
@@ -43,12 +43,6 @@ log = logging.getLogger("embedmix.reaper")
 
 LOST_AFTER_S = 120.0
 MAX_RESEND_INTERVAL_S = 6 * 3600.0
-
-
-class TaskSender(Protocol):
-    """The one thing the reaper needs from a Celery app."""
-
-    def send_task(self, name: str, args: list[str] | None = None, **options: object) -> object: ...
 
 
 def reap_once(
@@ -72,7 +66,7 @@ def reap_once(
 def _send(celery_app: TaskSender, job_id: str) -> bool:
     """Publish the job's message; a failure is logged and left to a later pass (the job looks lost then)."""
     try:
-        celery_app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+        send_train_message(celery_app, job_id)
     except Exception:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
         log.exception("job %s: could not re-enqueue; a later pass will retry", job_id)
         return False
@@ -165,14 +159,12 @@ def _enqueued_event(session: Session, job_id: str, reason: str, now: datetime) -
     )
 
 
-def run_reaper(
-    settings: Settings, stop_event: threading.Event, *, celery_app: TaskSender | None = None
-) -> None:
-    """Reap every ``reaper_interval_s`` until ``stop_event`` is set (``embedmix reaper`` and the worker's thread)."""
-    if celery_app is None:
-        from worker.celery_app import create_app
+def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: TaskSender) -> None:
+    """Reap every ``reaper_interval_s`` until ``stop_event`` is set (``embedmix reaper`` and the worker's thread).
 
-        celery_app = create_app(settings)
+    ``celery_app`` sends the messages; the caller hands it over (the worker its own
+    app, ``embedmix reaper`` one made for the purpose), so the reaper never builds one.
+    """
     session_factory = session_factory_for(settings.database_url)
     log.info("reaper running every %.1fs", settings.reaper_interval_s)
     database_down = False
@@ -197,7 +189,7 @@ def run_reaper(
 def start_reaper_thread(settings: Settings, stop_event: threading.Event, celery_app: TaskSender) -> threading.Thread:
     """Run the reaper in a daemon thread of this process (each worker runs one; they do not conflict)."""
     thread = threading.Thread(
-        target=run_reaper, args=(settings, stop_event), kwargs={"celery_app": celery_app}, name="embedmix-reaper", daemon=True
+        target=run_reaper, args=(settings, stop_event, celery_app), name="embedmix-reaper", daemon=True
     )
     thread.start()
     return thread

@@ -39,7 +39,7 @@ from store import (
 )
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Checkpoint, Event, Job, Metric
-from store.settings import TRAIN_QUEUE, TRAIN_TASK
+from service.queue import TRAIN_QUEUE, TRAIN_TASK
 from tests.conftest import PostgresServer, RedisServer, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

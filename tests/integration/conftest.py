@@ -30,7 +30,7 @@ from store import create_api_key, create_owner
 from store.artifacts import S3Artifacts
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import PostgresServer, RedisServer
 
 BACKENDS = ["sqlite", "postgresql"]

@@ -51,7 +51,8 @@ from store import (
     upsert_metrics,
 )
 from store.models import Artifact, Dataset
-from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings
+from service.queue import TRAIN_QUEUE, TRAIN_TASK
+from service.settings import Settings
 from tests.conftest import flushed_redis
 
 REDIS_DB = 12

@@ -20,7 +20,7 @@ from api.app import create_app
 from client import EmbedmixClient
 from store import make_engine, make_session_factory
 from store.models import Job
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import served_in_thread
 from tests.integration.conftest import owner_with_keys
 

@@ -29,7 +29,7 @@ from store import (
     transition,
     update_progress,
 )
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import flushed_redis
 
 REDIS_DB = 6

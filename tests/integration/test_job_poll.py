@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 import api.poll
 from api.app import create_app
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import wait_for
 from tests.integration.conftest import owner_with_keys
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from store import make_engine, make_session_factory, revoke_api_key
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import RedisServer, wait_for
 from tests.integration.conftest import owner_with_keys
 

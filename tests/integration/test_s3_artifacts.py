@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import create_dataset, create_job, create_owner, get_job_unscoped, list_checkpoints
 from store.artifacts import S3Artifacts, artifact_store_from_url
 from store.models import Artifact
-from store.settings import Settings
+from service.settings import Settings
 from worker.context import WorkerContext
 from worker.train_task import run_job
 

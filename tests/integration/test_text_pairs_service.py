@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from api import create_app
 from store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
 from store.db import migrate
-from store.settings import Settings
+from service.settings import Settings
 from worker.context import WorkerContext
 from worker.train_task import run_job
 

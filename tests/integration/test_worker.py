@@ -53,7 +53,8 @@ from store import (
 )
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Artifact, ArtifactChunk, Event, Job, utcnow
-from store.settings import TRAIN_QUEUE, TRAIN_TASK, Settings
+from service.queue import TRAIN_QUEUE, TRAIN_TASK
+from service.settings import Settings
 from worker.celery_app import create_app
 from worker.context import WorkerContext
 from worker.reaper import reap_once
@@ -260,7 +261,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         "OMP_NUM_THREADS": "1",
     }
     code = (
-        "from store.settings import Settings; from worker.main import run_worker; "
+        "from service.settings import Settings; from worker.main import run_worker; "
         f"raise SystemExit(run_worker(Settings(), hostname='test-{secrets.token_hex(4)}@%h'))"
     )
     log_file = log_path.open("wb")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from store.settings import Settings
+from service.settings import Settings
 from tests.conftest import flushed_redis
 from tests.integration.conftest import database_url, postgres_url  # noqa: F401 - fixtures
 from tests.integration.test_api import (  # noqa: F401 - fixtures

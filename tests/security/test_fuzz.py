@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from store import create_api_key
-from store.settings import Settings
+from service.settings import Settings
 from tests.integration.test_api import Keys, auth
 
 EXAMPLES_PER_MODE = 30

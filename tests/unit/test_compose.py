@@ -8,7 +8,7 @@ import typer.main
 import yaml
 
 from cli.main import app
-from store.settings import Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

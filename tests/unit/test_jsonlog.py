@@ -1,4 +1,4 @@
-"""Structured service logs (store/jsonlog.py): one JSON object per line, carrying the job id."""
+"""Structured service logs (service/jsonlog.py): one JSON object per line, carrying the job id."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from store.jsonlog import JsonFormatter, configure_logging
+from service.jsonlog import JsonFormatter, configure_logging
 
-JOB = "job_" + "aB3" * 6 + "xY"  # 20 characters after the prefix, like store.models.new_id("job_")
+JOB = "job_" + "aB3" * 6 + "xY"  # 20 characters after the prefix, like service.ids.new_job_id()
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:

@@ -1,7 +1,8 @@
-"""Service settings, read from the environment (EMBEDMIX_*), shared by the API and the worker.
+"""Service settings, read from the environment (EMBEDMIX_*), shared by every service process.
 
-They live in `store` because both service processes import `store` and nothing
-else of each other; `core` and the CLI's local `train` never read them.
+They live in ``service``, the room every service process imports and that
+imports none of them; ``core`` and the CLI's local ``train`` never read them.
+The queue's names are in :mod:`service.queue`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-TRAIN_TASK = "embedmix.train"
-TRAIN_QUEUE = "embedmix"
 
 
 class Settings(BaseSettings):

@@ -1,7 +1,7 @@
 """Structured logs for the service processes: one JSON object per line, with the job id when there is one.
 
-It lives in ``store`` for the reason the settings do: the API and the worker
-both import ``store`` and nothing of each other. Each line has ``time`` (UTC,
+It lives in ``service`` with the settings: the API, the worker and the reaper
+all log through it, and none of them imports another. Each line has ``time`` (UTC,
 ISO 8601), ``level``, ``logger``, ``service`` (api, worker, reaper),
 ``message``, ``job_id`` when the line concerns a job, ``exception`` with the
 traceback when one was logged, and any ``extra={...}`` fields the caller gave;
@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from service.ids import find_job_id
+
 LogFormat = Literal["json", "text"]
 
-JOB_ID = re.compile(r"\bjob_[A-Za-z0-9]{20}\b")
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
 _LOGGERS_WITH_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.redirected")
 # What every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field
@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "message": message,
         }
-        job_id = getattr(record, "job_id", None) or _job_id_in(message)
+        job_id = getattr(record, "job_id", None) or find_job_id(message)
         if job_id:
             line["job_id"] = job_id
         if record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == len(ACCESS_FIELDS):
@@ -66,11 +66,6 @@ class JsonFormatter(logging.Formatter):
         elif record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str, ensure_ascii=False)
-
-
-def _job_id_in(message: str) -> str | None:
-    match = JOB_ID.search(message)
-    return match.group(0) if match else None
 
 
 def logging_config(service: str, level: str | int = "INFO", log_format: LogFormat = "json") -> dict[str, Any]:
