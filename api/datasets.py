@@ -28,10 +28,10 @@ from api.key_cache import Caller
 from api.schemas import DatasetOut, ErrorOut, Page
 from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
-from core.data.dataset import DataError
 from core.data.files import SUFFIXES, read_file
 from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from core.data.text_pairs import count_text_pairs
+from core.errors import DataError
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
 from store.jobs import ACTIVE_STATUSES
 from store.models import Job

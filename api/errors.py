@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import ErrorOut
 from store import ArtifactNotFound, InvalidCursor
+from store.db import DATABASE_DOWN
 
 logger = logging.getLogger("embedmix.api")
 
@@ -252,9 +252,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
-    # A connection refused, dropped or timed out (InterfaceError: one closed under the
-    # driver), or SQLite busy past its timeout: all transient from the client's side.
-    app.add_exception_handler(OperationalError, _database_unavailable)
-    app.add_exception_handler(InterfaceError, _database_unavailable)
-    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    # The database down (store.db.DATABASE_DOWN), or no pooled connection free in time:
+    # all transient from the client's side.
+    for kind in (*DATABASE_DOWN, PoolTimeout):
+        app.add_exception_handler(kind, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)

@@ -43,10 +43,10 @@ from api.deps import (
 )
 from api.errors import ApiError, not_found
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
+from core.errors import SpecError
 from core.spec import (
     EXAMPLE_SPEC,
     JobSpec,
-    SpecError,
     compatibility_errors,
     validate_spec,
 )

@@ -26,7 +26,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec_path: Path):
-    from core.spec import SpecError, load_spec_file
+    from core.errors import SpecError
+    from core.spec import load_spec_file
 
     if not spec_path.is_file():
         _fail(f"{spec_path}: no such file")
@@ -114,10 +115,10 @@ def train(
     """Train a spec locally and export the model into OUT."""
     import torch
 
-    from core.data import DataError, load_dataset
+    from core.data import load_dataset
+    from core.errors import DataError, Diverged, SpecError, UnsupportedSpec
     from core.export import export
-    from core.spec import SpecError
-    from core.train import UnsupportedSpec, train as run_training
+    from core.train import train as run_training
 
     spec = _load(spec_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,7 @@ def train(
         try:
             result = run_training(spec, data, callbacks, resume=ckpt.read_bytes() if resume else None,
                                   device=torch.device(device) if device else None)
-        except (UnsupportedSpec, FloatingPointError) as exc:
+        except (UnsupportedSpec, Diverged) as exc:
             _fail(str(exc))
     card = export(result.encoder, spec, data, out, result.metrics,
                   {"steps": result.step, "epochs": result.epoch, "seconds": round(result.seconds, 2)})

@@ -16,9 +16,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+# What a database that is down, restarting or unreachable raises (InterfaceError: a connection
+# closed under the driver; OperationalError: refused, dropped, timed out, or SQLite busy past its
+# timeout). Callers that wait an outage out catch exactly these; any other error is a bug.
+DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 # Long enough for a writer to finish a 1 MiB chunk insert on a slow disk; short
 # enough that a stuck lock surfaces as an error instead of a hang.

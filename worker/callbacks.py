@@ -23,9 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from core.train import Progress
+from store.db import DATABASE_DOWN
 from store.jobs import get_job_status, update_progress
 from store.metrics import MetricPoint, upsert_metrics
 from worker.checkpoints import CheckpointWriter
@@ -36,8 +35,6 @@ from worker.lease import Lease
 log = logging.getLogger("embedmix.worker")
 
 EVAL_PREFIX = "eval/"
-# What a database that is down or restarting raises; anything else is a bug and propagates.
-DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 class StopReason(enum.Enum):

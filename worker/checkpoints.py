@@ -21,11 +21,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.artifacts import ArtifactNotFound, ArtifactStore
 from store.checkpoints import add_checkpoint, list_checkpoints
+from store.db import DATABASE_DOWN
 from store.models import Checkpoint
 
 log = logging.getLogger("embedmix.worker")
@@ -195,7 +195,7 @@ class CheckpointWriter:
             return
         try:
             save_checkpoint(self.session_factory, self.artifacts, self.job_id, state, step=step, epoch=epoch)
-        except (OperationalError, InterfaceError):
+        except DATABASE_DOWN:
             log.warning("job %s: checkpoint at step %d skipped: database unreachable", self.job_id, step)
         except Exception as exc:  # noqa: BLE001 - handed to the training thread, which fails the job
             self._error = exc

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.spec import JobSpec, SpecError
-from core.train import UnsupportedSpec
+from core.errors import SpecError, UnsupportedSpec
+from core.spec import JobSpec
 from store.artifacts import ArtifactNotFound, ArtifactStore
 from store.datasets import get_dataset
 

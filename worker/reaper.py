@@ -28,11 +28,11 @@ import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.queue import TaskSender, send_train_message
 from service.settings import Settings
+from store.db import DATABASE_DOWN
 from store.events import NewEvent, add_events
 from store.jobs import expired_leases, get_job_unscoped, reap_expired
 from store.models import Event, Job, utcnow
@@ -171,7 +171,7 @@ def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: Task
     while True:
         try:
             reap_once(session_factory, celery_app, lost_after_s=settings.lost_message_after_s)
-        except (OperationalError, InterfaceError) as exc:
+        except DATABASE_DOWN as exc:
             # An outage is expected to end; say so once, not with a traceback every pass.
             if not database_down:
                 log.warning("database unreachable (%s); reaping resumes when it is back", type(exc).__name__)

@@ -30,15 +30,17 @@ from typing import Any, TypeVar
 
 import torch
 
-from core.data import DataError, Dataset, load_dataset
+from core.data import Dataset, load_dataset
+from core.errors import INTERNAL_ERROR, SpecError, failure_code
 from core.export import export
-from core.spec import JobSpec, SpecError, validate_spec
-from core.train import TrainResult, UnsupportedSpec, pick_device, train
+from core.spec import JobSpec, validate_spec
+from core.train import TrainResult, pick_device, train
 from store.artifacts import CHUNK_SIZE
+from store.db import DATABASE_DOWN
 from store.events import NewEvent, add_events
 from store.jobs import get_job_unscoped, release_lease, transition
 from store.models import Checkpoint, Job
-from worker.callbacks import DATABASE_DOWN, StopReason, StoreCallbacks
+from worker.callbacks import StopReason, StoreCallbacks
 from worker.checkpoints import ResumePoint, load_resume_point
 from worker.context import WorkerContext
 from worker.dataset_files import dataset_file
@@ -58,15 +60,6 @@ log = logging.getLogger("embedmix.worker")
 Enqueue = Callable[[str], None]
 T = TypeVar("T")
 
-# Errors the user can act on, by the code clients see in job.error; anything
-# else is our fault and reported as internal_error without its details.
-FAILURE_CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (SpecError, "invalid_spec"),
-    (DataError, "invalid_data"),
-    (UnsupportedSpec, "unsupported"),
-    (FloatingPointError, "diverged"),
-    (torch.OutOfMemoryError, "out_of_memory"),
-)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # backoff for the final writes while the database is down
 MAX_ERROR_MESSAGE = 2000
 MAX_INTERNAL_MESSAGE = 200
@@ -398,13 +391,17 @@ def _delete_artifacts(context: WorkerContext, artifact_ids: list[str]) -> None:
 
 
 def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception) -> str | None:
-    """Mark the job failed: a code and message the user can act on, the traceback only in an event."""
-    code = next((code for kind, code in FAILURE_CODES if isinstance(exc, kind)), "internal_error")
+    """Mark the job failed: a code and message the user can act on, the traceback only in an event.
+
+    The code is the engine's (``core.errors.failure_code``): an error the user
+    can act on says which, anything else is our fault and reads as internal_error.
+    """
+    code = failure_code(exc)
     error: dict[str, Any] = {"code": code, "message": _error_message(code, exc)}
     if isinstance(exc, SpecError):
         error["errors"] = exc.errors
     events = [status_event(job.job_id, "failed", f"failed: {error['message']}", key="final", code=code)]
-    if code == "internal_error":
+    if code == INTERNAL_ERROR:
         log.exception("job %s: internal error", job.job_id)
         events.append(
             NewEvent(
@@ -423,7 +420,7 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
 
 def _error_message(code: str, exc: Exception) -> str:
     """User errors keep their (helpful) message; internal ones say only what kind of error it was."""
-    if code != "internal_error":
+    if code != INTERNAL_ERROR:
         return str(exc)[:MAX_ERROR_MESSAGE]
     first_line = (str(exc).splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first_line}"[:MAX_INTERNAL_MESSAGE]
