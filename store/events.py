@@ -74,6 +74,6 @@ def list_events(
 
 
 def latest_event(session: Session, job_id: str, type: str) -> Event | None:
-    """The job's newest event of ``type`` (e.g. the ``projection`` that names its embedding map)."""
+    """The job's newest event of ``type`` (e.g. the ``projection`` event that named a job's map before 0003)."""
     query = select(Event).where(Event.job_id == job_id, Event.type == type).order_by(Event.id.desc()).limit(1)
     return session.scalars(query).first()

@@ -51,6 +51,7 @@ TRANSITION_FIELDS = frozenset(
         "lease_expires_at",
         "model_artifacts",
         "card",
+        "projection",
     }
 )
 

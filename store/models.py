@@ -126,7 +126,12 @@ class ApiKey(Base):
 
 
 class Job(Base):
-    """One training job: its spec, its state machine, its lease and its outputs."""
+    """One training job: its spec, its state machine, its lease and its outputs.
+
+    Its outputs (``model_artifacts``, the exported files by format; ``projection``,
+    the embedding map; the ``card``) are written by the transaction that makes it
+    succeeded, and so are the artifacts they point at: all of them, or none.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -156,6 +161,7 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     model_artifacts: Mapped[dict[str, Any] | None]
     card: Mapped[dict[str, Any] | None]
+    projection: Mapped[dict[str, Any] | None]
 
 
 class Event(Base):

@@ -6,9 +6,12 @@ once the job is finished; metrics are keyed by step and events by dedup key, so
 a resumed attempt overwrites instead of duplicating; a new attempt resumes from
 the newest checkpoint whose bytes still match their sha256.
 
-Every ending is one transaction that first renews the lease (proving this
-worker still owns the job; on PostgreSQL it also locks the row), then makes the
-guarded status change, clears the lease and writes the status event. If that
+Every ending is one transaction that renews the lease (proving this worker
+still owns the job; on PostgreSQL it also locks the row), then makes the
+guarded status change, clears the lease and writes the status event. A success
+stores the job's outputs (model files, embedding map) in that same transaction,
+before the renewal, and records the pointers to them with the status, so an
+ending that never commits leaves no output behind. If that
 transaction cannot happen (the database is down), the exception goes to Celery
 and the lease is left to expire: the reaper then re-queues the job, which is
 why the lease is not released on that path (a running job without a lease
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from sqlalchemy.orm import Session
 
 from core.data import Dataset, load_dataset
 from core.errors import INTERNAL_ERROR, SpecError, failure_code
@@ -53,11 +57,13 @@ from worker.events import (
     warning_event,
 )
 from worker.lease import Lease
-from worker.projection import store_projection
+from worker.projection import make_projection, projection_event, store_projection
 
 log = logging.getLogger("embedmix.worker")
 
 Enqueue = Callable[[str], None]
+# Stores a job's outputs in the ending's transaction; returns the job columns that point at them.
+Outputs = Callable[[Session], dict[str, Any]]
 T = TypeVar("T")
 
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # backoff for the final writes while the database is down
@@ -320,59 +326,68 @@ def _succeed(
     out_dir: Path,
     info: dict[str, Any],
 ) -> str | None:
-    """Export every format, store the files, and mark the job succeeded with its final metrics.
+    """Export every format and make the embedding map, then end the job as succeeded with its outputs.
 
-    Non-finite metric values are left out: JSON (and so the job row and the
-    model card) cannot carry NaN; the run's events already warned about them.
+    The files and the map are stored by the ending's own transaction, with the
+    pointers to them (``model_artifacts``, ``projection``) and the status: a
+    lost ending leaves no artifact behind that no job points at. Non-finite
+    metric values are left out: JSON (and so the job row and the model card)
+    cannot carry NaN; the run's events already warned about them.
     """
     metrics = {name: value for name, value in result.metrics.items() if math.isfinite(value)}
     card = export(result.encoder, spec, data, out_dir, metrics, info)
-    files = _store_model_files(context, lease, out_dir, card)
-    store_projection(context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed)
-    summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
-    event = status_event(
-        job.job_id,
-        "succeeded",
-        f"succeeded at step {result.step}" + (f": {summary}" if summary else ""),
-        key="final",
-        metrics=metrics,
+    projection = make_projection(
+        context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed
     )
+    summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+    events = [projection_event(job.job_id, job.run_key, projection)] if projection is not None else []
+    events.append(
+        status_event(
+            job.job_id,
+            "succeeded",
+            f"succeeded at step {result.step}" + (f": {summary}" if summary else ""),
+            key="final",
+            metrics=metrics,
+        )
+    )
+
+    def outputs(session: Session) -> dict[str, Any]:
+        return {
+            "model_artifacts": _store_model_files(context, session, out_dir, card),
+            "projection": store_projection(session, context.artifacts, projection) if projection else None,
+        }
+
     done = _finalize(
         context,
         lease,
         ["running", "cancelling"],
         "succeeded",
-        [event],
+        events,
+        outputs=outputs,
         metrics=metrics,
         step=result.step,
         epoch=result.epoch,
-        model_artifacts=files,
         card=card,
     )
-    if done:
-        return "succeeded"
-    _delete_artifacts(context, [entry["artifact_id"] for entry in files.values()])
-    return None
+    return "succeeded" if done else None
 
 
 def _store_model_files(
-    context: WorkerContext, lease: Lease, out_dir: Path, card: dict[str, Any]
+    context: WorkerContext, session: Session, out_dir: Path, card: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
-    """Put each exported file into the artifact store, one transaction each; check what was stored."""
-    return {
-        fmt: _while_leased(lease, f"storing {entry['file']}", lambda e=entry: _store_model_file(context, out_dir, e))
-        for fmt, entry in card["files"].items()
-    }
-
-
-def _store_model_file(context: WorkerContext, out_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    with context.session_factory() as session:
+    """Put each exported file into the artifact store in the caller's transaction; check what was stored."""
+    files = {}
+    for fmt, entry in card["files"].items():
         artifact = context.artifacts.put(session, _file_chunks(out_dir / entry["file"]))
         if artifact.sha256 != entry["sha256"] or artifact.bytes != entry["bytes"]:
-            session.rollback()
             raise ModelStoreError(f"{entry['file']} did not reach the artifact store intact")
-        session.commit()
-    return {"artifact_id": artifact.id, "sha256": artifact.sha256, "bytes": artifact.bytes, "file": entry["file"]}
+        files[fmt] = {
+            "artifact_id": artifact.id,
+            "sha256": artifact.sha256,
+            "bytes": artifact.bytes,
+            "file": entry["file"],
+        }
+    return files
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -382,12 +397,24 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield piece
 
 
-def _delete_artifacts(context: WorkerContext, artifact_ids: list[str]) -> None:
-    """Drop files stored for an ending that did not happen (someone else owns the job now)."""
-    with context.session_factory() as session:
-        for artifact_id in artifact_ids:
+def _output_artifact_ids(outputs: dict[str, Any]) -> list[str]:
+    """The artifacts an ending's outputs point at."""
+    files = outputs.get("model_artifacts") or {}
+    projection = outputs.get("projection")
+    return [entry["artifact_id"] for entry in files.values()] + ([projection["artifact_id"]] if projection else [])
+
+
+def _drop_outputs(context: WorkerContext, session: Session, job_id: str, outputs: dict[str, Any]) -> None:
+    """Remove the outputs stored for an ending that will not happen, before its rollback.
+
+    The rollback alone removes every row, and the bytes of database blobs; files
+    and S3 objects are outside the transaction, so they are deleted here.
+    """
+    for artifact_id in _output_artifact_ids(outputs):
+        try:
             context.artifacts.delete(session, artifact_id)
-        session.commit()
+        except Exception:  # noqa: BLE001 - a leftover file is harmless; the ending's answer is what matters
+            log.warning("job %s: could not remove artifact %s", job_id, artifact_id, exc_info=True)
 
 
 def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception) -> str | None:
@@ -432,22 +459,31 @@ def _finalize(
     from_statuses: list[str],
     to_status: str,
     events: list[NewEvent],
+    *,
+    outputs: Outputs | None = None,
     **fields: Any,
 ) -> bool:
-    """One transaction: prove the lease, change the status, clear the lease, write the events."""
+    """One transaction: store the outputs, prove the lease, change the status, clear the lease, write the events.
+
+    ``outputs`` stores the job's outputs in that transaction and returns the
+    columns that point at them; they are stored before the lease is renewed, so
+    on PostgreSQL the job's row is locked (by the renewal) only for the short
+    rest of the transaction, not while the files go in.
+    """
     return _while_leased(
         lease,
         f"ending as {to_status}",
-        lambda: _finalize_once(context, lease, from_statuses, to_status, events, **fields),
+        lambda: _finalize_once(context, lease, from_statuses, to_status, events, outputs, **fields),
     )
 
 
 def _while_leased(lease: Lease, what: str, write: Callable[[], T]) -> T:
-    """Run one of the ending's writes, waiting out a database outage (with backoff) while the lease lives.
+    """Run the ending's write, waiting out a database outage (with backoff) while the lease lives.
 
-    Each write is one transaction, so a try cut off by the outage left nothing
-    behind and the next try starts clean; a run that trained through an outage
-    is not thrown away for want of its last writes.
+    The write is one transaction, so a try cut off by the outage left nothing
+    behind (but the bytes of file and S3 artifacts, which no row names) and the
+    next try starts clean; a run that trained through an outage is not thrown
+    away for want of its last write.
     """
     delay = RETRY_FIRST_S
     while True:
@@ -467,10 +503,13 @@ def _finalize_once(
     from_statuses: list[str],
     to_status: str,
     events: list[NewEvent],
+    outputs: Outputs | None,
     **fields: Any,
 ) -> bool:
     with context.session_factory() as session:
+        stored = outputs(session) if outputs is not None else {}
         if not lease.renew(session):
+            _drop_outputs(context, session, lease.job_id, stored)
             session.rollback()
             log.warning("job %s: lease lost before it could become %s", lease.job_id, to_status)
             return False
@@ -482,8 +521,10 @@ def _finalize_once(
             lease_owner=None,
             lease_expires_at=None,
             **fields,
+            **stored,
         )
         if not moved:
+            _drop_outputs(context, session, lease.job_id, stored)
             session.rollback()
             log.info("job %s: not in %s any more; leaving it", lease.job_id, from_statuses)
             return False

@@ -89,7 +89,7 @@ def _job(db: sessionmaker[Session], owner_id: int, *, running: bool = False) -> 
 
 
 def _succeed_with_map(db: sessionmaker[Session], settings: Settings, job_id: str, body: dict) -> None:
-    """What worker/projection.py leaves: an artifact holding the map, and an event naming it."""
+    """What a worker before migration 0003 left: an artifact holding the map, and an event naming it."""
     store = artifact_store_from_url(settings.artifacts)
     with db() as session:
         artifact = store.put(session, [json.dumps(body).encode()])

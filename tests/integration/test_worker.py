@@ -530,7 +530,7 @@ def test_only_the_last_three_checkpoints_are_kept(context: WorkerContext) -> Non
         assert [c.step for c in checkpoints] == [10, 12, 14]
         kept = {c.artifact_id for c in checkpoints}
         model_ids = {e["artifact_id"] for e in load_job(sf, job_id).model_artifacts.values()}
-        map_ids = {e.data["artifact_id"] for e in events_of(sf, job_id) if e.type == "projection"}
+        map_ids = {load_job(sf, job_id).projection["artifact_id"]}
         assert len(map_ids) == 1
         assert set(session.scalars(select(Artifact.id))) == kept | model_ids | map_ids
 
