@@ -25,7 +25,8 @@ from core import losses
 from core.data import load_dataset
 from core.models import build_net
 from core.spec import validate_spec
-from core.train import NullCallbacks, Trainer, epoch_order
+from core.array_train import ArrayTrainer
+from core.loop import NullCallbacks, epoch_order
 
 CASES = {
     "mlp/blobs": {"dataset": {"name": "blobs", "size": 20000, "params": {"num_features": 64}},
@@ -77,7 +78,7 @@ def engine(spec, data) -> tuple[float, int]:
     steps, and the plain loop has none, so they are left out of both clocks.
     """
     clock = _StepClock()
-    trainer = Trainer(spec, data, clock)
+    trainer = ArrayTrainer(spec, data, clock)
     start = time.perf_counter()
     result = trainer.run()
     return clock.last - start, result.step

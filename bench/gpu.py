@@ -6,7 +6,7 @@ network, loss, batches and data order, each after its own warm-up epoch
 
 * plain: what a user writes by hand: the net on the GPU, the data on the GPU,
   bf16 autocast, AdamW with its defaults; nothing else;
-* engine: `core.train.Trainer` (bf16 autocast, TF32, channels_last, fused AdamW,
+* engine: `core.array_train.ArrayTrainer` (bf16 autocast, TF32, channels_last, fused AdamW,
   its schedule, progress reports and per-epoch checkpoints included);
 * engine + compile: the same with `train.compile`.
 
@@ -35,7 +35,8 @@ from core import losses
 from core.data import load_dataset
 from core.models import build_net
 from core.spec import validate_spec
-from core.train import NullCallbacks, Trainer, epoch_order
+from core.array_train import ArrayTrainer
+from core.loop import NullCallbacks, epoch_order
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H200": 989.5, "H100 SXM": 989.5, "H100 PCIe": 756.0, "H100": 989.5, "A100": 312.0,
@@ -130,7 +131,7 @@ class StepClock(NullCallbacks):
 def engine(spec, data, device: torch.device) -> tuple[float, int, bool]:
     steps_per_epoch = len(data.x_train) // spec.train.batch_size
     clock = StepClock(device, steps_per_epoch)
-    Trainer(spec, data, clock, device).run()
+    ArrayTrainer(spec, data, clock, device).run()
     return clock.last - clock.start, (spec.train.epochs - 1) * steps_per_epoch, clock.fell_back
 
 

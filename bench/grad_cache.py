@@ -2,7 +2,7 @@
 
 SimCLR-style NT-Xent with two augmented views (the positive of each row is its
 other view; the in-batch negatives of a multiple-negatives ranking loss) on
-MNIST-1D with the conv1d encoder, trained by the engine (`core.train.Trainer`).
+MNIST-1D with the conv1d encoder, trained by the engine (`core.array_train.ArrayTrainer`).
 Each case runs in a fresh subprocess whose address space is capped (8 GiB by
 default); it reports the training samples per second (from the start of `run()`
 to its last step, as bench/engine.py) and the child's peak RSS (`ru_maxrss`).
@@ -53,7 +53,8 @@ def child(spec: dict, cap_gib: float) -> None:
     sys.path.insert(0, str(ROOT))
     from core.data import load_dataset
     from core.spec import validate_spec
-    from core.train import NullCallbacks, Trainer
+    from core.array_train import ArrayTrainer
+    from core.loop import NullCallbacks
 
     class StepClock(NullCallbacks):
         def __init__(self) -> None:
@@ -70,7 +71,7 @@ def child(spec: dict, cap_gib: float) -> None:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     clock = StepClock()
     try:
-        trainer = Trainer(parsed, data, clock)
+        trainer = ArrayTrainer(parsed, data, clock)
         start = time.perf_counter()
         trainer.run()
     except (RuntimeError, MemoryError) as error:

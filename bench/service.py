@@ -130,7 +130,7 @@ def service_overhead(client: httpx.Client) -> dict[str, float]:
     data = load_dataset(spec)
     result = train(spec, data)
     with tempfile.TemporaryDirectory() as out:
-        export(result.encoder, spec, data, out, result.metrics)
+        export(result, data, out)
     return {
         "loop_service": training["steps"] / training["seconds_last_attempt"],
         "loop_alone": result.step / result.seconds,

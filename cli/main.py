@@ -50,7 +50,7 @@ def schema() -> None:
 @app.command("catalog")
 def show_catalog(as_json: bool = typer.Option(False, "--json", help="print the catalog as JSON")) -> None:
     """List every dataset, encoder, loss, mixing method and metric with its parameters."""
-    from core.catalog import SECTIONS, catalog_json, mixup_implemented
+    from core.catalog import SECTIONS, catalog_json
 
     if as_json:
         print(json.dumps(catalog_json(), indent=2))
@@ -61,17 +61,17 @@ def show_catalog(as_json: bool = typer.Option(False, "--json", help="print the c
         for col in ("name", "parameters (default)", "needs", "summary"):
             table.add_column(col, overflow="fold")
         for e in entries.values():
-            params = ", ".join(f"{p.name}={p.default}" for p in e.params)
+            params = ", ".join(f"{p.name}={p.default}" for p in e.common + e.params)
             needs = f"labels={e.labels}" + (f", views={e.views}" if e.views > 1 else "")
-            implemented = e.kind != "mixup" or mixup_implemented(e.name)
-            summary = e.summary + ("" if implemented else " [not implemented yet]")
-            table.add_row(e.name, params, needs, summary)
+            table.add_row(e.name, params, needs, e.summary)
         out.print(table)
 
 
 @app.command()
 def validate(spec_path: Path) -> None:
-    """Validate a spec file; print the normalised spec with every default filled in."""
+    """Validate a spec file; print the resolved spec (every default filled in): what a job stores and runs.
+
+    Metrics that depend on a local file's task are filled once `train` reads the file."""
     spec = _load(spec_path)
     print(json.dumps(spec.model_dump(mode="json"), indent=2))
 
@@ -145,9 +145,9 @@ def train(
                                   device=torch.device(device) if device else None)
         except (UnsupportedSpec, Diverged) as exc:
             _fail(str(exc))
-    card = export(result.encoder, spec, data, out, result.metrics,
-                  {"steps": result.step, "epochs": result.epoch, "seconds": round(result.seconds, 2)})
-    table = Table(title=f"{spec.name}: test metrics")
+    card = export(result, data, out, training={"steps": result.step, "epochs": result.epoch,
+                                               "seconds": round(result.seconds, 2)})
+    table = Table(title=f"{result.spec.name}: test metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():

@@ -43,16 +43,32 @@ class Entry:
     task: Task | None = None
     paper: str | None = None
     source: str | None = None
-    implemented: bool = True
+    # Mixing methods only: the fields common to all methods (spec.mixup.alpha, .level, .weight)
+    # that this one uses, with its defaults; the level's choices are the levels it mixes at.
+    # A common field a method does not list is refused, never ignored.
+    common: tuple[Param, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
+    def complete(self, given: dict[str, Any]) -> dict[str, Any]:
+        """`given` with every parameter it leaves out set to its default: the one place defaults are merged."""
+        return {**self.defaults(), **given}
+
+    def common_defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.common}
+
+    def levels(self) -> tuple[str, ...]:
+        """The levels a mixing method mixes at (the first is its default); () for one that mixes nothing."""
+        level = next((p for p in self.common if p.name == "level"), None)
+        return level.choices if level is not None and level.choices else ()
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         # plain JSON types only (choices are tuples here), so the API's answer equals what a client parses
-        data["params"] = [{**asdict(p), "choices": None if p.choices is None else list(p.choices)} for p in self.params]
+        for key in ("params", "common"):
+            data[key] = [{**asdict(p), "choices": None if p.choices is None else list(p.choices)} for p in getattr(self, key)]
         return data
 
 
@@ -193,9 +209,23 @@ _PAIR_LOSSES = ["contrastive", "triplet", "multi_similarity", "supcon", "ntxent"
 _CLASS_LOSSES = ["proxy_anchor", "normalized_softmax", "arcface", "cross_entropy"]
 _b = lambda name, default, help="": Param(name, "bool", default, None, None, None, help)  # noqa: E731
 
-# `spec.mixup.alpha`, `.level` and `.weight` are common to all methods; `params` below are each
-# method's own. extra["losses"] lists the objective losses a method can be combined with and
-# extra["levels"] the levels it can mix at (the first is the default).
+
+
+def _alpha(default: float) -> Param:
+    return _f("alpha", default, 0.0, 100.0, "lambda ~ Beta(alpha, alpha)")
+
+
+def _level(*levels: str) -> Param:
+    return _s("level", levels[0], levels, "where the batch is mixed")
+
+
+def _weight(default: float) -> Param:
+    return _f("weight", default, 0.0, 100.0, "weight of the mixed term in the total loss")
+
+
+# `common` lists the fields of spec.mixup shared by all methods (alpha, level, weight) that a
+# method uses, with its defaults; `params` are each method's own. extra["losses"] lists the
+# objective losses a method can be combined with.
 MIXUPS: dict[str, Entry] = {
     e.name: e
     for e in [
@@ -203,59 +233,60 @@ MIXUPS: dict[str, Entry] = {
               (_s("partner", "permutation", ("permutation", "flip"), "random permutation or the flipped batch (timm)"),
                _b("per_sample", False, "one lambda per sample instead of per batch")),
               labels="class", paper="Zhang et al., mixup (2018)",
-              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["input"]}),
+              common=(_alpha(1.0), _level("input")), extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES}),
         Entry("manifold", "mixup", "Mix the hidden state after a chosen or random block, and the labels.",
               (_i("block", -1, -1, 64, "block index; -1 draws one per step"),
                _s("partner", "permutation", ("permutation", "flip")), _b("per_sample", False)),
               labels="class", paper="Verma et al., Manifold Mixup (2019)",
-              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["manifold"]}),
+              common=(_alpha(1.0), _level("manifold")), extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES}),
         Entry("embedding", "mixup", "Mix the final embeddings and the labels.",
               (_s("partner", "permutation", ("permutation", "flip")), _b("per_sample", False)),
-              labels="class", extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["embedding"]}),
+              labels="class", common=(_alpha(1.0), _level("embedding")), extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES}),
         Entry("cutmix", "mixup", "Paste a box of side sqrt(1 - lambda) from the partner image; lambda from the pasted area.",
               (_s("partner", "permutation", ("permutation", "flip")),),
               labels="class", paper="Yun et al., CutMix (2019)",
-              extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "levels": ["input"], "input_rank": [3]}),
+              common=(_alpha(1.0), _level("input")), extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "input_rank": [3]}),
         Entry("metrix", "mixup", "Metric Mix: mix a positive with a negative of an anchor; the mixed pair weights the positive term by lambda, the negative by 1 - lambda. Total = clean + weight * mixed.",
               (_s("mix", "pos_neg", ("pos_neg", "anchor_neg"), "mix a positive with a negative, or the anchor itself with a negative"),),
               labels="class", min_per_class=2,
               paper="Venkataramanan et al., It Takes Two to Tango: Mixup for Deep Metric Learning (ICLR 2022)", source="billpsomas/metrix",
-              extra={"losses": ["contrastive", "multi_similarity", "proxy_anchor"], "levels": ["feature", "input", "embedding"],
-                     "defaults": {"alpha": 2.0, "weight": 0.4}}),
+              common=(_alpha(2.0), _level("feature", "input", "embedding"), _weight(0.4)),
+              extra={"losses": ["contrastive", "multi_similarity", "proxy_anchor"]}),
         Entry("supremix", "mixup", "Supervised contrastive regression with mix-neg (anchor-inclusive) and mix-pos (anchor-exclusive) pairs and a distance-magnified denominator.",
               (_f("neg_beta_a", 2.0, 0.01, 100.0), _f("neg_beta_b", 8.0, 0.01, 100.0), _i("window", 5, 1, 1000),
                _f("temperature", 0.3, 0.001, 10.0)),
               labels="target", views=2, paper="Wu et al., Mixup Your Own Pairs (2023)",
-              extra={"losses": ["supcon"], "levels": ["embedding"]}),
+              common=(_level("embedding"),), extra={"losses": ["supcon"]}),
         Entry("decoupled_mixup", "mixup", "Mixup soft cross-entropy plus the decoupled regulariser (each mixed class's CE with the other removed).",
               (_f("eta", 0.1, 0.0, 10.0), _s("mode", "both", ("both", "more", "less"))),
               labels="class", paper="Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
-              source="Westlake-AI/openmixup", extra={"losses": ["cross_entropy"], "levels": ["input", "manifold"]}),
+              source="Westlake-AI/openmixup", common=(_alpha(1.0), _level("input", "manifold"), _weight(1.0)),
+              extra={"losses": ["cross_entropy"]}),
         Entry("moco", "mixup", "MoCo v2: a momentum encoder and a queue of negatives, no mixing (MoCHi's baseline).",
               (_i("queue_size", 4096, 16, 1_000_000), _f("momentum", 0.999, 0.0, 1.0)),
               labels="none", views=2, paper="He et al., Momentum Contrast (2020); Chen et al., MoCo v2 (2020)",
-              extra={"losses": ["ntxent"], "levels": ["embedding"]}),
+              extra={"losses": ["ntxent"]}),
         Entry("mochi", "mixup", "MoCHi: per query, mix the N hardest queue negatives (s of them) and the query with negatives (s'); synthetic negatives are detached.",
               (_i("queue_size", 4096, 16, 1_000_000), _f("momentum", 0.999, 0.0, 1.0), _i("n_hard", 64, 2, 65536),
                _i("s", 32, 0, 65536), _i("s_prime", 16, 0, 65536)),
               labels="none", views=2, paper="Kalantidis et al., Hard Negative Mixing for Contrastive Learning (NeurIPS 2020)",
-              extra={"losses": ["ntxent"], "levels": ["embedding"]}),
+              common=(_level("embedding"),), extra={"losses": ["ntxent"]}),
         Entry("c_mixup", "mixup", "C-Mixup: partner j of i drawn with P(j|i) ~ exp(-|y_i - y_j|^2 / (2 sigma^2)); MSE on the mixed target.",
               (_f("sigma", 1.0, 1e-6, 1e6, "kernel bandwidth in target units"),),
               labels="target", paper="Yao et al., C-Mixup (NeurIPS 2022)", source="huaxiuyao/C-Mixup",
-              extra={"losses": ["mse"], "levels": ["input", "manifold"], "defaults": {"alpha": 2.0}}),
+              common=(_alpha(2.0), _level("input", "manifold")), extra={"losses": ["mse"]}),
         Entry("rankmixup", "mixup", "RankMixup: raw samples must be more confident than mixed ones (MRL) or ranked by NDCG (M-NDCG).",
               (_s("mode", "mrl", ("mrl", "mndcg")), _f("margin", 2.0, 0.0, 100.0), _i("n_mixed", 3, 1, 16)),
               labels="class", paper="Noh et al., RankMixup (ICCV 2023)", source="cvlab-yonsei/RankMixup",
-              extra={"losses": ["cross_entropy"], "levels": ["input"], "defaults": {"weight": 0.1}}),
+              common=(_alpha(1.0), _level("input"), _weight(0.1)), extra={"losses": ["cross_entropy"]}),
         Entry("mixed_barlow_twins", "mixup", "Mixed Barlow Twins: the cross-correlation of a mixed view must interpolate the views' (l_reg * l_BT * ||C(M,.) - lambda C(A,.) - (1-lambda) C(B',.)||^2).",
               (_f("l_reg", 4.0, 0.0, 1000.0),),
               labels="none", views=2, paper="Bandara et al., Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)",
-              source="wgcban/mix-bt", extra={"losses": ["barlow_twins"], "levels": ["input"]}),
+              source="wgcban/mix-bt", common=(_alpha(1.0), _level("input"), _weight(1.0)), extra={"losses": ["barlow_twins"]}),
         Entry("mixoe", "mixup", "Mixture Outlier Exposure: mix inputs with outliers; target lambda onehot + (1 - lambda) uniform.",
               (_s("mix", "mixup", ("mixup", "cutmix")), _s("outliers", "noise", ("noise", "shuffled"), "how outliers are made from the data"),),
               labels="class", paper="Zhang et al., Mixture Outlier Exposure (WACV 2023)", source="zjysteven/MixOE",
-              extra={"losses": ["cross_entropy"], "levels": ["input"], "defaults": {"weight": 5.0}}),
+              common=(_alpha(1.0), _level("input"), _weight(5.0)), extra={"losses": ["cross_entropy"]}),
     ]
 }
 
@@ -294,22 +325,18 @@ DEFAULT_METRICS: dict[Task, list[str]] = {
     "classification": ["precision_at_1", "recall_at_k", "map_at_r", "r_precision", "knn_accuracy"],
     "regression": ["mae", "rmse", "r2", "spearman"],
 }
+UNLABELLED_METRICS = ["uniformity"]
+
+
+def default_metrics(task: str | None) -> list[str]:
+    """What a run evaluates when its spec names no metrics: by the data's task, uniformity without labels."""
+    return list(DEFAULT_METRICS.get(task, UNLABELLED_METRICS))  # type: ignore[call-overload]
 
 SECTIONS: dict[str, dict[str, Entry]] = {
     "datasets": DATASETS, "encoders": ENCODERS, "losses": LOSSES, "mixups": MIXUPS, "metrics": METRICS,
 }
 
 
-def mixup_implemented(name: str) -> bool:
-    """Whether this engine build implements a mixing method (the registry, not the catalog, decides)."""
-    from core.mixup import METHODS  # imported here: core.mixup imports the spec, which imports this module
-
-    return name in METHODS
-
-
 def catalog_json() -> dict[str, list[dict[str, Any]]]:
     """The whole catalog as plain JSON, for the CLI and `GET /v1/catalog`."""
-    out = {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}
-    for entry in out["mixups"]:
-        entry["implemented"] = mixup_implemented(entry["name"])
-    return out
+    return {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}

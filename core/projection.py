@@ -20,7 +20,7 @@ from torch import Tensor
 
 from core.data import Dataset
 from core.models import Encoder
-from core.train import embed
+from core.array_train import embed
 
 FORMAT = 1
 MAX_POINTS = 1000

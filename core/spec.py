@@ -62,7 +62,8 @@ class DatasetSpec(Strict):
 class ModelSpec(Strict):
     encoder: str = "mlp"
     embedding_dim: int = Field(128, ge=2, le=8192)
-    width: int | None = Field(None, ge=4, le=8192, description="hidden units (mlp) or channels (conv); None: the encoder's default")
+    width: int | None = Field(None, ge=4, le=8192, description="hidden units (mlp) or channels (conv); None: the encoder's default "
+                                                                "(text encoders have a fixed architecture: leave it out)")
     params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
     projection_dim: int | None = Field(None, ge=2, le=8192, description="training-only projection head; None for none")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -74,11 +75,16 @@ class ObjectiveSpec(Strict):
     views: Literal[1, 2] | None = Field(None, description="views per sample; None takes the loss's default")
 
 
+_COMMON = "None: the method's default (GET /v1/catalog); refused where the method does not use it"
+
+
 class MixupSpec(Strict):
+    """The mixing method; `alpha`, `level` and `weight` are common fields that only some methods use."""
+
     method: str
-    alpha: float = Field(1.0, gt=0.0, le=100.0)
-    level: Literal["input", "manifold", "feature", "embedding"] | None = None
-    weight: float = Field(1.0, ge=0.0, le=100.0)
+    alpha: float | None = Field(None, gt=0.0, le=100.0, description=_COMMON)
+    level: Literal["input", "manifold", "feature", "embedding"] | None = Field(None, description=_COMMON)
+    weight: float | None = Field(None, ge=0.0, le=100.0, description=_COMMON)
     params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=16)
 
 
@@ -140,12 +146,6 @@ class JobSpec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
-
-    def views(self) -> int:
-        return self.objective.views or catalog.LOSSES[self.objective.loss].views
-
-    def loss_params(self) -> dict[str, Any]:
-        return {**catalog.LOSSES[self.objective.loss].defaults(), **self.objective.params}
 
 
 # The DESIGN.md example, verbatim: the API shows it on its /docs page, and
@@ -210,8 +210,8 @@ def _size_errors(size: int | None, ds: catalog.Entry) -> list[dict[str, str]]:
     return []
 
 
-def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
-    """Checks that need the catalog: names exist, parameters fit, the combination can run."""
+def _name_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Every name the spec uses exists in the catalog (resolution needs them)."""
     errors = _lookup("model.encoder", spec.model.encoder, catalog.ENCODERS)
     errors += _lookup("objective.loss", spec.objective.loss, catalog.LOSSES)
     if spec.dataset.name is not None:
@@ -220,10 +220,29 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors += _lookup("mixup.method", spec.mixup.method, catalog.MIXUPS)
     for m in spec.eval.metrics or []:
         errors += _lookup("eval.metrics", m, catalog.METRICS)
-    if errors:
-        return errors
+    return errors
+
+
+def _usage_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Fields the spec gives that its choices do not use: refused, never ignored (checked before resolution)."""
+    errors = []
+    if spec.mixup is not None:
+        mix = catalog.MIXUPS[spec.mixup.method]
+        used = [p.name for p in mix.common]
+        for name in ("alpha", "level", "weight"):
+            if getattr(spec.mixup, name) is not None and name not in used:
+                errors.append({"field": f"mixup.{name}",
+                               "message": f"{mix.name!r} does not use {name} (it uses {', '.join(used) or 'none of alpha, level, weight'}); "
+                                          "remove it"})
+    if spec.dataset.size is not None and "size" in spec.dataset.params:
+        errors.append({"field": "dataset.params.size", "message": "give the size once, as dataset.size"})
+    return errors
+
+
+def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Checks of a resolved spec that need the catalog: parameters fit, the combination can run."""
     loss = catalog.LOSSES[spec.objective.loss]
-    errors += _check_params("objective.params", spec.objective.params, loss)
+    errors = _check_params("objective.params", spec.objective.params, loss)
     errors += _check_params("model.params", spec.model.params, catalog.ENCODERS[spec.model.encoder])
     if _is_text_encoder(spec):
         errors += _text_encoder_errors(spec)
@@ -232,7 +251,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors += _check_params("dataset.params", spec.dataset.params, ds)
         errors += _size_errors(spec.dataset.size, ds)
         errors += compatibility_errors(spec, task=ds.task, input_rank=len(ds.extra["input_shape"]))
-    if loss.labels == "none" and spec.views() != 2:
+    if loss.labels == "none" and spec.objective.views != 2:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
@@ -252,10 +271,10 @@ def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.objective.loss not in losses:
         errors.append({"field": "mixup.method",
                        "message": f"{mix.name!r} cannot be combined with objective.loss {spec.objective.loss!r}; it works with {losses}"})
-    levels = mix.extra.get("levels", [])
+    levels = list(mix.levels())
     if spec.mixup.level is not None and spec.mixup.level not in levels:
         errors.append({"field": "mixup.level", "message": f"{mix.name!r} mixes at {levels}, not {spec.mixup.level!r}"})
-    if mix.views == 2 and spec.views() != 2:
+    if mix.views == 2 and spec.objective.views != 2:
         errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
     return errors
 
@@ -307,7 +326,7 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
         what = "regression targets" if task == "regression" else "no labels"
         errors.append({"field": "objective.loss",
                        "message": f"{loss.name!r} needs class labels, but the dataset has {what}"})
-    if loss.labels == "optional" and spec.views() == 1 and task != "classification":
+    if loss.labels == "optional" and spec.objective.views == 1 and task != "classification":
         errors.append({"field": "objective.views",
                        "message": f"{loss.name!r} with one view uses class labels as positives; the dataset has none, so use views = 2"})
     ranks = catalog.ENCODERS[spec.model.encoder].extra["input_rank"]
@@ -376,22 +395,86 @@ def _text_encoder_errors(spec: JobSpec) -> list[dict[str, str]]:
             errors.append({"field": f"model.{field}", "message": f"{entry.name!r} has a fixed architecture; leave {field} out"})
     if spec.model.dropout:
         errors.append({"field": "model.dropout", "message": f"{entry.name!r} keeps its own dropout (0.1); leave dropout at 0"})
-    if spec.train.grad_cache_chunk is not None or spec.train.compile:
-        field = "train.grad_cache_chunk" if spec.train.grad_cache_chunk is not None else "train.compile"
-        errors.append({"field": field, "message": f"not available for {entry.name!r}; leave it out"})
+    if spec.train.compile:
+        errors.append({"field": "train.compile", "message": f"not available for {entry.name!r}; leave it out"})
     return errors
 
 
+# ------------------------------------------------------------------ resolution
+
+
+def resolve(spec: JobSpec) -> JobSpec:
+    """The spec with every default the catalog states written into it: what a job stores and runs.
+
+    Loss, encoder, dataset and mixing-method parameters, the method's common fields
+    (alpha, level, weight: only those it uses), encoder width, views, whether views
+    are augmented, and the evaluation metrics where the task is known without the
+    data (built-in datasets, text encoders; `resolve_for_task` fills them once an
+    upload or file says its task). Builders read only the resolved spec, so this is
+    the one place a default reaches a run. Idempotent; names must exist.
+    """
+    loss = catalog.LOSSES[spec.objective.loss]
+    views = spec.objective.views or loss.views
+    update: dict[str, Any] = {
+        "dataset": _resolved_dataset(spec.dataset),
+        "model": resolve_model(spec.model),
+        "objective": spec.objective.model_copy(update={"params": loss.complete(spec.objective.params), "views": views}),
+        "augment": spec.augment.model_copy(update={
+            "enabled": views == 2 if spec.augment.enabled is None else spec.augment.enabled}),
+    }
+    if spec.mixup is not None:
+        mix = catalog.MIXUPS[spec.mixup.method]
+        given = {name: getattr(spec.mixup, name) for name in mix.common_defaults() if getattr(spec.mixup, name) is not None}
+        update["mixup"] = spec.mixup.model_copy(update={**mix.common_defaults(), **given, "params": mix.complete(spec.mixup.params)})
+    resolved = spec.model_copy(update=update)
+    if _is_text_encoder(spec):
+        return _with_metrics(resolved, catalog.TEXT_PAIRS["default_metrics"])
+    if spec.dataset.name is not None:
+        return resolve_for_task(resolved, catalog.DATASETS[spec.dataset.name].task)
+    return resolved
+
+
+def resolve_model(model: ModelSpec) -> ModelSpec:
+    """The encoder's parameters and width completed (also for model files exported before specs were resolved)."""
+    encoder = catalog.ENCODERS[model.encoder]
+    return model.model_copy(update={"params": encoder.complete(model.params),
+                                    "width": model.width or encoder.extra.get("default_width")})
+
+
+def resolve_for_task(spec: JobSpec, task: str | None) -> JobSpec:
+    """A resolved spec with the evaluation metrics of data of this task when it asks for none."""
+    return _with_metrics(spec, catalog.default_metrics(task))
+
+
+def _with_metrics(spec: JobSpec, metrics: list[str]) -> JobSpec:
+    if spec.eval.metrics is not None:
+        return spec
+    return spec.model_copy(update={"eval": spec.eval.model_copy(update={"metrics": list(metrics)})})
+
+
+def _resolved_dataset(ds: DatasetSpec) -> DatasetSpec:
+    """A built-in dataset's parameters completed; its size, a parameter of some, lives in `dataset.size`."""
+    if ds.name is None:
+        return ds
+    params = catalog.DATASETS[ds.name].complete(ds.params)
+    size = params.pop("size", None)
+    return ds.model_copy(update={"params": params, "size": ds.size if ds.size is not None else size})
+
+
 def validate_spec(data: dict[str, Any] | str | bytes) -> JobSpec:
-    """Parse and fully validate a spec; raise SpecError naming each bad field."""
+    """Parse, resolve and fully validate a spec; return the resolved spec or raise SpecError naming each bad field."""
     try:
         spec = JobSpec.model_validate_json(data) if isinstance(data, (str, bytes)) else JobSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_pydantic_errors(exc)) from None
-    errors = semantic_errors(spec)
+    errors = _name_errors(spec)
     if errors:
         raise SpecError(errors)
-    return spec
+    resolved = resolve(spec)
+    errors = _usage_errors(spec) + semantic_errors(resolved)
+    if errors:
+        raise SpecError(errors)
+    return resolved
 
 
 def load_spec_file(path: str | Path) -> JobSpec:

@@ -68,7 +68,7 @@ def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Data
 
 def _check_class_counts(y_train: np.ndarray | None, task: str | None, spec: JobSpec) -> None:
     loss = catalog.LOSSES[spec.objective.loss]
-    if task != "classification" or spec.views() == 2:
+    if task != "classification" or spec.objective.views == 2:
         return  # a second view makes every sample its own positive
     need = loss.min_per_class
     counts = Counter(y_train.tolist())

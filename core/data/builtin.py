@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core import catalog
 
 RawArrays = dict[str, Any]  # x, y, optional x_test / y_test, optional class_names
 
@@ -76,10 +75,8 @@ def blobs(size: int, num_classes: int, num_features: int, cluster_std: float, se
 
 
 def load_builtin(name: str, size: int | None, params: dict[str, Any]) -> RawArrays:
-    entry = catalog.DATASETS[name]
-    opts = {**entry.defaults(), **params}
-    if size is not None:
-        opts["size"] = size
+    """The arrays of a built-in dataset from a resolved spec's `dataset.size` and `dataset.params`."""
+    opts = {**params, "size": size}
     makers: dict[str, Callable[[], RawArrays]] = {
         "mnist1d": lambda: mnist1d(int(opts["size"])),
         "digits": digits,

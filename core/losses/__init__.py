@@ -53,7 +53,10 @@ LOSS_CLASSES: dict[str, type[nn.Module]] = {
 
 
 def build(name: str, *, num_classes: int | None = None, embedding_dim: int | None = None, **params: Any) -> nn.Module:
-    """The loss `name` with the catalog's defaults, overridden by `params`.
+    """The loss `name` with `params`; the catalog's defaults complete what they leave out.
+
+    The engine passes a resolved spec's complete `objective.params`; the defaults are
+    for callers that build a loss by name (tests, benchmarks, library use).
 
     `num_classes` and `embedding_dim` go to the losses whose constructor takes
     them (the class-weight losses and the heads) and are ignored by the others,
@@ -72,7 +75,7 @@ def build(name: str, *, num_classes: int | None = None, embedding_dim: int | Non
         if choices is not None and value not in choices:
             raise ValueError(f"loss {name!r}: {key}={value!r}, expected one of {choices}")
     cls = LOSS_CLASSES[name]
-    return cls(**_sizes(name, cls, num_classes=num_classes, embedding_dim=embedding_dim), **(entry.defaults() | params))
+    return cls(**_sizes(name, cls, num_classes=num_classes, embedding_dim=embedding_dim), **entry.complete(params))
 
 
 def _sizes(name: str, cls: type[nn.Module], **sizes: int | None) -> dict[str, int | None]:

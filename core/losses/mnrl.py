@@ -25,7 +25,7 @@ class MultipleNegativesRankingLoss(nn.Module):
     two_view: ClassVar[bool] = True
     labels: ClassVar[str] = "none"
 
-    def __init__(self, scale: float = 20.0) -> None:
+    def __init__(self, scale: float) -> None:
         super().__init__()
         self.scale = scale
 

@@ -1,28 +1,47 @@
 """Mixing methods of the seed papers, each selected by `spec.mixup.method`.
 
 `build` returns the method's module; the training loop calls it for every batch
-(see `core.mixup.base.MixingMethod`). A method is registered in METHODS below and
-described in `core.catalog.MIXUPS` (parameters, defaults, data needs, paper).
+(see `core.mixup.base.MixingMethod`). `METHODS` names every method's class;
+`core.catalog.MIXUPS` describes the same names (parameters, defaults, data
+needs, paper), and a test keeps the two in step.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from core.mixup.barlow import MixedBarlowTwins
 from core.mixup.base import Batch, MixingMethod
+from core.mixup.c_mixup import CMixup
+from core.mixup.classification import DecoupledMixup, MixOE, RankMixup
+from core.mixup.generic import CutMix, EmbeddingMixup, InputMixup, ManifoldMixup
+from core.mixup.metrix import Metrix
+from core.mixup.moco import MoCHi, MoCo
+from core.mixup.supremix import SupReMix
 from core.spec import JobSpec
 
-METHODS: dict[str, type[MixingMethod]] = {}
+METHODS: dict[str, type[MixingMethod]] = {
+    "input": InputMixup,
+    "manifold": ManifoldMixup,
+    "embedding": EmbeddingMixup,
+    "cutmix": CutMix,
+    "metrix": Metrix,
+    "supremix": SupReMix,
+    "decoupled_mixup": DecoupledMixup,
+    "moco": MoCo,
+    "mochi": MoCHi,
+    "c_mixup": CMixup,
+    "rankmixup": RankMixup,
+    "mixed_barlow_twins": MixedBarlowTwins,
+    "mixoe": MixOE,
+}
 
 
 def build(spec: JobSpec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int) -> MixingMethod | None:
-    """The spec's mixing method, or None when the spec mixes nothing."""
+    """The resolved spec's mixing method, or None when the spec mixes nothing."""
     if spec.mixup is None:
         return None
     return METHODS[spec.mixup.method](spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
 
 
 __all__ = ["Batch", "METHODS", "MixingMethod", "build"]
-
-# Importing a method's module registers it in METHODS (each module ends with METHODS[name] = ...).
-from core.mixup import barlow, c_mixup, classification, generic, metrix, moco, supremix  # noqa: E402,F401

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from core.losses.barlow_twins import standardise
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import method_params, mix, mixup_setting, partners, sample_lambda_float
+from core.mixup.mixing import mix, partners, sample_lambda_float
 from core.models import TrainingNet
 
 
@@ -53,9 +52,9 @@ class MixedBarlowTwins(MixingMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         if not hasattr(base_loss, "lambda_offdiag"):
             raise ValueError(f"mixed_barlow_twins needs the barlow_twins loss; got {type(base_loss).__name__}")
-        self.l_reg = float(method_params(spec)["l_reg"])
-        self.alpha = float(mixup_setting(spec, "alpha"))
-        self.weight = float(mixup_setting(spec, "weight"))
+        self.l_reg = float(spec.mixup.params["l_reg"])
+        self.alpha = float(spec.mixup.alpha)
+        self.weight = float(spec.mixup.weight)
 
     def draw(self, gen: torch.Generator, n: int) -> tuple[float, Tensor]:
         """lambda then the permutation, in that order, from the run's generator."""
@@ -78,5 +77,3 @@ class MixedBarlowTwins(MixingMethod):
         base, reg = self.loss_given(net, x_a, x_b, lam, perm)
         return base + scale * reg
 
-
-METHODS["mixed_barlow_twins"] = MixedBarlowTwins

@@ -4,7 +4,7 @@ Per batch: for every sample i a partner j is drawn from the batch (i itself
 included) with P(j | i) proportional to exp(-|y_i - y_j|^2 / (2 sigma^2)), sigma =
 `params.sigma` in the target's own units (the reference's Gaussian KDE sampling
 rate, computed in-batch as its `batch_type 1`); one lambda ~ Beta(alpha, alpha),
-alpha = `spec.mixup.alpha` (the paper uses 2: set it, MixupSpec's default is 1);
+alpha = `spec.mixup.alpha` (the paper's 2 is the catalog's default);
 then
 
 * input (default): x~ = lam x_i + (1 - lam) x_j, encoded;
@@ -13,7 +13,7 @@ then
 
 and the loss is the MSE head on the mixed target lam y_i + (1 - lam) y_j (the head
 standardises targets, an affine map, so mixing raw or standardised targets is the
-same). lambda = 1 gives exactly the unmixed MSE. `spec.mixup.weight` is not used.
+same). lambda = 1 gives exactly the unmixed MSE. The method takes no `spec.mixup.weight`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from core.losses import MSELoss
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import kernel_partners, method_level, method_params, mix, sample_beta
+from core.mixup.mixing import kernel_partners, mix, sample_beta
 from core.models import TrainingNet
 from core.spec import JobSpec
 
@@ -34,10 +33,10 @@ class CMixup(MixingMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         if not isinstance(base_loss, MSELoss):
             raise ValueError(f"mixup.method: 'c_mixup' trains the regression head (objective.loss 'mse'), not {spec.objective.loss!r}")
-        self.sigma = float(method_params(spec)["sigma"])
-        self.level = method_level(spec)
+        self.sigma = float(spec.mixup.params["sigma"])
+        self.level = spec.mixup.level
         self.alpha = spec.mixup.alpha
-        if spec.views() != 1:
+        if spec.objective.views != 1:
             raise ValueError("objective.views: 'c_mixup' mixes one view of each sample; use views = 1")
 
     def draw(self, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -62,5 +61,3 @@ class CMixup(MixingMethod):
         partner, lam = self.draw(batch.y, batch.gen)
         return self.mixed_loss(net, x, batch.y, partner, lam)
 
-
-METHODS["c_mixup"] = CMixup

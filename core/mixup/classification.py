@@ -62,10 +62,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (cutmix_region, method_level, method_params, mix, mixup_setting, partners, paste,
-                               sample_lambda_float)
+from core.mixup.mixing import cutmix_region, mix, partners, paste, sample_lambda_float
 from core.models import Encoder, TrainingNet
 
 ECE_BINS = 15
@@ -163,10 +161,10 @@ class _ClassifierMethod(MixingMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         if not hasattr(base_loss, "logits") or num_classes is None:
             raise ValueError(f"{spec.mixup.method} needs the cross_entropy loss on class labels")
-        self.params = method_params(spec)
-        self.alpha = float(mixup_setting(spec, "alpha"))
-        self.weight = float(mixup_setting(spec, "weight"))
-        self.level = method_level(spec)
+        self.params = spec.mixup.params
+        self.alpha = float(spec.mixup.alpha)
+        self.weight = float(spec.mixup.weight)
+        self.level = spec.mixup.level
         self._net: list[TrainingNet] = []  # the training net seen last (not a submodule: not re-registered)
 
     def _remember(self, net: TrainingNet) -> None:
@@ -301,7 +299,3 @@ class MixOE(_ClassifierMethod):
         out_probs = self._probs(encoder, outliers)
         return ood_scores(probs.max(dim=1).values, out_probs.max(dim=1).values)
 
-
-METHODS["decoupled_mixup"] = DecoupledMixup
-METHODS["rankmixup"] = RankMixup
-METHODS["mixoe"] = MixOE

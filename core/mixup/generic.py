@@ -31,7 +31,7 @@ labels (y, y), as the loop does for label losses, except for a two-view loss
 then the instance ids (0..B-1 twice), so mixing follows i-mix. The clean batch
 is encoded view by view, like the loop, so lambda = 1 gives exactly the loop's
 unmixed loss (for class-weight losses up to the rounding of the soft-target
-path). `spec.mixup.weight` is not used: the mixed loss replaces the clean one.
+path). The methods take no `spec.mixup.weight` (the mixed loss replaces the clean one).
 """
 
 from __future__ import annotations
@@ -44,11 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from core.losses import ClassWeightLoss, CrossEntropyLoss
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (Mix, apply_cutmix, cutmix_box, forward_chunks, hidden_chunks, method_level, method_params,
-                               mix, partners, randint, sample_lambda, soft_pair_weights, soft_targets,
-                               views_of)
+from core.mixup.mixing import (Mix, apply_cutmix, cutmix_box, forward_chunks, hidden_chunks, mix, partners, randint,
+                               sample_lambda, soft_pair_weights, soft_targets, views_of)
 from core.models import TrainingNet
 from core.spec import JobSpec
 
@@ -65,13 +63,12 @@ class GenericMixup(MixingMethod):
 
     def __init__(self, spec: JobSpec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
-        params = method_params(spec)
-        method_level(spec)  # refuses a level this method does not mix at
+        params = spec.mixup.params
         self.alpha = spec.mixup.alpha
         self.partner_kind = params.get("partner", "permutation")
         self.per_sample = bool(params.get("per_sample", False))
         self.block = int(params.get("block", -1))
-        self.views = spec.views()
+        self.views = spec.objective.views
         self.class_loss = is_class_weight_loss(base_loss)
         self.instance = self.views == 2 and bool(getattr(base_loss, "two_view", False)) and not self.class_loss
         if self.class_loss and num_classes is None:
@@ -174,8 +171,3 @@ class CutMix(GenericMixup):
         pasted, lam = apply_cutmix(x, m.partner, m.box)
         return clean, forward_chunks(net, pasted, 0, self.views), lam
 
-
-METHODS["input"] = InputMixup
-METHODS["manifold"] = ManifoldMixup
-METHODS["embedding"] = EmbeddingMixup
-METHODS["cutmix"] = CutMix

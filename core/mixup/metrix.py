@@ -2,9 +2,8 @@
 
 Total loss = clean loss + w * mixed loss, w = `spec.mixup.weight`. One
 lambda ~ Beta(alpha, alpha) per step, alpha = `spec.mixup.alpha`. The paper's
-values are alpha 2 and w 0.4 (the catalog's extra["defaults"]); they are
-recommendations, not silent overrides: MixupSpec's own defaults (1.0, 1.0) are
-used when a spec leaves the fields out, so set them (the recipes do).
+values, alpha 2 and w 0.4, are the catalog's defaults, written into every
+resolved spec that leaves them out.
 
 Mixed points. For every sample u of the batch that has a sample of another class,
 one such negative v is drawn uniformly (from the run's generator) and
@@ -65,10 +64,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.losses import ContrastiveLoss, MultiSimilarityLoss, PairWeights, ProxyAnchorLoss
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (feature_start, forward_chunks, hidden_chunks, method_level, method_params, mix,
-                               nearest_distance, negative_partners, sample_beta, views_of)
+from core.mixup.mixing import (feature_start, forward_chunks, hidden_chunks, mix, nearest_distance, negative_partners,
+                               sample_beta, views_of)
 from core.models import Encoder, TrainingNet
 from core.spec import JobSpec
 
@@ -82,12 +80,11 @@ class Metrix(MixingMethod):
         if not isinstance(base_loss, (ContrastiveLoss, MultiSimilarityLoss, ProxyAnchorLoss)):
             raise ValueError(f"mixup.method: 'metrix' works with contrastive, multi_similarity or proxy_anchor, "
                              f"not objective.loss {spec.objective.loss!r}")
-        params = method_params(spec)
-        self.mix_kind = params["mix"]
-        self.level = method_level(spec)
+        self.mix_kind = spec.mixup.params["mix"]
+        self.level = spec.mixup.level
         self.alpha = spec.mixup.alpha
         self.weight = spec.mixup.weight
-        self.views = spec.views()
+        self.views = spec.objective.views
         if isinstance(base_loss, MultiSimilarityLoss):
             # the same loss without its miner, for the mixed pairs (the miner sees them as all-informative or none)
             self._mixed_ms = MultiSimilarityLoss(base_loss.alpha, base_loss.beta, base_loss.base, base_loss.miner_epsilon, False)
@@ -204,5 +201,3 @@ def utilization(encoder: Encoder, x_train: Tensor, y_train: Tensor, x_test: Tens
         encoder.train(was_training)
     return float(nearest_distance(queries, torch.cat(refs)).mean())
 
-
-METHODS["metrix"] = Metrix

@@ -14,48 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core import catalog
 from core.losses import PairWeights
 from core.models import Encoder, TrainingNet
-from core.spec import JobSpec
-
-# ------------------------------------------------------------------ parameters and levels
-
-
-def method_params(spec: JobSpec) -> dict[str, Any]:
-    """The method's own parameters: catalog defaults overridden by `spec.mixup.params`."""
-    entry = catalog.MIXUPS[spec.mixup.method]
-    return {**entry.defaults(), **spec.mixup.params}
-
-
-def mixup_setting(spec: JobSpec, name: str) -> Any:
-    """`spec.mixup.<name>` ("alpha" or "weight") when the spec sets it, else the method's recommended value.
-
-    The recommendation is the catalog's extra["defaults"] (RankMixup weight 0.1,
-    MixOE weight 5), falling back to MixupSpec's own default. Only the methods
-    that call this apply the catalog's recommendation; Metrix, C-Mixup and the
-    generic methods read `spec.mixup` directly, so there it stays advice.
-    """
-    mix = spec.mixup
-    if name in mix.model_fields_set:
-        return getattr(mix, name)
-    return catalog.MIXUPS[mix.method].extra.get("defaults", {}).get(name, getattr(mix, name))
-
-
-def method_level(spec: JobSpec) -> str:
-    """`spec.mixup.level`, or the method's default level (the first of the catalog's extra["levels"])."""
-    levels = catalog.MIXUPS[spec.mixup.method].extra["levels"]
-    level = spec.mixup.level or levels[0]
-    if level not in levels:
-        raise ValueError(f"mixup.level: {spec.mixup.method!r} mixes at {levels}, not {level!r}")
-    return level
-
 
 def sample_beta(a: float, b: float, shape: Sequence[int] | int, gen: torch.Generator,
                 dtype: torch.dtype = torch.float32) -> Tensor:

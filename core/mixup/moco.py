@@ -39,9 +39,8 @@ from torch import Tensor, nn
 from core.losses import PairWeights
 from core.losses.infonce import decoupled_pair_terms, safe_divide
 from core.losses.pairs import cosine_matrix
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import method_params, uniform
+from core.mixup.mixing import uniform
 from core.models import TrainingNet
 
 _KEY = "key_net."
@@ -109,7 +108,7 @@ class MoCo(MixingMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         if not hasattr(base_loss, "temperature"):
             raise ValueError(f"{spec.mixup.method} needs the ntxent loss (its temperature); got {type(base_loss).__name__}")
-        p = method_params(spec)
+        p = spec.mixup.params
         self.queue_size = int(p["queue_size"])
         self.momentum = float(p["momentum"])
         # A random unit-norm queue to start with, as MoCo does; seeded by the run's seed so
@@ -200,7 +199,7 @@ class MoCHi(MoCo):
 
     def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
-        p = method_params(spec)
+        p = spec.mixup.params
         self.n_hard, self.s, self.s_prime = int(p["n_hard"]), int(p["s"]), int(p["s_prime"])
 
     def synthetic(self, q: Tensor, queue: Tensor, gen: torch.Generator) -> Tensor | None:
@@ -208,6 +207,3 @@ class MoCHi(MoCo):
             return None
         return hard_negative_mixes(q, queue, self.n_hard, self.s, self.s_prime, gen)
 
-
-METHODS["moco"] = MoCo
-METHODS["mochi"] = MoCHi

@@ -47,9 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.losses.pairs import weighted_logsumexp
-from core.mixup import METHODS
 from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (forward_chunks, method_params, sample_beta, uniform,
+from core.mixup.mixing import (forward_chunks, sample_beta, uniform,
                                views_of)
 from core.models import TrainingNet
 from core.spec import JobSpec
@@ -154,11 +153,11 @@ def supremix_loss(f: Tensor, y: Tensor, mixtures: Mixtures | None, temperature: 
 class SupReMix(MixingMethod):
     def __init__(self, spec: JobSpec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
-        p = method_params(spec)
+        p = spec.mixup.params
         self.beta_a, self.beta_b = float(p["neg_beta_a"]), float(p["neg_beta_b"])
         self.window = float(p["window"])
         self.temperature = float(p["temperature"])
-        if spec.views() != 2:
+        if spec.objective.views != 2:
             raise ValueError("objective.views: 'supremix' contrasts two views of each sample; use views = 2")
 
     def loss_of(self, f: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
@@ -172,5 +171,3 @@ class SupReMix(MixingMethod):
         f = F.normalize(forward_chunks(net, x, 0, 2).float(), dim=1)
         return self.loss_of(f, batch.y.repeat(2), batch.gen)
 
-
-METHODS["supremix"] = SupReMix

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core import catalog
 from core.models.encoders import Encoder, Standardize, conv1d, conv2d, mlp, resnet18
 from core.spec import ModelSpec
 
@@ -15,10 +14,11 @@ _BUILDERS = {"mlp": mlp, "conv1d": conv1d, "conv2d": conv2d, "resnet18": resnet1
 
 
 def build_encoder(spec: ModelSpec, input_shape: tuple[int, ...], preprocess: Standardize) -> Encoder:
-    entry = catalog.ENCODERS[spec.encoder]
-    params = {**entry.defaults(), **spec.params}
-    width = spec.width or entry.extra["default_width"]
-    blocks, embed = _BUILDERS[spec.encoder](tuple(input_shape), width, spec.embedding_dim, dropout=spec.dropout, **params)
+    """The encoder a resolved model spec describes (`core.spec.resolve_model` fills width and params)."""
+    if spec.width is None:
+        raise ValueError("model.width is not set: build from a resolved spec (core.spec.resolve_model)")
+    blocks, embed = _BUILDERS[spec.encoder](tuple(input_shape), spec.width, spec.embedding_dim, dropout=spec.dropout,
+                                            **spec.params)
     return Encoder(preprocess, blocks, embed, spec.embedding_dim)
 
 

@@ -69,7 +69,7 @@ def _flat_size(blocks: list[nn.Module], input_shape: tuple[int, ...]) -> int:
     return h[0].numel()
 
 
-def mlp(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int = 2, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
+def mlp(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
     blocks: list[nn.Module] = []
     fan_in = 1
     for s in input_shape:
@@ -84,7 +84,7 @@ def mlp(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int
     return blocks, nn.Linear(fan_in, embedding_dim)
 
 
-def conv1d(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int = 3, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
+def conv1d(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
     """Conv-BN-ReLU blocks that halve the length, then a linear map of the flattened state.
 
     Flattening (after pooling to at most 8 positions) keeps where a feature occurred,
@@ -111,7 +111,7 @@ def conv1d(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: 
     return blocks, nn.Linear(_flat_size(blocks, input_shape), embedding_dim)
 
 
-def conv2d(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int = 3, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
+def conv2d(input_shape: tuple[int, ...], width: int, embedding_dim: int, depth: int, dropout: float = 0.0) -> tuple[list[nn.Module], nn.Module]:
     channels = input_shape[0]
     side = min(input_shape[1:])
     blocks: list[nn.Module] = []

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 HIDDEN_SIZE = 384
-DEFAULT_MAX_LENGTH = 64
 
 
 def base_model_dir() -> Path:
@@ -77,7 +76,7 @@ class TextEncoder(nn.Module):
 
     kind = "text"
 
-    def __init__(self, max_length: int = DEFAULT_MAX_LENGTH, *, pretrained: bool = True) -> None:
+    def __init__(self, max_length: int, *, pretrained: bool = True) -> None:
         super().__init__()
         from tokenizers import Tokenizer
 

@@ -12,7 +12,8 @@ import torch
 from core.data import load_dataset
 from core.export import export, load_safetensors, sha256_file
 from core.spec import validate_spec
-from core.train import embed, train
+from core.array_train import embed
+from core.train import train
 
 CASES = {
     "mnist1d-conv1d": ({"name": "mnist1d", "size": 200}, "conv1d"),
@@ -35,7 +36,7 @@ def exported(request, tmp_path_factory):
     data = load_dataset(spec)
     result = train(spec, data)
     out = tmp_path_factory.mktemp(request.param)
-    card = export(result.encoder, spec, data, out, result.metrics, {"steps": result.step})
+    card = export(result, data, out, training={"steps": result.step})
     reference = embed(result.encoder, data.x_test, torch.device("cpu")).numpy()
     return out, card, data, reference
 

@@ -10,7 +10,7 @@ from core.data import load_dataset
 from core.losses import build
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
 from core.spec import SpecError, validate_spec
-from core.train import Trainer
+from core.array_train import ArrayTrainer
 
 ATOL = 1e-5
 
@@ -129,7 +129,7 @@ def test_trainer_cached_step_equals_plain_step():
     """
     spec, cached_spec = _spec(), _spec(grad_cache_chunk=64)
     data = load_dataset(spec)
-    plain, cached = Trainer(spec, data), Trainer(cached_spec, data)
+    plain, cached = ArrayTrainer(spec, data), ArrayTrainer(cached_spec, data)
     idx = torch.arange(64)
     torch.manual_seed(9)  # both steps draw their dropout masks from the same state
     plain_loss = plain._train_step(idx)

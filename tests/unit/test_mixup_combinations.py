@@ -24,12 +24,13 @@ def _spec(method: str, loss: str) -> dict:
     two_view = mix.views == 2 or catalog.LOSSES[loss].labels == "none"
     params = {"queue_size": 64, "n_hard": 8, "s": 4, "s_prime": 2} if method == "mochi" else (
         {"queue_size": 64} if method == "moco" else {})
+    common = {name: value for name, value in (("alpha", 1.0), ("weight", 0.5)) if name in mix.common_defaults()}
     return {
         "name": f"{method}-{loss}",
         "dataset": dataset,
         "model": {"encoder": encoder, "embedding_dim": 8, "width": 8},
         "objective": {"loss": loss, **({"views": 2} if two_view else {})},
-        "mixup": {"method": method, "alpha": 1.0, "weight": 0.5, "params": params},
+        "mixup": {"method": method, **common, "params": params},
         "train": {"epochs": 1, "batch_size": 32, "seed": 1},
         "eval": {"metrics": [], "every_epochs": 0},
     }

