@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError, not_found, unauthorized
 from api.key_cache import Caller
 from api.runtime import Runtime
-from service.settings import Settings
 from store import authenticate, ensure_admin_key, get_job
 from store.models import Job, Owner
 
@@ -41,13 +40,6 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:

@@ -3,7 +3,7 @@
 Blobs are streamed in and out piece by piece, never held whole in memory, and
 hashed as they go. An artifact row is ``complete`` only after its last byte is
 written and its sha256 recorded, so a crash mid-upload can never leave a
-partial blob that looks whole. Two backends share the ``artifacts`` table:
+partial blob that looks whole. Three backends share the ``artifacts`` table:
 
 * :class:`DatabaseArtifacts` (the default): 1 MiB rows in ``artifact_chunks``,
   so a single database serves every worker with nothing else to set up.
