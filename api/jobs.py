@@ -48,6 +48,7 @@ from core.spec import (
     EXAMPLE_SPEC,
     JobSpec,
     compatibility_errors,
+    resolve_for_task,
     validate_spec,
 )
 from service.settings import Settings
@@ -221,6 +222,7 @@ def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) 
     errors += _split_errors(spec, info)
     if errors:
         raise invalid_spec(errors)
+    spec = resolve_for_task(spec, info["task"])  # the metrics a spec leaves to the data, now that its task is known
     if column is None:
         return spec
     return spec.model_copy(update={"dataset": ds.model_copy(update={"label_column": column})})

@@ -335,7 +335,7 @@ def _succeed(
     cannot carry NaN; the run's events already warned about them.
     """
     metrics = {name: value for name, value in result.metrics.items() if math.isfinite(value)}
-    card = export(result.encoder, spec, data, out_dir, metrics, info)
+    card = export(result, data, out_dir, metrics, info)
     projection = make_projection(
         context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed
     )

@@ -130,7 +130,7 @@ export async function newJobPage(page) {
     const mixName = spec.mixup && spec.mixup.method;
     const mix = byName("mixups", mixName);
     const metrics = catalog.metrics.filter((m) => !task || !m.task || m.task === task).map((m) => m.name);
-    const mixOptions = [["", "none"], ...catalog.mixups.filter((m) => m.implemented !== false).map((m) => [m.name, m.name])];
+    const mixOptions = [["", "none"], ...catalog.mixups.map((m) => [m.name, m.name])];
     const encoderSelect = select("model.encoder", catalog.encoders.map((e) => [e.name, e.name]), { rebuild: true });
     encoderSelect.addEventListener("change", () => { if (spec.model) delete spec.model.params; });
 
@@ -156,10 +156,7 @@ export async function newJobPage(page) {
       h("fieldset", {}, h("legend", {}, "Mixing"),
         field("mixup.method", "Method", select("mixup.method", mixOptions, {
           rebuild: true, onChange: (v) => { spec.mixup = v ? { method: v } : undefined; if (!v) delete spec.mixup; } }), mix ? mix.summary : "no mixing"),
-        mix ? h("div", { class: "params" },
-          field("mixup.alpha", "alpha", numberInput("mixup.alpha", { placeholder: "default" })),
-          field("mixup.weight", "weight", numberInput("mixup.weight", { placeholder: "default" })),
-          field("mixup.level", "level", select("mixup.level", [["", "default"], ...((mix.extra && mix.extra.levels) || []).map((l) => [l, l])]))) : null,
+        mix ? h("div", { class: "params" }, ...commonInputs(mix)) : null,
         paramInputs("mixups", mix, "mixup")),
       h("fieldset", {}, h("legend", {}, "Training"),
         h("div", { class: "params" },
@@ -171,6 +168,14 @@ export async function newJobPage(page) {
       h("fieldset", {}, h("legend", {}, "Export formats"), checkboxes("export.formats", FORMATS)),
       general,
       h("div", { class: "row" }, submit));
+  }
+
+  // The common mixing fields (alpha, level, weight) a method uses, with its defaults as placeholders:
+  // the catalog lists them, and a field the method does not use is refused by the API, so none is shown.
+  function commonInputs(mix) {
+    return (mix.common || []).map((p) => p.choices
+      ? field(`mixup.${p.name}`, p.name, select(`mixup.${p.name}`, [["", `default (${p.default})`], ...p.choices.map((c) => [c, c])]))
+      : field(`mixup.${p.name}`, p.name, numberInput(`mixup.${p.name}`, { placeholder: `default ${p.default}` })));
   }
 
   function changed(rebuild) {
