@@ -2,8 +2,12 @@
 
 The server at ``EMBEDMIX_TEST_POSTGRES_URL`` (default: the ``test`` database on
 127.0.0.1:5432 as user postgres) is used only to CREATE and DROP uniquely named
-throwaway databases; no other database is touched. When it cannot be reached,
-the tests that need it are skipped, saying why.
+throwaway databases; no other database is touched.
+
+When PostgreSQL, Redis or the redis-server program is missing, the tests that
+need it are skipped, saying why, so that a laptop without them still runs the
+rest. With ``EMBEDMIX_REQUIRE_SERVICES=1`` (which ``.ci/run`` sets) they fail
+instead: in CI a missing server is a broken machine, not a reason to pass.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
 import redis
@@ -30,6 +34,14 @@ from sqlalchemy.exc import DBAPIError
 POSTGRES_SERVER_URL = os.environ.get(
     "EMBEDMIX_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
+REQUIRE_SERVICES = os.environ.get("EMBEDMIX_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for want of a server or program, or fail it where they are required (CI)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (EMBEDMIX_REQUIRE_SERVICES is set: a missing server fails the run)", pytrace=False)
+    pytest.skip(reason)
 
 
 class PostgresServer:
@@ -57,7 +69,7 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """The PostgreSQL server, or a skip naming the reason it cannot be used."""
+    """The PostgreSQL server, or a skip (a failure in CI) naming the reason it cannot be used."""
     admin = create_engine(
         POSTGRES_SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
     )
@@ -66,7 +78,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             connection.execute(text("SELECT 1"))
     except DBAPIError as exc:
         admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable at {make_url(POSTGRES_SERVER_URL)!r}: {exc}")
+        unavailable(f"PostgreSQL unreachable at {make_url(POSTGRES_SERVER_URL)!r}: {exc}")
     yield PostgresServer(admin)
     admin.dispose()
 
@@ -75,7 +87,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @contextmanager
 def flushed_redis(url: str) -> Iterator[redis.Redis]:
-    """A client for the Redis database at ``url``, emptied before and after; a skip if unreachable.
+    """A client for the Redis database at ``url``, emptied before and after; a skip (in CI a failure) if unreachable.
 
     Each test module that shares the machine's Redis owns one database number,
     so emptying it touches no one else's keys.
@@ -85,7 +97,7 @@ def flushed_redis(url: str) -> Iterator[redis.Redis]:
         client.ping()
     except redis.RedisError as exc:
         client.close()
-        pytest.skip(f"Redis unreachable at {url}: {exc}")
+        unavailable(f"Redis unreachable at {url}: {exc}")
     client.flushdb()
     try:
         yield client
@@ -176,7 +188,7 @@ def _pings(client: redis.Redis) -> bool:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of the test's own on a free port, which it may kill and start again."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     server = RedisServer(tmp_path)
     server.start()
     yield server

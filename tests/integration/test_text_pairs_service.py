@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from api import create_app
@@ -29,6 +22,7 @@ from store.db import migrate
 from service.settings import Settings
 from worker.context import WorkerContext
 from worker.train_task import run_job
+from tests.conftest import RedisServer
 
 NAMES = ["Alice", "Bruno", "Chen", "Dmitri", "Esther", "Farid", "Greta", "Hiro"]
 FOODS = ["apples", "noodles", "cheese", "lentil soup", "sushi", "pancakes", "olives", "chocolate"]
@@ -41,44 +35,14 @@ SPEC: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    """A redis-server of this module's own on a free loopback port, nothing persisted."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (CI installs it with the machine's Redis)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.1)
-    yield url
-    client.close()
-    server.terminate()
-    server.wait(timeout=30)
-
-
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-def test_upload_jsonl_train_minilm_and_embed_strings(tmp_path: Path, broker_url: str) -> None:
+def test_upload_jsonl_train_minilm_and_embed_strings(tmp_path: Path, redis_server: RedisServer) -> None:
     database_url = f"sqlite:///{tmp_path / 'service.db'}"
     migrate(database_url)
-    settings = Settings(database_url=database_url, redis_url=broker_url, artifacts="db", work_dir=str(tmp_path))
+    settings = Settings(database_url=database_url, redis_url=redis_server.url, artifacts="db", work_dir=str(tmp_path))
     session_factory = make_session_factory(make_engine(database_url))
     with session_factory() as session:
         owner = create_owner(session, "alice")
