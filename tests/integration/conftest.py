@@ -5,28 +5,38 @@ database on 127.0.0.1:5432 as user postgres) is used only to CREATE and DROP
 uniquely named throwaway databases; no other database is touched. One migrated
 database serves the whole session (its tables are emptied before each test);
 tests that need a database with no schema at all get their own. When the
-server cannot be reached, the PostgreSQL variants are skipped, saying why.
+server cannot be reached, the PostgreSQL variants are skipped, saying why
+(in CI, where EMBEDMIX_REQUIRE_SERVICES is set, they fail: tests/conftest.py).
 
 S3: a real S3 server (moto's, on a free loopback port) for the whole session;
 each test that asks for one gets a bucket of its own.
 
 Redis: tests that stop it, or must not share its channels, get a redis-server
 of their own on a free port (``redis_server``, ``app_settings``).
+
+An application per test: ``client`` (FastAPI's TestClient over ``create_app``),
+``db`` (a session factory on the application's database) and ``keys`` (owners
+alice and bob with a key each, a revoked key of alice's, the admin key) are
+built from a ``settings`` fixture that each module (or directory) defines,
+since each picks its own database backends and Redis database.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
+from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import create_api_key, create_owner
+from api import create_app
+from store import create_api_key, create_owner, revoke_api_key
 from store.artifacts import S3Artifacts
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Base
@@ -140,3 +150,57 @@ def owner_with_keys(settings: Settings, count: int) -> tuple[int, list[tuple[int
         owner_id, pairs = owner.id, [(row.id, plain) for row, plain in keys]
     engine.dispose()
     return owner_id, pairs
+
+
+# -- an application per test, on the ``settings`` its module defines ------------------------
+
+
+@dataclass
+class Keys:
+    alice: str
+    bob: str
+    revoked: str
+    admin: str
+    alice_id: int
+    bob_id: int
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """An empty directory for the application's work files (uploads in flight)."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Direct access to the database the app uses, to seed and inspect rows."""
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def keys(db: sessionmaker[Session], settings: Settings) -> Keys:
+    """Owners alice and bob with a key each, a revoked key of alice's, and the settings' admin key."""
+    with db() as session:
+        alice = create_owner(session, "alice")
+        bob = create_owner(session, "bob")
+        _, alice_key = create_api_key(session, alice.id)
+        _, bob_key = create_api_key(session, bob.id)
+        revoked_row, revoked_key = create_api_key(session, alice.id)
+        revoke_api_key(session, alice.id, revoked_row.id)
+        session.commit()
+        assert settings.admin_key is not None, "the module's settings need an admin_key"
+        return Keys(alice_key, bob_key, revoked_key, settings.admin_key, alice.id, bob.id)

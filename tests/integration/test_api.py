@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +38,7 @@ from store import (
     add_checkpoint,
     add_events,
     artifact_store_from_url,
-    create_api_key,
     create_job,
-    create_owner,
-    make_engine,
-    make_session_factory,
-    revoke_api_key,
     transition,
     update_progress,
     upsert_metrics,
@@ -54,6 +47,7 @@ from store.models import Artifact, Dataset
 from service.queue import TRAIN_QUEUE, TRAIN_TASK
 from service.settings import Settings
 from tests.conftest import flushed_redis
+from tests.integration.conftest import Keys, auth
 
 REDIS_DB = 12
 BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -117,17 +111,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     )
 
 
-# -- an application per test ---------------------------------------------------------------
-
-
-@dataclass
-class Keys:
-    alice: str
-    bob: str
-    revoked: str
-    admin: str
-    alice_id: int
-    bob_id: int
+# -- an application per test (client, db, keys: tests/integration/conftest.py) --------------
 
 
 @pytest.fixture
@@ -135,13 +119,6 @@ def broker() -> Iterator[redis.Redis]:
     """The real Redis, database REDIS_DB, empty before and after the test."""
     with flushed_redis(BROKER_URL) as client:
         yield client
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    path = tmp_path / "scratch"
-    path.mkdir()
-    return path
 
 
 def make_settings(database_url: str, scratch: Path, **overrides: Any) -> Settings:
@@ -159,38 +136,6 @@ def make_settings(database_url: str, scratch: Path, **overrides: Any) -> Setting
 @pytest.fixture
 def settings(database_url: str, scratch: Path, broker: redis.Redis) -> Settings:
     return make_settings(database_url, scratch)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    """Direct access to the database the app uses, to seed and inspect rows."""
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def keys(db: sessionmaker[Session], settings: Settings) -> Keys:
-    with db() as session:
-        alice = create_owner(session, "alice")
-        bob = create_owner(session, "bob")
-        _, alice_key = create_api_key(session, alice.id)
-        _, bob_key = create_api_key(session, bob.id)
-        revoked_row, revoked_key = create_api_key(session, alice.id)
-        revoke_api_key(session, alice.id, revoked_row.id)
-        session.commit()
-        assert settings.admin_key is not None
-        return Keys(alice_key, bob_key, revoked_key, settings.admin_key, alice.id, bob.id)
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def submit(
@@ -586,6 +531,19 @@ def parse_sse(text: str) -> list[dict[str, Any]]:
     return messages
 
 
+def sse_messages(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The messages of a stream one by one as they arrive, each as :func:`parse_sse` reads it."""
+    block: list[str] = []
+    for line in lines:
+        if line:
+            block.append(line)
+        elif block:
+            yield parse_sse("\n".join(block))[0]
+            block = []
+    if block:
+        yield parse_sse("\n".join(block))[0]
+
+
 def test_stream_of_a_finished_job_delivers_everything_then_ends_with_its_status(
     client: TestClient, keys: Keys, finished: Finished
 ) -> None:
@@ -626,34 +584,27 @@ def test_stream_of_a_finished_job_delivers_everything_then_ends_with_its_status(
 def test_stream_follows_a_live_job_to_its_end(
     client: TestClient, keys: Keys, db: sessionmaker[Session]
 ) -> None:
+    """The job moves on only once the stream has shown where it is (queued, running, halfway),
+    so the stream sees every stage whenever it polls: no stage can be written and overtaken
+    between two polls."""
     job_id = submit(client, keys.alice)["id"]
-
-    def worker() -> None:
-        time.sleep(0.8)
-        with db() as session:
-            transition(session, job_id, ["queued"], "running", attempts=1)
-            session.commit()
-            time.sleep(0.8)
-            update_progress(session, job_id, step=2, epoch=0, total_steps=4)
-            add_events(session, job_id, [NewEvent("log", "halfway")])
-            upsert_metrics(session, job_id, [MetricPoint("train/loss", 2, 1.0, epoch=0)])
-            session.commit()
-            time.sleep(0.8)
-            transition(
-                session,
-                job_id,
-                ["running"],
-                "failed",
-                error={"code": "boom", "message": "diverged"},
-            )
-            session.commit()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        messages = parse_sse(client.get(f"/v1/jobs/{job_id}/stream", headers=auth(keys.alice)).text)
-    finally:
-        thread.join()
+    messages = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/stream", headers=auth(keys.alice)) as response, db() as session:
+        for message in sse_messages(response.iter_lines()):
+            messages.append(message)
+            kind, data = message.get("event"), message.get("data")
+            if kind == "status" and data["status"] == "queued":
+                assert transition(session, job_id, ["queued"], "running", attempts=1)
+                session.commit()
+            elif kind == "status" and data["status"] == "running":
+                update_progress(session, job_id, step=2, epoch=0, total_steps=4)
+                add_events(session, job_id, [NewEvent("log", "halfway")])
+                upsert_metrics(session, job_id, [MetricPoint("train/loss", 2, 1.0, epoch=0)])
+                session.commit()
+            elif kind == "event" and data["message"] == "halfway":
+                error = {"code": "boom", "message": "diverged"}
+                assert transition(session, job_id, ["running"], "failed", error=error)
+                session.commit()
     statuses = [m["data"]["status"] for m in messages if m.get("event") == "status"]
     assert statuses == ["queued", "running", "failed"]
     assert messages[-1]["data"]["error"] == {"code": "boom", "message": "diverged"}
@@ -921,65 +872,41 @@ def test_npz_and_csv_uploads_are_validated_listed_used_and_deleted(
         assert session.scalars(select(func.count()).select_from(Artifact)).one() == 0
 
 
-def test_specs_are_checked_against_the_uploaded_data(client: TestClient, keys: Keys) -> None:
+def regression_npz() -> bytes:
     rng = np.random.default_rng(1)
-    regression = upload(
-        client, keys.alice, "reg.npz", npz_bytes(x=rng.normal(size=(30, 4)), y=rng.normal(size=30))
-    ).json()
-    assert regression["info"]["task"] == "regression"
-    spec = {
-        "name": "r",
-        "dataset": {"id": regression["id"]},
-        "model": {"encoder": "mlp"},
-        "objective": {"loss": "supcon"},
-    }
+    return npz_bytes(x=rng.normal(size=(30, 4)), y=rng.normal(size=30))
+
+
+BARLOW = {"objective": {"loss": "barlow_twins", "views": 2}}
+
+
+@pytest.mark.parametrize(
+    ("data", "split", "spec", "caller", "param"),
+    [
+        pytest.param("regression", {}, {"objective": {"loss": "supcon"}}, "alice", "objective.loss",
+                     id="metric-loss-without-classes"),
+        pytest.param("regression", {"split": {"kind": "given"}}, BARLOW, "alice", "dataset.split.kind",
+                     id="given-split-without-one"),
+        pytest.param("regression", {}, {**BARLOW, "model": {"encoder": "conv2d"}}, "alice", "model.encoder",
+                     id="conv2d-on-flat-rows"),
+        pytest.param("classes", {"split": {"kind": "classes", "holdout_classes": [7]}}, {}, "alice",
+                     "dataset.split.holdout_classes", id="holdout-of-a-missing-class"),
+        # someone else's dataset does not exist for the caller
+        pytest.param("classes", {}, {}, "bob", "dataset.id", id="another-owners-dataset"),
+    ],
+)
+def test_specs_are_checked_against_the_uploaded_data(
+    client: TestClient, keys: Keys, data: str, split: dict[str, Any], spec: dict[str, Any], caller: str, param: str
+) -> None:
+    """Alice uploads a regression set or a classification set; a spec that does not fit it is a 422 naming the field."""
+    if data == "regression":
+        dataset = upload(client, keys.alice, "reg.npz", regression_npz()).json()
+        assert dataset["info"]["task"] == "regression"
+    else:
+        dataset = upload(client, keys.alice, "c.npz", classification_npz()).json()
+    body = {"name": "checked", "model": {"encoder": "mlp"}, **spec, "dataset": {"id": dataset["id"], **split}}
     assert_error(
-        client.post("/v1/jobs", json=spec, headers=auth(keys.alice)),
-        422,
-        "invalid_spec",
-        "objective.loss",
-    )
-    given = {
-        **spec,
-        "objective": {"loss": "barlow_twins", "views": 2},
-        "dataset": {"id": regression["id"], "split": {"kind": "given"}},
-    }
-    assert_error(
-        client.post("/v1/jobs", json=given, headers=auth(keys.alice)),
-        422,
-        "invalid_spec",
-        "dataset.split.kind",
-    )
-    conv = {
-        **spec,
-        "objective": {"loss": "barlow_twins", "views": 2},
-        "model": {"encoder": "conv2d"},
-    }
-    assert_error(
-        client.post("/v1/jobs", json=conv, headers=auth(keys.alice)),
-        422,
-        "invalid_spec",
-        "model.encoder",
-    )
-    classes = upload(client, keys.alice, "c.npz", classification_npz()).json()
-    holdout = {
-        "name": "h",
-        "dataset": {"id": classes["id"], "split": {"kind": "classes", "holdout_classes": [7]}},
-        "model": {"encoder": "mlp"},
-    }
-    assert_error(
-        client.post("/v1/jobs", json=holdout, headers=auth(keys.alice)),
-        422,
-        "invalid_spec",
-        "dataset.split.holdout_classes",
-    )
-    # someone else's dataset does not exist for the caller
-    bobs = {"name": "b", "dataset": {"id": classes["id"]}, "model": {"encoder": "mlp"}}
-    assert_error(
-        client.post("/v1/jobs", json=bobs, headers=auth(keys.bob)),
-        422,
-        "invalid_spec",
-        "dataset.id",
+        client.post("/v1/jobs", json=body, headers=auth(getattr(keys, caller))), 422, "invalid_spec", param
     )
 
 

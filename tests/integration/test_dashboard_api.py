@@ -13,24 +13,19 @@ from pathlib import Path
 
 import pytest
 import redis
-from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
 from store import (
     NewEvent,
     add_events,
     artifact_store_from_url,
-    create_api_key,
     create_job,
-    create_owner,
-    make_engine,
-    make_session_factory,
     transition,
     update_progress,
 )
 from service.settings import Settings
 from tests.conftest import flushed_redis
+from tests.integration.conftest import auth
 
 REDIS_DB = 6
 BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -45,38 +40,14 @@ def broker() -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(tmp_path: Path, broker: redis.Redis) -> Settings:
+    """SQLite only; ``client``, ``db`` and ``keys`` (tests/integration/conftest.py) are built on these."""
     from store.db import migrate
 
     url = f"sqlite:///{tmp_path / 'api.db'}"
     migrate(url)
-    return Settings(database_url=url, redis_url=BROKER_URL, artifacts="db", work_dir=str(tmp_path))
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def db(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def keys(db: sessionmaker[Session]) -> dict[str, object]:
-    with db() as session:
-        alice, bob = create_owner(session, "alice"), create_owner(session, "bob")
-        _, alice_key = create_api_key(session, alice.id)
-        _, bob_key = create_api_key(session, bob.id)
-        session.commit()
-        return {"alice": alice_key, "bob": bob_key, "alice_id": alice.id}
-
-
-def auth(key: object) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+    return Settings(
+        database_url=url, redis_url=BROKER_URL, artifacts="db", work_dir=str(tmp_path), admin_key="em_" + "D" * 40
+    )
 
 
 def _job(db: sessionmaker[Session], owner_id: int, *, running: bool = False) -> str:
@@ -119,24 +90,24 @@ def test_pages_are_served_without_a_key_with_a_strict_content_security_policy(cl
 
 def test_the_map_is_served_to_its_owner_once_the_job_has_succeeded(client, db, settings, keys):
     body = {"format": 1, "points": 2, "maps": [{"method": "pca", "coords": [[0.0, 1.0], [1.0, 0.0]]}], "labels": [0, 1]}
-    running = _job(db, keys["alice_id"], running=True)
-    response = client.get(f"/v1/jobs/{running}/projection", headers=auth(keys["alice"]))
+    running = _job(db, keys.alice_id, running=True)
+    response = client.get(f"/v1/jobs/{running}/projection", headers=auth(keys.alice))
     assert response.status_code == 409 and response.json()["error"]["code"] == "invalid_state"
 
-    job_id = _job(db, keys["alice_id"])
+    job_id = _job(db, keys.alice_id)
     _succeed_with_map(db, settings, job_id, body)
-    response = client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys["alice"]))
+    response = client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys.alice))
     assert response.status_code == 200 and response.json() == body
-    assert client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys["bob"])).status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys.bob)).status_code == 404
     assert client.get(f"/v1/jobs/{job_id}/projection").status_code == 401
 
 
 def test_a_succeeded_job_without_a_map_is_404(client, db, keys):
-    job_id = _job(db, keys["alice_id"], running=True)
+    job_id = _job(db, keys.alice_id, running=True)
     with db() as session:
         assert transition(session, job_id, ["running"], "succeeded")
         session.commit()
-    response = client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys["alice"]))
+    response = client.get(f"/v1/jobs/{job_id}/projection", headers=auth(keys.alice))
     assert response.status_code == 404
 
 
@@ -148,12 +119,12 @@ def _gauge(text: str, name: str) -> float:
 
 def test_metrics_report_the_queue_depth_and_the_training_rate(client, db, keys, broker):
     for _ in range(2):
-        assert client.post("/v1/jobs", json=SPEC, headers=auth(keys["alice"])).status_code == 201
+        assert client.post("/v1/jobs", json=SPEC, headers=auth(keys.alice)).status_code == 201
     text = client.get("/metrics").text
     assert _gauge(text, "embedmix_queue_depth") == 2  # no worker here: both messages wait
     assert _gauge(text, "embedmix_training_steps_per_second") == 0  # the first scrape has no baseline
 
-    job_id = _job(db, keys["alice_id"], running=True)
+    job_id = _job(db, keys.alice_id, running=True)
     with db() as session:
         assert update_progress(session, job_id, step=10, epoch=0, total_steps=1000)
         session.commit()

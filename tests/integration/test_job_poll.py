@@ -15,13 +15,9 @@ import api.poll
 from api.app import create_app
 from service.settings import Settings
 from tests.conftest import wait_for
-from tests.integration.conftest import owner_with_keys
+from tests.integration.conftest import auth, owner_with_keys
 
 SPEC = {"name": "polled", "dataset": {"name": "blobs", "size": 100}, "train": {"epochs": 1}}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

@@ -16,16 +16,15 @@ import redis
 
 from service.settings import Settings
 from tests.conftest import flushed_redis
-from tests.integration.conftest import database_url, postgres_url  # noqa: F401 - fixtures
-from tests.integration.test_api import (  # noqa: F401 - fixtures
+from tests.integration.conftest import (  # noqa: F401 - fixtures
     client,
+    database_url,
     db,
-    finished,
     keys,
-    make_settings,
+    postgres_url,
     scratch,
-    trained,
 )
+from tests.integration.test_api import finished, make_settings, trained  # noqa: F401 - fixtures
 
 SECURITY_REDIS_DB = 5
 SECURITY_BROKER_URL = f"redis://127.0.0.1:6379/{SECURITY_REDIS_DB}"

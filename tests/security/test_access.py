@@ -22,14 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import ApiKey
-from tests.integration.test_api import (
-    SMALL_SPEC,
-    Finished,
-    Keys,
-    assert_error,
-    auth,
-    classification_npz,
-)
+from tests.integration.conftest import Keys, auth
+from tests.integration.test_api import SMALL_SPEC, Finished, assert_error, classification_npz
 
 PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/catalog")}
 # The JSON or multipart each route with a body needs to get past validation to the owner check.

@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from store.models import Artifact, ArtifactChunk, Dataset
-from tests.integration.test_api import Keys, auth, classification_npz, npz_bytes
+from tests.integration.conftest import Keys, auth
+from tests.integration.test_api import classification_npz, npz_bytes
 from tests.conftest import served_in_thread
 from tests.security.conftest import security_settings
 

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from store import create_api_key
 from service.settings import Settings
-from tests.integration.test_api import Keys, auth
+from tests.integration.conftest import Keys, auth
 
 EXAMPLES_PER_MODE = 30
 MIN_CASES = 1000

@@ -15,7 +15,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from api import create_app
-from tests.integration.test_api import DESIGN_EXAMPLE, SMALL_SPEC, Keys, assert_error, auth
+from tests.integration.conftest import Keys, auth
+from tests.integration.test_api import DESIGN_EXAMPLE, SMALL_SPEC, assert_error
 from tests.security.conftest import security_settings
 
 on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
