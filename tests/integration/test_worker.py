@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -59,11 +61,14 @@ from worker.celery_app import create_app
 from worker.context import WorkerContext
 from worker.reaper import reap_once
 from worker.train_task import run_job
+from tests.conftest import unavailable, wait_for
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_TEST_DBS = range(9, 16)
 REDIS_LOCK_KEY = "embedmix-test:worker-lock"
 WORKER_READY_TIMEOUT_S = 90.0
+# How long a job (or a run asked to stop) may take before the test gives up on it: generous, since
+# what the tests judge is what happens, not how fast on a loaded machine.
 JOB_TIMEOUT_S = 90.0
 # Calling the task body directly needs no broker; a use of this one fails loudly.
 UNUSED_BROKER = "redis://broker-not-used.invalid:6379/0"
@@ -90,12 +95,18 @@ on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def fast_settings(database_url: str, redis_url: str = UNUSED_BROKER) -> Settings:
-    """Settings with short intervals, so that heartbeats, flushes and cancel polls happen within a test."""
+    """Settings with short intervals, so that heartbeats, flushes and cancel polls happen within a test.
+
+    The lease is not short: no test here waits for one to expire (the reaper tests pass their own
+    clock), and a live run whose heartbeat a loaded machine delays past a 3 s lease (an SQLite
+    write lock held by a checkpoint, a long export holding the GIL) lost its job mid-test. At
+    15 s a heartbeat still lands every 5 s, so a run that lost its lease notices within a test.
+    """
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
         artifacts="db",
-        lease_ttl_s=3.0,
+        lease_ttl_s=15.0,
         reaper_interval_s=0.5,
         metrics_flush_s=0.2,
         cancel_poll_s=0.2,
@@ -133,14 +144,6 @@ def read_artifact(session_factory: sessionmaker[Session], artifact_id: str) -> b
         return b"".join(DatabaseArtifacts().open(session, artifact_id))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 class ShutdownAfter(threading.Event):
     """A worker shutdown that arrives once the loop has asked ``steps`` times (it asks once a step).
 
@@ -162,6 +165,20 @@ def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
     thread.start()
     return thread, out
+
+
+def start_long_job(context: WorkerContext) -> tuple[str, threading.Thread, list[Any]]:
+    """A LONG_SPEC job run by ``run_job`` in a thread, returned once it has trained three steps."""
+    job_id = submit(context.session_factory, LONG_SPEC)
+    thread, out = run_in_thread(lambda: run_job(job_id, context))
+    wait_for(lambda: load_job(context.session_factory, job_id).step >= 3, 60, "training to start")
+    return job_id, thread, out
+
+
+def join_stopped(thread: threading.Thread) -> None:
+    """Wait for a run that was told to stop; only one that never stops fails."""
+    thread.join(timeout=JOB_TIMEOUT_S)
+    assert not thread.is_alive(), f"the run did not stop within {JOB_TIMEOUT_S:.0f}s"
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -198,7 +215,8 @@ def claimed_redis_url() -> Iterator[str]:
         try:
             taken = client.set(REDIS_LOCK_KEY, token, nx=True, ex=1800)
         except redis.ConnectionError as exc:
-            pytest.skip(f"Redis unreachable at {REDIS_HOST}:{REDIS_PORT}: {exc}")
+            client.close()
+            unavailable(f"Redis unreachable at {REDIS_HOST}:{REDIS_PORT}: {exc}")
         if taken:
             for key in client.scan_iter():
                 if key != REDIS_LOCK_KEY.encode():
@@ -210,7 +228,7 @@ def claimed_redis_url() -> Iterator[str]:
                 client.close()
             return
         client.close()
-    pytest.skip(f"every Redis test database {list(REDIS_TEST_DBS)} is in use")
+    unavailable(f"every Redis test database {list(REDIS_TEST_DBS)} is in use")
 
 
 @pytest.fixture(scope="module")
@@ -415,18 +433,13 @@ def test_delivery_while_another_worker_holds_the_lease_exits(context: WorkerCont
 @on_postgres
 def test_cancel_stops_the_run_and_keeps_a_checkpoint(context: WorkerContext) -> None:
     sf = context.session_factory
-    job_id = submit(sf, LONG_SPEC)
-    thread, out = run_in_thread(lambda: run_job(job_id, context))
-    wait_for(lambda: load_job(sf, job_id).step >= 3, 60, "training to start")
+    job_id, thread, out = start_long_job(context)
 
     with sf() as session:
         job = request_cancel(session, load_job(sf, job_id).owner_id, job_id)
         assert job is not None and job.status == "cancelling"
         session.commit()
-    asked = time.monotonic()
-    thread.join(timeout=20)
-    assert not thread.is_alive()
-    assert time.monotonic() - asked < 10
+    join_stopped(thread)
     assert out == ["cancelled"]
 
     job = load_job(sf, job_id)
@@ -439,20 +452,25 @@ def test_cancel_stops_the_run_and_keeps_a_checkpoint(context: WorkerContext) -> 
 
 
 @on_postgres
-def test_lost_lease_stops_the_run_and_leaves_the_job_to_its_new_owner(context: WorkerContext) -> None:
+def test_lost_lease_stops_the_run_and_leaves_the_job_to_its_new_owner(
+    context: WorkerContext, caplog: pytest.LogCaptureFixture
+) -> None:
     sf = context.session_factory
-    job_id = submit(sf, LONG_SPEC)
-    thread, out = run_in_thread(lambda: run_job(job_id, context))
-    wait_for(lambda: load_job(sf, job_id).step >= 3, 60, "training to start")
+    job_id, thread, out = start_long_job(context)
     with sf() as session:  # as if this worker had stalled past its lease and another had claimed the job
         session.execute(update(Job).where(Job.id == job_id).values(lease_owner="new-owner"))
         session.commit()
 
-    thread.join(timeout=context.settings.lease_ttl_s + 10)
-    assert not thread.is_alive() and out == [None]
+    with caplog.at_level(logging.WARNING, logger="embedmix.worker"):
+        join_stopped(thread)
+    assert out == [None]
 
     job = load_job(sf, job_id)
     assert (job.status, job.lease_owner, job.attempts) == ("running", "new-owner", 1)
+    # The run stopped because it lost the lease, long before its end (not by training to the end
+    # and then failing to finish a job that was no longer its own).
+    stops = [int(m[1]) for r in caplog.records if (m := re.search(r"lease lost at step (\d+)", r.getMessage()))]
+    assert len(stops) == 1 and stops[0] < job.total_steps, stops
     assert statuses(events_of(sf, job_id)) == ["running"]
     with sf() as session:
         # Only the per-epoch checkpoints (7 steps an epoch): the stop did not save one for a job it lost.
@@ -640,12 +658,21 @@ def test_internal_error_keeps_the_traceback_in_an_event(context: WorkerContext) 
 # -- the reaper -------------------------------------------------------------------------------
 
 
-def test_reaper_requeues_an_expired_lease_and_re_enqueues_it(
-    session_factory: sessionmaker[Session], database_url: str, redis_url: str
-) -> None:
-    sf = session_factory
+@pytest.fixture
+def reaper_app(database_url: str, redis_url: str) -> Iterator[Celery]:
+    """The Celery app the reaper sends with, on ``redis_url``, whose train queue starts empty."""
     app = create_app(fast_settings(database_url, redis_url))
-    redis.Redis.from_url(redis_url).delete(TRAIN_QUEUE)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(TRAIN_QUEUE)
+    client.close()
+    yield app
+    app.close()
+
+
+def test_reaper_requeues_an_expired_lease_and_re_enqueues_it(
+    session_factory: sessionmaker[Session], reaper_app: Celery, redis_url: str
+) -> None:
+    sf, app = session_factory, reaper_app
     job_id = submit(sf, SPEC)
     with sf() as session:
         assert claim_lease(session, job_id, "dead-worker", ttl_s=5, now=utcnow() - timedelta(seconds=60))
@@ -665,15 +692,12 @@ def test_reaper_requeues_an_expired_lease_and_re_enqueues_it(
 
     assert reap_once(sf, app) == []  # nothing left to do: no second message
     assert len(queued_messages(redis_url)) == 1
-    app.close()
 
 
 def test_reaper_resends_a_lost_message_with_backoff(
-    session_factory: sessionmaker[Session], database_url: str, redis_url: str
+    session_factory: sessionmaker[Session], reaper_app: Celery, redis_url: str
 ) -> None:
-    sf = session_factory
-    app = create_app(fast_settings(database_url, redis_url))
-    redis.Redis.from_url(redis_url).delete(TRAIN_QUEUE)
+    sf, app = session_factory, reaper_app
     lost = submit(sf, SPEC)
     leased = submit(sf, SPEC)
     with sf() as session:
@@ -691,7 +715,6 @@ def test_reaper_resends_a_lost_message_with_backoff(
     enqueued = [e for e in events_of(sf, lost) if e.type == "enqueued"]
     assert [e.data["reason"] for e in enqueued] == ["lost_message", "lost_message"]
     assert load_job(sf, lost).attempts == 0
-    app.close()
 
 
 # -- through Celery, for real ------------------------------------------------------------------
