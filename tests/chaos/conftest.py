@@ -40,7 +40,7 @@ from store import (
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Checkpoint, Event, Job, Metric
 from service.queue import TRAIN_QUEUE, TRAIN_TASK
-from tests.conftest import PostgresServer, RedisServer, free_port, wait_for
+from tests.conftest import PostgresServer, RedisServer, free_port, unavailable, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "em_chaos-admin-key-0123456789abcdefghijklmnopqrstuv"
@@ -126,12 +126,12 @@ def _run_as_postgres() -> list[str] | None:
 
 @pytest.fixture
 def local_postgres() -> Iterator[LocalPostgres]:
-    """A started PostgreSQL cluster this test may stop; skipped (saying why) only without the tools."""
+    """A started PostgreSQL cluster this test may stop; skipped (in CI: failed), saying why, only without the tools."""
     bin_dir, run_as = _postgres_bin(), _run_as_postgres()
     if bin_dir is None:
-        pytest.skip("initdb/pg_ctl not found (PostgreSQL server binaries are not installed)")
+        unavailable("initdb/pg_ctl not found (PostgreSQL server binaries are not installed)")
     if run_as is None:
-        pytest.skip("running as root without a 'postgres' user or runuser: PostgreSQL refuses to run as root")
+        unavailable("running as root without a 'postgres' user or runuser: PostgreSQL refuses to run as root")
     directory = Path(tempfile.mkdtemp(prefix="embedmix-chaos-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
@@ -309,6 +309,10 @@ class Stack:
         with self.session_factory() as session:
             query = select(Metric.step).where(Metric.job_id == job_id, Metric.name == "train/loss").order_by(Metric.step)
             return list(session.scalars(query))
+
+    def assert_metrics_once(self, job_id: str) -> None:
+        """Every training step has exactly one loss point, whatever was replayed after a resume."""
+        assert self.loss_steps(job_id) == list(range(1, self.job(job_id).total_steps + 1))
 
     def wait_status(self, job_id: str, status: str, timeout: float = JOB_TIMEOUT_S) -> Job:
         def reached() -> Job | None:

@@ -31,11 +31,6 @@ pytestmark = pytest.mark.slow  # processes, training and waits for leases: tens 
 POSTGRES_OUTAGE_S = 10.0
 
 
-def _assert_metrics_once(stack: Stack, job_id: str) -> None:
-    job = stack.job(job_id)
-    assert stack.loss_steps(job_id) == list(range(1, job.total_steps + 1))
-
-
 def test_redis_restart_mid_run_the_worker_reconnects_and_the_job_runs_once(stack: Stack) -> None:
     """Redis comes back empty: the running job carries on, and a queued job whose message
     was lost with it is sent again by the reaper and taken by the reconnected worker."""
@@ -50,7 +45,7 @@ def test_redis_restart_mid_run_the_worker_reconnects_and_the_job_runs_once(stack
     job = stack.wait_status(running, "succeeded")
     assert job.attempts == 1
     assert statuses(stack.events(running)) == ["running", "succeeded"]
-    _assert_metrics_once(stack, running)
+    stack.assert_metrics_once(running)
     assert worker.log().count("[running-job] received") == 1
     later = stack.wait_status(waiting, "succeeded")
     assert later.attempts == 1
@@ -108,7 +103,7 @@ def _postgres_outage(stack: Stack, postgres: LocalPostgres) -> None:
     resumed = [e for e in stack.events(job_id) if (e.data or {}).get("resumed_from_step") is not None]
     assert job.attempts == 1 and resumed == [], (job.attempts, resumed)
     assert job.step == job.total_steps and before < job.step
-    _assert_metrics_once(stack, job_id)
+    stack.assert_metrics_once(job_id)
     with stack.session_factory() as session:  # no blob was left half-written by the cut connections
         assert session.scalar(select(func.count()).select_from(Artifact).where(Artifact.complete.is_(False))) == 0
         assert all(DatabaseArtifacts().verify(session, c.artifact_id) for c in stack.checkpoints(job_id))

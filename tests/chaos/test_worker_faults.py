@@ -32,12 +32,6 @@ def _resumed_from(stack: Stack, job_id: str) -> list[int]:
             if e.type == "log" and (e.data or {}).get("resumed_from_step") is not None]
 
 
-def _assert_metrics_once(stack: Stack, job_id: str) -> None:
-    """Every training step has exactly one loss point, whatever was replayed after a resume."""
-    job = stack.job(job_id)
-    assert stack.loss_steps(job_id) == list(range(1, job.total_steps + 1))
-
-
 def _weights(api_url: str, job_id: str) -> dict[str, torch.Tensor]:
     response = httpx.get(f"{api_url}/v1/jobs/{job_id}/model", params={"format": "safetensors"},
                          headers=AUTH, timeout=30)
@@ -61,7 +55,7 @@ def test_kill_9_mid_training_finishes_on_another_worker_with_identical_weights(s
     assert statuses(stack.events(victim)) == ["running", "queued", "running", "succeeded"]
     (resumed,) = _resumed_from(stack, victim)
     assert resumed >= seen[-1].step > 0
-    _assert_metrics_once(stack, victim)
+    stack.assert_metrics_once(victim)
     expected, got = _weights(stack.api_url, reference), _weights(stack.api_url, victim)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[name], got[name]) for name in expected)
@@ -83,7 +77,7 @@ def test_sigterm_checkpoints_requeues_and_resumes_without_charging_an_attempt(st
     stopped_at = handback.data["step"]
     assert 0 < stopped_at < job.total_steps
     assert _resumed_from(stack, job_id) == [stopped_at]  # it saved a checkpoint exactly where it stopped
-    _assert_metrics_once(stack, job_id)
+    stack.assert_metrics_once(job_id)
 
 
 def test_same_message_delivered_twice_runs_once(stack: Stack) -> None:
@@ -145,7 +139,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp
     assert len(warnings) == 1 and f"step {newest.step} does not match its sha256" in warnings[0].message
     assert _resumed_from(stack, job_id) == [previous.step]
     assert newest.id not in {c.id for c in stack.checkpoints(job_id)}
-    _assert_metrics_once(stack, job_id)
+    stack.assert_metrics_once(job_id)
 
 
 def test_worker_killed_on_the_last_attempt_fails_the_job(stack: Stack) -> None:
