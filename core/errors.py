@@ -58,7 +58,3 @@ def failure_code(exc: BaseException) -> str:
         return OUT_OF_MEMORY
     return INTERNAL_ERROR
 
-
-FAILURE_CODES: tuple[str, ...] = (
-    SpecError.code, DataError.code, UnsupportedSpec.code, Diverged.code, OUT_OF_MEMORY, INTERNAL_ERROR,
-)

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,9 +31,6 @@ from core.data import Dataset, TextPairs
 from core.models import Encoder, Standardize, build_encoder
 from core.models.text_encoder import TextEncoder
 from core.spec import JobSpec, ModelSpec, resolve_model
-
-if TYPE_CHECKING:
-    from core.loop import TrainResult
 
 FILENAMES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 CONFIG_KEY = "embedmix"
@@ -57,6 +54,15 @@ class ExportInputs:
     input_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
     card: dict[str, Any]
+
+
+class Trained(Protocol):
+    """What export reads of a finished run (`core.loop.TrainResult` is one)."""
+
+    encoder: nn.Module
+    spec: JobSpec
+    export_inputs: ExportInputs
+    metrics: dict[str, float]
 
 
 def sha256_file(path: Path) -> str:
@@ -148,7 +154,7 @@ _WRITERS = {
 }
 
 
-def export(result: TrainResult, data: Dataset | TextPairs, out_dir: str | Path, metrics: dict[str, float] | None = None,
+def export(result: Trained, data: Dataset | TextPairs, out_dir: str | Path, metrics: dict[str, float] | None = None,
            training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every format the run's resolved spec asks for and `card.json` into out_dir; return the card.
 

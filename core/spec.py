@@ -17,9 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from core import catalog
 from core.errors import SpecError
 
-Name = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -309,42 +306,63 @@ def label_need(spec: JobSpec) -> str:
 
 
 def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) -> list[dict[str, str]]:
-    """Whether the loss, encoder and metrics can run on data of this task and input rank.
+    """Whether the loss, encoder, mixing method and metrics can run on data of this task and input rank.
 
-    `task` is 'classification', 'regression' or None (no labels). Used for built-in
-    datasets at validation time and for files once they are loaded.
+    `task` is 'classification', 'regression' or None (no labels); rank 0 is text.
+    Used for built-in datasets at validation time and for files once they are loaded.
     """
     if input_rank == 0 or _is_text_encoder(spec):
         return text_pair_errors(spec, is_text=input_rank == 0)
-    errors = []
+    errors = _label_errors(spec, task) + _rank_errors(spec, input_rank)
+    if spec.mixup is not None:
+        errors += _mixup_data_errors(spec, task, input_rank)
+    return errors + _metric_task_errors(spec, task)
+
+
+def _label_errors(spec: JobSpec, task: str | None) -> list[dict[str, str]]:
+    """The labels the loss (or the mixing method) needs, against the data's."""
     loss = catalog.LOSSES[spec.objective.loss]
     need = label_need(spec)
+    errors = []
     if need == "target" and task != "regression":
         errors.append({"field": "objective.loss" if spec.mixup is None else "mixup.method",
                        "message": f"the run needs regression targets, but the dataset has {task or 'no labels'}"})
     if need == "class" and task != "classification":
         what = "regression targets" if task == "regression" else "no labels"
-        errors.append({"field": "objective.loss",
-                       "message": f"{loss.name!r} needs class labels, but the dataset has {what}"})
+        errors.append({"field": "objective.loss", "message": f"{loss.name!r} needs class labels, but the dataset has {what}"})
     if loss.labels == "optional" and spec.objective.views == 1 and task != "classification":
         errors.append({"field": "objective.views",
                        "message": f"{loss.name!r} with one view uses class labels as positives; the dataset has none, so use views = 2"})
+    return errors
+
+
+def _rank_errors(spec: JobSpec, input_rank: int) -> list[dict[str, str]]:
     ranks = catalog.ENCODERS[spec.model.encoder].extra["input_rank"]
-    if ranks != "any" and input_rank not in ranks:
-        errors.append({"field": "model.encoder",
-                       "message": f"{spec.model.encoder!r} takes inputs of rank {ranks}, the dataset's samples have rank {input_rank}"})
-    if spec.mixup is not None:
-        mix = catalog.MIXUPS[spec.mixup.method]
-        need = {"class": "classification", "target": "regression"}.get(mix.labels)
-        if need is not None and task != need:
-            errors.append({"field": "mixup.method",
-                           "message": f"{mix.name!r} mixes {'class labels' if need == 'classification' else 'regression targets'}; "
-                                      f"the dataset is {task or 'unlabelled'}"})
-        mix_ranks = mix.extra.get("input_rank")
-        if mix_ranks is not None and input_rank not in mix_ranks:
-            errors.append({"field": "mixup.method",
-                           "message": f"{mix.name!r} mixes inputs of rank {mix_ranks} (images: channels, height, width); "
-                                      f"the dataset's samples have rank {input_rank}"})
+    if ranks == "any" or input_rank in ranks:
+        return []
+    return [{"field": "model.encoder",
+             "message": f"{spec.model.encoder!r} takes inputs of rank {ranks}, the dataset's samples have rank {input_rank}"}]
+
+
+def _mixup_data_errors(spec: JobSpec, task: str | None, input_rank: int) -> list[dict[str, str]]:
+    """What the mixing method mixes (class labels, targets; images) against the data."""
+    mix = catalog.MIXUPS[spec.mixup.method]
+    errors = []
+    need = {"class": "classification", "target": "regression"}.get(mix.labels)
+    if need is not None and task != need:
+        errors.append({"field": "mixup.method",
+                       "message": f"{mix.name!r} mixes {'class labels' if need == 'classification' else 'regression targets'}; "
+                                  f"the dataset is {task or 'unlabelled'}"})
+    ranks = mix.extra.get("input_rank")
+    if ranks is not None and input_rank not in ranks:
+        errors.append({"field": "mixup.method",
+                       "message": f"{mix.name!r} mixes inputs of rank {ranks} (images: channels, height, width); "
+                                  f"the dataset's samples have rank {input_rank}"})
+    return errors
+
+
+def _metric_task_errors(spec: JobSpec, task: str | None) -> list[dict[str, str]]:
+    errors = []
     for m in spec.eval.metrics or []:
         need = catalog.METRICS[m].task
         if need is not None and need != task:
