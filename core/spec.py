@@ -18,7 +18,10 @@ from core import catalog
 from core.errors import SpecError
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are refused, and so are NaN and infinities in every number, params blocks included:
+    a range check is false for NaN, and PostgreSQL's JSONB cannot store either."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SplitSpec(Strict):
@@ -159,15 +162,23 @@ EXAMPLE_SPEC: dict[str, Any] = {
 }
 
 
+# pydantic names the member of a union (a params value: float | int | bool | str) in the error's location
+_UNION_MEMBERS = {"float", "int", "bool", "str"}
+
+
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
-    out = []
+    """One error per field, as a dotted path; of a union's failed members, the first one's message."""
+    out: dict[str, str] = {}
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[-1] in _UNION_MEMBERS:
+            loc = loc[:-1]
+        field = ".".join(loc) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        out.append({"field": field, "message": msg})
-    return out
+        out.setdefault(field, msg)
+    return [{"field": field, "message": msg} for field, msg in out.items()]
 
 
 def _check_params(field: str, given: dict[str, Any], entry: catalog.Entry) -> list[dict[str, str]]:

@@ -315,3 +315,18 @@ def test_catalog_names_match_their_keys_and_datasets_declare_shapes():
 
 def test_the_api_docs_example_is_the_design_example():
     assert EXAMPLE_SPEC == DESIGN_EXAMPLE
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"dataset": {"name": "blobs", "params": {"cluster_std": NaN}}}', "dataset.params.cluster_std"),
+    ('{"dataset": {"name": "mnist1d"}, "objective": {"params": {"temperature": Infinity}}}', "objective.params.temperature"),
+    ('{"dataset": {"name": "mnist1d"}, "objective": {"loss": "multi_similarity"}, "mixup": {"method": "metrix", "params": {"x": -Infinity}}}',
+     "mixup.params.x"),
+    ('{"dataset": {"name": "mnist1d"}, "train": {"lr": NaN}}', "train.lr"),
+    ('{"dataset": {"name": "mnist1d"}, "mixup": {"method": "input", "alpha": 1e999}}', "mixup.alpha"),
+])
+def test_nan_and_infinities_are_refused_in_every_number(body, field):
+    """A range check is false for NaN, so NaN must be refused by type, in params blocks too (JSONB cannot store it)."""
+    with pytest.raises(SpecError) as info:
+        validate_spec(body)
+    assert info.value.errors == [{"field": field, "message": "Input should be a finite number"}]
