@@ -97,11 +97,11 @@ DATASETS: dict[str, Entry] = {
         ),
         Entry(
             "digits", "dataset", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes).",
-            labels="class", task="classification", extra={"input_shape": [1, 8, 8], "num_classes": 10},
+            labels="class", task="classification", extra={"input_shape": [1, 8, 8], "num_classes": 10, "rows": 1797},
         ),
         Entry(
             "diabetes", "dataset", "scikit-learn's bundled diabetes regression set (442 rows, 10 features).",
-            labels="target", task="regression", extra={"input_shape": [10]},
+            labels="target", task="regression", extra={"input_shape": [10], "rows": 442},
         ),
         Entry(
             "blobs", "dataset", "Synthetic Gaussian clusters of any size, for tests and benchmarks.",

@@ -98,12 +98,21 @@ def kernel_partners(y: Tensor, sigma: float, gen: torch.Generator) -> Tensor:
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(y.device)
 
 
+# Above this many samples, negatives are drawn in O(n) memory (an (n, n) float64 matrix of
+# 16,000 training rows, as Metrix's utilization draws them, is 2 GB).
+PAIRWISE_NEGATIVES_MAX = 4096
+
+
 def negative_partners(labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """For every sample u that has a different-class sample in the batch, one such v drawn uniformly.
 
     Returns (u, v), two index vectors of equal length; samples of a class that
-    fills the whole batch are left out (they have no negative).
+    fills the whole batch are left out (they have no negative). A batch draws
+    from its (n, n) matrix of different-class pairs; more than
+    `PAIRWISE_NEGATIVES_MAX` samples draw the same distribution in O(n) memory.
     """
+    if len(labels) > PAIRWISE_NEGATIVES_MAX:
+        return _negative_partners_by_class(labels, gen)
     different = (labels.reshape(-1, 1) != labels.reshape(1, -1)).to(gen.device)
     has = different.any(dim=1)
     u = has.nonzero(as_tuple=True)[0]
@@ -112,6 +121,21 @@ def negative_partners(labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Ten
         return empty, empty
     v = torch.multinomial(different[u].double(), 1, generator=gen).squeeze(1)
     return u.to(labels.device), v.to(labels.device)
+
+
+def _negative_partners_by_class(labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """`negative_partners` without the pairwise matrix: rows sorted by class, u's class a contiguous block
+    [start, start + count) of that order; r uniform over the n - count other rows is the r-th row outside it."""
+    order = torch.argsort(labels, stable=True)
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    own_count, own_start = counts[inverse], starts[inverse]
+    others = len(labels) - own_count
+    u = (others > 0).nonzero(as_tuple=True)[0]
+    r = (uniform(len(u), gen, torch.float64).to(labels.device) * others[u]).floor().long()
+    r = torch.minimum(r, others[u] - 1)
+    position = torch.where(r < own_start[u], r, r + own_count[u])
+    return u, order[position]
 
 
 # ------------------------------------------------------------------ mixing tensors

@@ -486,3 +486,22 @@ def test_invalid_combinations_are_refused_naming_both_fields():
     assert any(f == "mixup.method" and "objective.views" in m for f, m in errors), errors
     errors = _fields(_raw(objective={"loss": "contrastive"}, mixup={"method": "metrix", "level": "manifold"}))
     assert any(f == "mixup.level" and "metrix" in m for f, m in errors), errors
+
+
+def test_many_samples_draw_negatives_uniformly_without_a_pairwise_matrix():
+    """Metrix's utilization draws a negative for every training row: no (n, n) matrix (2 GB at n = 16,000)."""
+    import resource
+
+    from core.mixup.mixing import PAIRWISE_NEGATIVES_MAX
+
+    n = 40_000
+    y = torch.arange(n) % 4
+    y[:10] = 9  # a small class: its rows' partners are spread over all n - 10 other rows
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    u, v = negative_partners(y, torch.Generator().manual_seed(0))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kB; the matrix would be 12.8 GB
+    assert n > PAIRWISE_NEGATIVES_MAX and len(u) == n and (y[u] != y[v]).all()
+    partners_of_class_0 = y[v[y[u] == 0]]
+    share = torch.bincount(partners_of_class_0, minlength=10).double() / len(partners_of_class_0)
+    expected = torch.bincount(y[y != 0], minlength=10).double() / (y != 0).sum()
+    assert torch.allclose(share, expected, atol=0.01)
