@@ -100,7 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     callbacks = _KeepCheckpoint()
     result = train(spec, data, callbacks)
     out = tmp_path_factory.mktemp("tiny")
-    card = export(result.encoder, spec, data, out, result.metrics, {"steps": result.step})
+    card = export(result, data, out, training={"steps": result.step})
     return Trained(
         spec=spec.model_dump(mode="json"),
         out=out,

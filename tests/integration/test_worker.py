@@ -197,7 +197,7 @@ def reference_weights() -> bytes:
     data = load_dataset(spec)
     result = train(spec, data)
     with tempfile.TemporaryDirectory() as out:
-        card = export(result.encoder, spec, data, out, result.metrics)
+        card = export(result, data, out)
         return (Path(out) / card["files"]["safetensors"]["file"]).read_bytes()
 
 
