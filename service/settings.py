@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16_384, gt=0, description="largest train.batch_size")
     max_model_width: int = Field(4096, gt=0, description="largest model.width, model.embedding_dim and projection_dim")
     max_dataset_rows: int = Field(5_000_000, gt=0, description="largest dataset a job may train on (rows)")
+    worker_memory_bytes: int = Field(
+        8 * 1024**3,
+        gt=0,
+        description="memory a worker offers one job: specs whose estimated peak is larger are refused at submit, "
+        "and a worker process that grows past it fails its job with out_of_memory",
+    )
+    train_threads: int = Field(
+        0, ge=0, description="CPU threads a training process may use (0: torch's default, every core)"
+    )
+    max_streams_per_key: int = Field(16, gt=0, description="event streams one API key may hold open (429 beyond)")
+    max_streams: int = Field(256, gt=0, description="event streams one API process holds open in all (429 beyond)")
+    storage_quota_bytes: int = Field(
+        20 * 1024**3, gt=0, description="bytes one owner may keep in uploads, checkpoints and models (413 beyond)"
+    )
     key_cache_s: float = Field(
         30.0,
         ge=0.0,
