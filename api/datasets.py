@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -33,8 +32,7 @@ from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from core.data.text_pairs import count_text_pairs
 from core.errors import DataError
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
-from store.jobs import ACTIVE_STATUSES
-from store.models import Job
+from store.datasets import DatasetInUse
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -215,22 +213,17 @@ def remove_dataset(
     dataset_id: DatasetId, owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
 ) -> None:
     """Delete the dataset and its bytes; 409 while a queued or running job still needs it."""
-    users = _active_users(session, owner.id, dataset_id)
-    if users:
+    try:
+        deleted = delete_dataset(session, owner.id, dataset_id, runtime.artifacts)
+    except DatasetInUse as exc:
+        session.rollback()
         raise ApiError(
             409,
             "dataset_in_use",
-            f"dataset {dataset_id} is used by unfinished jobs {users[:5]}; cancel them or wait",
+            f"dataset {dataset_id} is used by unfinished jobs {exc.job_ids}; cancel them or wait",
             param="dataset_id",
-        )
-    if not delete_dataset(session, owner.id, dataset_id, runtime.artifacts):
+        ) from None
+    if not deleted:
         raise not_found("dataset", dataset_id, param="dataset_id")
     session.commit()
 
-
-def _active_users(session: Session, owner_id: int, dataset_id: str) -> list[str]:
-    """Ids of the owner's unfinished jobs whose spec names the dataset (few: active jobs are capped)."""
-    rows = session.execute(
-        select(Job.id, Job.spec).where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
-    )
-    return [job_id for job_id, spec in rows if spec.get("dataset", {}).get("id") == dataset_id]

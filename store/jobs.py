@@ -27,11 +27,10 @@ from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, sel
 from sqlalchemy.orm import Session
 
 from service.ids import new_job_id
-from store.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, utcnow
+from store.models import ACTIVE_STATUSES, JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, utcnow
 from store.paging import page
 from store.sql import affected_rows, upsert_insert
 
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
 CLAIMABLE_STATUSES = ("queued", "running")
 PROGRESS_STATUSES = ("running", "cancelling")
 

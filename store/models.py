@@ -39,6 +39,7 @@ from service.ids import ARTIFACT_PREFIX, CHECKPOINT_PREFIX, DATASET_PREFIX, new_
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES = ("queued", "running", "cancelling")  # hold a worker or will: quotas and in-use checks count them
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 ARTIFACT_BACKENDS = ("db", "fs", "s3")
 
