@@ -19,7 +19,9 @@ Choices the contract left open:
 * A submission beyond ``max_active_jobs_per_owner`` queued + running jobs, or
   beyond ``submit_rate_per_minute`` submissions in the current minute, is 429
   with ``Retry-After``. Specs asking for more than the service's configured
-  epochs, batch size, model width or dataset rows are 422 naming the field.
+  epochs, batch size, model width or dataset rows are 422 naming the field, and
+  so is a spec whose estimated peak memory (``core.cost``) is over what a
+  worker offers (``worker_memory_bytes``), naming the field that shrinks it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from api.deps import (
 )
 from api.errors import ApiError, not_found
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
+from core.cost import DataShape, builtin_shape, describe_bytes, estimate
 from core.errors import SpecError
 from core.spec import (
     EXAMPLE_SPEC,
@@ -56,6 +59,7 @@ from store import (
     ActiveJobLimit,
     IdempotencyConflict,
     create_job,
+    find_idempotent_job,
     get_dataset,
     get_job_row,
     list_events,
@@ -63,7 +67,7 @@ from store import (
     list_metrics,
     request_cancel,
 )
-from store.models import JOB_STATUSES
+from store.models import JOB_STATUSES, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -97,6 +101,11 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobOut:
     """Submit a job; it is queued for a worker."""
+    body_hash = _body_hash(spec_body) if idempotency_key else None
+    if idempotency_key is not None:
+        replayed = find_idempotent_job(session, owner.id, idempotency_key)
+        if replayed is not None:  # a retry is answered as the first request was, and costs no quota
+            return _replay(replayed, body_hash, response)
     retry_after = runtime.submit_rate.check(owner.id)
     if retry_after:
         raise ApiError(
@@ -116,7 +125,7 @@ def submit_job(
             name=spec.name,
             max_attempts=spec.train.max_attempts,
             idempotency_key=idempotency_key,
-            request_hash=_body_hash(spec_body) if idempotency_key else None,
+            request_hash=body_hash,
             max_active=limit,
         )
     except ActiveJobLimit:
@@ -129,18 +138,43 @@ def submit_job(
         ) from None
     except IdempotencyConflict:
         session.rollback()
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was already used with a different request body",
-            param="idempotency-key",
-        ) from None
+        raise idempotency_conflict() from None
+    if not created:
+        session.commit()
+        return _replay(job, body_hash, response)
+    _check_dataset_kept(session, owner.id, spec)
     session.commit()
-    if created:
-        runtime.queue.enqueue(job.id)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
+    runtime.queue.enqueue(job.id)
     return JobOut.of(job)
+
+
+def _replay(job: Job, body_hash: str | None, response: Response) -> JobOut:
+    """The answer to a repeated Idempotency-Key: the first request's job, or 409 for another body."""
+    if job.request_hash != body_hash:
+        raise idempotency_conflict()
+    response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
+
+
+def idempotency_conflict() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_conflict",
+        "this Idempotency-Key was already used with a different request body",
+        param="idempotency-key",
+    )
+
+
+def _check_dataset_kept(session: Session, owner_id: int, spec: JobSpec) -> None:
+    """The uploaded dataset is still there once the job's row is written (422 if a delete won the race).
+
+    On PostgreSQL the share lock taken when the upload was bound already keeps
+    it; on SQLite this read comes after the insert took the write lock, so a
+    delete has either committed (and is seen) or waits and then sees the job.
+    """
+    if spec.dataset.id is not None and get_dataset(session, owner_id, spec.dataset.id) is None:
+        session.rollback()
+        raise invalid_spec([{"field": "dataset.id", "message": f"dataset {spec.dataset.id!r} was deleted"}])
 
 
 def accept_spec(session: Session, owner_id: int, body: dict[str, Any], settings: Settings) -> JobSpec:
@@ -162,9 +196,34 @@ def accept_spec(session: Session, owner_id: int, body: dict[str, Any], settings:
                 }
             ]
         )
-    if spec.dataset.id is not None:
-        spec = _bind_upload(session, owner_id, spec, settings.max_dataset_rows)
+    if spec.dataset.id is None:
+        shape = builtin_shape(spec)
+    else:
+        spec, shape = _bind_upload(session, owner_id, spec, settings.max_dataset_rows)
+    errors = admission_errors(spec, shape, settings.worker_memory_bytes)
+    if errors:
+        raise invalid_spec(errors)
     return spec
+
+
+def admission_errors(spec: JobSpec, shape: DataShape, worker_memory: int) -> list[dict[str, str]]:
+    """A job whose estimated peak memory is over what a worker offers, named by the field that shrinks it.
+
+    Refusing it here is what keeps one spec from taking a worker down; the
+    worker's ceiling (worker.memory_ceiling) catches an estimate that was low.
+    """
+    cost = estimate(spec, shape)
+    if cost.total <= worker_memory:
+        return []
+    part, field = cost.largest()
+    return [
+        {
+            "field": field,
+            "message": f"this job needs about {describe_bytes(cost.total)} of memory at its peak "
+            f"({part}: {describe_bytes(cost.parts[part])}), over the {describe_bytes(worker_memory)} "
+            f"a worker of this service offers; shrink {field}",
+        }
+    ]
 
 
 def service_limit_errors(spec: JobSpec, settings: Settings) -> list[dict[str, str]]:
@@ -185,14 +244,15 @@ def service_limit_errors(spec: JobSpec, settings: Settings) -> list[dict[str, st
     ]
 
 
-def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) -> JobSpec:
+def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) -> tuple[JobSpec, DataShape]:
     """Check the spec against the caller's uploaded dataset and record its label column in the spec.
 
     The worker re-reads the file with ``dataset.label_column``, so the column the
-    upload was validated with is written into the stored spec.
+    upload was validated with is written into the stored spec. Returns the spec
+    and the data's shape as the upload found it.
     """
     ds = spec.dataset
-    dataset = get_dataset(session, owner_id, ds.id or "")
+    dataset = get_dataset(session, owner_id, ds.id or "", for_job=True)
     if dataset is None:
         raise invalid_spec(
             [
@@ -223,9 +283,10 @@ def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) 
     if errors:
         raise invalid_spec(errors)
     spec = resolve_for_task(spec, info["task"])  # the metrics a spec leaves to the data, now that its task is known
+    shape = DataShape(rows=rows, input_shape=tuple(info["input_shape"]), num_classes=info.get("num_classes"))
     if column is None:
-        return spec
-    return spec.model_copy(update={"dataset": ds.model_copy(update={"label_column": column})})
+        return spec, shape
+    return spec.model_copy(update={"dataset": ds.model_copy(update={"label_column": column})}), shape
 
 
 def _split_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:

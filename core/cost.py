@@ -70,6 +70,11 @@ class Estimate:
         return part, WHAT_TO_SHRINK[part]
 
 
+def describe_bytes(size: int) -> str:
+    """A size as people read it in an error message."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.0f} MiB"
+
+
 def builtin_shape(spec: JobSpec) -> DataShape:
     """The shape of a resolved spec's built-in dataset, known without generating it."""
     entry = catalog.DATASETS[spec.dataset.name or ""]

@@ -54,7 +54,12 @@ def failure_code(exc: BaseException) -> str:
     """The code a job that ended with ``exc`` records."""
     if isinstance(exc, EngineError):
         return exc.code
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _cpu_allocation_failed(exc):
         return OUT_OF_MEMORY
     return INTERNAL_ERROR
 
+
+
+def _cpu_allocation_failed(exc: BaseException) -> bool:
+    """Torch's CPU allocator reports a refused allocation as a plain RuntimeError (errno 12)."""
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

@@ -120,12 +120,17 @@ def create_job(
         if max_active is not None and count_active_jobs(session, owner_id) > max_active:
             raise ActiveJobLimit(max_active)
         return session.get_one(Job, job_id), True
-    existing = session.scalars(
-        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
-    ).one()
+    existing = find_idempotent_job(session, owner_id, idempotency_key or "")
+    assert existing is not None  # the insert conflicted on (owner, key)
     if existing.request_hash != request_hash:
         raise IdempotencyConflict(existing.id)
     return existing, False
+
+
+def find_idempotent_job(session: Session, owner_id: int, idempotency_key: str) -> Job | None:
+    """The owner's job created under this idempotency key, if any (compare its ``request_hash``)."""
+    query = select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+    return session.scalars(query).first()
 
 
 def count_active_jobs(session: Session, owner_id: int) -> int:

@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,11 +35,13 @@ from typing import Any, TypeVar
 import torch
 from sqlalchemy.orm import Session
 
+from core.cost import describe_bytes
 from core.data import Dataset, load_dataset
-from core.errors import INTERNAL_ERROR, SpecError, failure_code
+from core.errors import INTERNAL_ERROR, OUT_OF_MEMORY, SpecError, failure_code
 from core.export import export
 from core.spec import JobSpec, validate_spec
 from core.train import TrainResult, pick_device, train
+from service.settings import Settings
 from store.artifacts import CHUNK_SIZE
 from store.db import DATABASE_DOWN
 from store.events import NewEvent, add_events
@@ -57,6 +60,7 @@ from worker.events import (
     warning_event,
 )
 from worker.lease import Lease
+from worker.memory_ceiling import memory_ceiling
 from worker.projection import make_projection, projection_event, store_projection
 
 log = logging.getLogger("embedmix.worker")
@@ -148,7 +152,7 @@ def _train_and_finish(
     """Load, train from the newest good checkpoint, then end the job as the run's outcome says."""
     spec = validate_spec(job.spec)
     device = pick_device(spec)
-    with tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
+    with _ceiling(context, device), tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
         data = _load_data(context, job, spec, Path(scratch))
         resume = _resume_point(context, job)
         record(context.session_factory, job.job_id, _start_event(job, device, resume))
@@ -162,6 +166,18 @@ def _train_and_finish(
             return _end_stopped(context, lease, job, callbacks.stop_reason(), result, enqueue)
         info = _training_info(job, device, result, resume)
         return _succeed(context, lease, job, spec, data, result, Path(scratch) / "export", info)
+
+
+def _ceiling(context: WorkerContext, device: torch.device) -> AbstractContextManager[None]:
+    """The job's host-memory ceiling on a CPU worker (see worker.memory_ceiling).
+
+    A GPU job's device memory is bounded by torch's own allocator, which raises
+    ``OutOfMemoryError``; CUDA's driver maps host memory of its own that the
+    ceiling must not starve.
+    """
+    if device.type != "cpu":
+        return nullcontext()
+    return memory_ceiling(context.settings.worker_memory_bytes)
 
 
 def _flush_before_ending(callbacks: StoreCallbacks, lease: Lease) -> None:
@@ -424,7 +440,7 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
     can act on says which, anything else is our fault and reads as internal_error.
     """
     code = failure_code(exc)
-    error: dict[str, Any] = {"code": code, "message": _error_message(code, exc)}
+    error: dict[str, Any] = {"code": code, "message": _error_message(code, exc, context.settings)}
     if isinstance(exc, SpecError):
         error["errors"] = exc.errors
     events = [status_event(job.job_id, "failed", f"failed: {error['message']}", key="final", code=code)]
@@ -445,8 +461,15 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
     return "failed" if _finalize(context, lease, ["running", "cancelling"], "failed", events, error=error) else None
 
 
-def _error_message(code: str, exc: Exception) -> str:
+def _error_message(code: str, exc: Exception, settings: Settings) -> str:
     """User errors keep their (helpful) message; internal ones say only what kind of error it was."""
+    if code == OUT_OF_MEMORY:
+        first_line = (str(exc).splitlines() or [""])[0][:MAX_INTERNAL_MESSAGE]
+        return (
+            f"the job ran out of memory ({first_line}); a job may use "
+            f"{describe_bytes(settings.worker_memory_bytes)} on this service's workers: "
+            "shrink train.batch_size, dataset.size or model.width"
+        )
     if code != INTERNAL_ERROR:
         return str(exc)[:MAX_ERROR_MESSAGE]
     first_line = (str(exc).splitlines() or [""])[0]
