@@ -19,13 +19,18 @@ Two ways a job gets stuck, two remedies:
 Every message the reaper (or a worker handing a job back) sends is recorded as
 an ``enqueued`` event whose dedup key counts the sends, so when several
 reapers run (every worker runs one) exactly one of them wins each re-send.
+The reaper writes that record, and a reaped job's return to the queue, in the
+transaction it commits only once the broker has taken the message: while the
+broker is down nothing claims a send that did not happen, and every pass tries again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,56 +49,86 @@ log = logging.getLogger("embedmix.reaper")
 LOST_AFTER_S = 120.0
 MAX_RESEND_INTERVAL_S = 6 * 3600.0
 
+Send = Callable[[str], None]
+
+
+class BrokerApp(TaskSender, Protocol):
+    """What the reaper needs from a Celery app: sending by name, over a connection it configures."""
+
+    def connection_for_write(self, url: str | None = None, **kwargs: Any) -> Any: ...
+
 
 def reap_once(
     session_factory: sessionmaker[Session],
-    celery_app: TaskSender,
+    celery_app: BrokerApp,
     *,
     lost_after_s: float = LOST_AFTER_S,
     now: datetime | None = None,
 ) -> list[str]:
-    """One pass: settle expired leases and re-send lost messages; returns the ids of the jobs re-enqueued.
+    """One pass: settle expired leases and re-send lost messages; returns the ids of the jobs whose message went.
 
     A job re-queued in this pass has just had its send recorded, so the
-    lost-message check that follows does not send it a second time.
+    lost-message check that follows does not send it a second time. The pass
+    sends over a connection of its own that gives up at the first refusal
+    (kombu would otherwise retry for seconds while the record's transaction
+    holds its locks); the reaper's passes are the retries.
     """
     now = now or utcnow()
-    requeued = _reap_expired_leases(session_factory, now)
-    requeued += _resend_lost_messages(session_factory, now, lost_after_s)
-    return [job_id for job_id in requeued if _send(celery_app, job_id)]
+    with celery_app.connection_for_write(transport_options={"max_retries": 0}) as connection:
+        def send(job_id: str) -> None:
+            send_train_message(celery_app, job_id, retry=False, connection=connection)
+
+        sent = _reap_expired_leases(session_factory, send, now)
+        return sent + _resend_lost_messages(session_factory, send, now, lost_after_s)
 
 
-def _send(celery_app: TaskSender, job_id: str) -> bool:
-    """Publish the job's message; a failure is logged and left to a later pass (the job looks lost then)."""
+def _commit_if_sent(session: Session, send: Send, job_id: str) -> bool:
+    """Send the job's message, then commit the transaction that records the send; roll it back if the send failed.
+
+    The record (an ``enqueued`` event, and for a reaped job its return to the
+    queue) is the claim on the send, so it must not outlive a send that never
+    happened: rolled back, the job looks exactly as before and the next pass tries again.
+    """
     try:
-        send_train_message(celery_app, job_id)
-    except Exception:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
-        log.exception("job %s: could not re-enqueue; a later pass will retry", job_id)
+        send(job_id)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
+        session.rollback()
+        log.warning("job %s: could not send its message (%s: %s); the next pass retries", job_id, type(exc).__name__, exc)
         return False
-    log.info("job %s: re-enqueued", job_id)
+    session.commit()
+    log.info("job %s: message sent", job_id)
     return True
 
 
-def _reap_expired_leases(session_factory: sessionmaker[Session], now: datetime) -> list[str]:
-    """Settle each job whose lease expired, each in its own transaction; returns those back in the queue."""
+def _reap_expired_leases(session_factory: sessionmaker[Session], send: Send, now: datetime) -> list[str]:
+    """Settle each job whose lease expired, each in its own transaction; returns those sent back to the queue."""
     with session_factory() as session:
         candidates = expired_leases(session, now)
-    requeued = []
-    for job_id in candidates:
-        with session_factory() as session:
-            status = reap_expired(session, job_id, now=now)
-            if status is None:
-                continue  # a heartbeat or another reaper got there first
-            job = get_job_unscoped(session, job_id)
-            assert job is not None
-            events = [_reaped_event(job, status)]
-            if status == "queued":
-                events.append(_enqueued_event(session, job_id, "lease_expired", now))
-                requeued.append(job_id)
-            add_events(session, job_id, events)
+    return [job_id for job_id in candidates if _reap(session_factory, send, job_id, now) == "queued"]
+
+
+def _reap(session_factory: sessionmaker[Session], send: Send, job_id: str, now: datetime) -> str | None:
+    """Settle one expired lease; returns the job's new status, or None if nothing changed.
+
+    A job that goes back to the queue is committed only with its message sent,
+    so while the broker is down it stays as it was (lease expired) for the next pass.
+    """
+    with session_factory() as session:
+        status = reap_expired(session, job_id, now=now)
+        if status is None:
+            return None  # a heartbeat or another reaper got there first
+        job = get_job_unscoped(session, job_id)
+        assert job is not None
+        events = [_reaped_event(job, status)]
+        if status == "queued":
+            events.append(_enqueued_event(session, job_id, "lease_expired", now))
+        add_events(session, job_id, events)
+        if status != "queued":
             session.commit()
-        log.warning("job %s: lease expired; now %s", job_id, status)
-    return requeued
+        elif not _commit_if_sent(session, send, job_id):
+            return None
+    log.warning("job %s: lease expired; now %s", job_id, status)
+    return status
 
 
 def _reaped_event(job: Job, status: str) -> NewEvent:
@@ -108,7 +143,9 @@ def _reaped_event(job: Job, status: str) -> NewEvent:
     )
 
 
-def _resend_lost_messages(session_factory: sessionmaker[Session], now: datetime, lost_after_s: float) -> list[str]:
+def _resend_lost_messages(
+    session_factory: sessionmaker[Session], send: Send, now: datetime, lost_after_s: float
+) -> list[str]:
     """Queued, unleased jobs that have waited past their resend interval; each claims its re-send by event."""
     resent = []
     with session_factory() as session:
@@ -119,9 +156,9 @@ def _resend_lost_messages(session_factory: sessionmaker[Session], now: datetime,
             interval = min(lost_after_s * 2**sends, MAX_RESEND_INTERVAL_S)
             if now - max(created_at, last_sent or created_at) < timedelta(seconds=interval):
                 continue
-            if add_events(session, job_id, [_enqueued_event(session, job_id, "lost_message", now)]):
+            claimed = add_events(session, job_id, [_enqueued_event(session, job_id, "lost_message", now)])
+            if claimed and _commit_if_sent(session, send, job_id):
                 resent.append(job_id)
-            session.commit()
     return resent
 
 
@@ -159,7 +196,7 @@ def _enqueued_event(session: Session, job_id: str, reason: str, now: datetime) -
     )
 
 
-def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: TaskSender) -> None:
+def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: BrokerApp) -> None:
     """Reap every ``reaper_interval_s`` until ``stop_event`` is set (``embedmix reaper`` and the worker's thread).
 
     ``celery_app`` sends the messages; the caller hands it over (the worker its own
@@ -186,7 +223,7 @@ def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: Task
             return
 
 
-def start_reaper_thread(settings: Settings, stop_event: threading.Event, celery_app: TaskSender) -> threading.Thread:
+def start_reaper_thread(settings: Settings, stop_event: threading.Event, celery_app: BrokerApp) -> threading.Thread:
     """Run the reaper in a daemon thread of this process (each worker runs one; they do not conflict)."""
     thread = threading.Thread(
         target=run_reaper, args=(settings, stop_event, celery_app), name="embedmix-reaper", daemon=True
