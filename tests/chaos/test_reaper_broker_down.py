@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.queue import TRAIN_QUEUE
 from service.settings import Settings
-from store import claim_lease, create_job, create_owner, get_job_unscoped, list_events, transition
+from store import (
+    claim_lease,
+    create_job,
+    create_owner,
+    get_job_unscoped,
+    list_events,
+    transition,
+)
 from store.db import make_engine, make_session_factory, migrate
 from store.models import Job, utcnow
 from tests.chaos.conftest import SPEC
