@@ -213,7 +213,7 @@ def run_reaper(settings: Settings, stop_event: threading.Event, celery_app: Brok
             if not database_down:
                 log.warning("database unreachable (%s); reaping resumes when it is back", type(exc).__name__)
             database_down = True
-        except Exception:  # noqa: BLE001 - a broker outage or a bug must not end the loop
+        except Exception:  # a broker outage or a bug must not end the loop
             log.exception("reaper pass failed; retrying in %.1fs", settings.reaper_interval_s)
         else:
             if database_down:
