@@ -72,7 +72,7 @@ class Estimate:
 
 def describe_bytes(size: int) -> str:
     """A size as people read it in an error message."""
-    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.0f} MiB"
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def builtin_shape(spec: JobSpec) -> DataShape:
