@@ -45,6 +45,7 @@ from api.deps import (
 )
 from api.errors import ApiError, not_found
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
+from api.storage_quota import check_storage_quota
 from core.cost import DataShape, builtin_shape, describe_bytes, estimate
 from core.errors import SpecError
 from core.spec import (
@@ -68,6 +69,7 @@ from store import (
     request_cancel,
 )
 from store.models import JOB_STATUSES, Job
+from store.storage import JobNotFinished, delete_finished_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -116,6 +118,7 @@ def submit_job(
             headers={"Retry-After": str(retry_after)},
         )
     spec = accept_spec(session, owner.id, spec_body, runtime.settings)
+    check_storage_quota(session, owner.id, 0, runtime.settings.storage_quota_bytes)
     limit = runtime.settings.max_active_jobs_per_owner
     try:
         job, created = create_job(
@@ -386,6 +389,19 @@ def cancel_job(job: OwnedJob, owner: CurrentOwner, session: SessionDep) -> JobOu
             409, "invalid_state", f"job {job.id} has already {cancelled.status}; nothing to cancel"
         )
     return JobOut.of(cancelled)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_ERRORS)
+def delete_job(job: OwnedJob, session: SessionDep, runtime: RuntimeDep) -> None:
+    """Remove a finished job with its events, metrics, checkpoints and model files (frees storage quota)."""
+    try:
+        delete_finished_job(session, job, runtime.artifacts)
+    except JobNotFinished as exc:
+        session.rollback()
+        raise ApiError(
+            409, "invalid_state", f"job {job.id} is {exc.status}; cancel it and wait for it to stop first"
+        ) from None
+    session.commit()
 
 
 @router.get("/{job_id}/events", responses=_ERRORS)
