@@ -86,6 +86,10 @@ class EmbedmixClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def delete_job(self, job_id: str) -> None:
+        """Remove a finished job and everything it stored (frees storage quota)."""
+        self._call("DELETE", f"/v1/jobs/{job_id}")
+
     def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> dict[str, Any]:
         params = {"limit": limit, **({"after": after} if after is not None else {})}
         return self._call("GET", f"/v1/jobs/{job_id}/events", params=params)
