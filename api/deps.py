@@ -12,18 +12,21 @@ import hmac
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, not_found, unauthorized
 from api.key_cache import Caller
 from api.runtime import Runtime
+from api.schemas import AsciiInt
 from store import authenticate, ensure_admin_key, get_job
 from store.models import Job, Owner
 
@@ -145,7 +148,7 @@ class PageParams:
 
 async def get_page(
     limit: Annotated[
-        int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")
+        AsciiInt, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")
     ] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
@@ -155,6 +158,25 @@ async def get_page(
 
 
 PageDep = Annotated[PageParams, Depends(get_page)]
+
+
+def int_in_text(text: str, kind: Any, param: str) -> int:
+    """The number a text parameter carries (a numeric cursor, a part of ``Last-Event-ID``).
+
+    ``kind`` is one of the integer types of :mod:`api.schemas` (``EventId``,
+    ``Step``), so the text obeys the same rules as an integer parameter: ASCII
+    digits within the column's range; anything else is a 422 naming ``param``.
+    """
+    try:
+        return _adapter(kind).validate_python(text)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ApiError(422, "invalid_cursor", f"invalid {param} {text!r}: {reason}", param=param) from None
+
+
+@cache
+def _adapter(kind: Any) -> TypeAdapter[int]:
+    return TypeAdapter(kind)
 
 
 async def reject_unknown_query(request: Request) -> None:

@@ -72,13 +72,17 @@ def to_batch(inputs: Sequence[Any], input_shape: Sequence[int], max_inputs: int)
     """Check ``inputs`` is a batch of samples of the model's input shape; return it as float32.
 
     Every refusal is a 422 naming ``inputs`` and saying what shape was expected,
-    because a shape mistake is the usual one (a flattened image, a missing batch axis).
+    because a shape mistake is the usual one (a flattened image, a missing batch axis);
+    a value float32 cannot hold names the input it is in (``inputs.<index>``).
     """
     expected = [int(d) for d in input_shape]
     if not inputs:
         raise _bad_inputs("give at least one input")
     try:
-        batch = np.asarray(inputs, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused below
+            batch = np.asarray(inputs, dtype=np.float32)
+    except OverflowError:  # a JSON integer past even float64's range (400 digits, say)
+        raise _out_of_range(next(i for i, sample in enumerate(inputs) if _overflows(sample))) from None
     except (ValueError, TypeError):
         raise _bad_inputs(
             f"each input must be a number array of shape {expected} (ragged or non-numeric values found)"
@@ -94,9 +98,29 @@ def to_batch(inputs: Sequence[Any], input_shape: Sequence[int], max_inputs: int)
         )
     if len(batch) > max_inputs:
         raise _bad_inputs(f"at most {max_inputs} inputs per request, got {len(batch)}")
-    if not np.isfinite(batch).all():
-        raise _bad_inputs("inputs contain NaN or infinite values")
+    finite = np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+    if not finite.all():
+        raise _out_of_range(int(np.flatnonzero(~finite)[0]))
     return torch.from_numpy(batch)
+
+
+def _overflows(sample: Any) -> bool:
+    """Whether the sample holds an integer too large for any float (only asked once a batch did)."""
+    try:
+        np.asarray(sample, dtype=np.float32)
+    except OverflowError:
+        return True
+    return False
+
+
+def _out_of_range(index: int) -> ApiError:
+    limit = float(np.finfo(np.float32).max)
+    return ApiError(
+        422,
+        "invalid_inputs",
+        f"input {index} holds NaN, an infinity or a number beyond the float32 range (±{limit:.3g})",
+        param=f"inputs.{index}",
+    )
 
 
 def to_texts(inputs: Sequence[Any], max_inputs: int) -> list[str]:
@@ -112,11 +136,31 @@ def to_texts(inputs: Sequence[Any], max_inputs: int) -> list[str]:
     return list(inputs)
 
 
+# How far from length 1 an embedding may be: float32 normalisation is good to about 1e-6.
+UNIT_TOLERANCE = 1e-3
+
+
 @torch.inference_mode()
 def embed(encoder: nn.Module, batch: torch.Tensor | list[str]) -> list[list[float]]:
-    """Unit-length embeddings of raw inputs (samples, or strings for a text model), in bounded batches."""
+    """Unit-length embeddings of raw inputs (samples, or strings for a text model), in bounded batches.
+
+    An input can be finite and still too large for the model's float32 arithmetic
+    (1e30 overflows the embedding's norm, which normalises it to zeros): such an
+    embedding is not of unit length, and is refused naming its input rather than returned.
+    """
     parts = [encoder(batch[i : i + EMBED_BATCH]) for i in range(0, len(batch), EMBED_BATCH)]
-    return torch.cat(parts).float().tolist()
+    embeddings = torch.cat(parts).float()
+    off = ~((embeddings.norm(dim=1) - 1).abs() <= UNIT_TOLERANCE)  # NaN norms count as off
+    if off.any():
+        index = int(off.nonzero()[0])
+        raise ApiError(
+            422,
+            "invalid_inputs",
+            f"input {index} is too large for the model's float32 arithmetic (its embedding overflowed); "
+            "send inputs on the scale of the training data",
+            param=f"inputs.{index}",
+        )
+    return embeddings.tolist()
 
 
 def _bad_inputs(message: str) -> ApiError:

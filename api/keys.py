@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path
 
 from api.deps import AdminOwner, CurrentOwner, RuntimeDep, SessionDep
 from api.errors import ApiError, not_found
-from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut
+from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut, RowId
 from store import create_api_key, create_owner, get_owner, revoke_api_key
 from store.models import ApiKey
 
@@ -51,7 +51,7 @@ def create_key(body: KeyCreateIn, admin: AdminOwner, session: SessionDep) -> Key
 
 @router.delete("/{key_id}", responses=_ERRORS)
 def revoke_key(
-    key_id: Annotated[int, Path(ge=1)], owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
+    key_id: Annotated[RowId, Path()], owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep
 ) -> KeyOut:
     """Revoke a key at once; requests with it get 401 from then on. Revoking twice is harmless."""
     key = session.get(ApiKey, key_id)

@@ -5,9 +5,12 @@ a body without one (chunked) is counted as it arrives and refused the moment it
 passes the limit, so an oversized request never costs more than the limit in
 memory, disk or time. Uploads have their own, larger limit (the file's exact
 limit is checked again by the upload parser); every other body is JSON and
-capped by ``max_request_bytes``. JSON bodies are also refused when nested
-deeper than ``max_json_depth`` (the parser recurses per level) or when a string
-holds ``\u0000``; a NUL anywhere in the URL or a header is refused too, since
+capped by ``max_request_bytes``. JSON bodies are also refused when they are
+not UTF-8 (RFC 8259 asks for it; Python's parser would also read UTF-16 and
+UTF-32, whose bytes hide NULs and nesting from a byte-level check), when nested
+deeper than ``max_json_depth`` (the parser recurses per level), or when a string
+holds ``\u0000`` or an unpaired surrogate escape (``\ud800``: text no UTF-8
+column can store); a NUL anywhere in the URL or a header is refused too, since
 no route takes one and PostgreSQL cannot store one.
 """
 
@@ -64,7 +67,10 @@ class BodyLimitMiddleware:
 
 # JSON strings hold what every route stores as text; PostgreSQL refuses NUL in text and JSONB.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+# One escape inside a string, read left to right so that "\\u0000" is a backslash and text.
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+_HIGH_SURROGATES = range(0xD800, 0xDC00)
+_LOW_SURROGATES = range(0xDC00, 0xE000)
 _JSON_TYPES = ("application/json", "")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -76,11 +82,18 @@ def bad_request(code: str, message: str, param: str | None = None) -> ApiError:
 def json_problem(body: bytes, max_depth: int) -> ApiError | None:
     """Why this JSON body must be refused before it is parsed, or None.
 
-    Python's parser recurses once per level, so nesting is bounded here,
-    scanning only brackets and strings (numbers and whitespace are skipped
+    The body must be UTF-8 first: then the brackets, quotes and escapes scanned
+    here are the decoded JSON's, since no byte of a multi-byte UTF-8 character
+    is ASCII. Python's parser recurses once per level, so nesting is bounded
+    here, scanning only brackets and strings (numbers and whitespace are skipped
     by the regex engine, so a 1 MiB embed request costs milliseconds).
     Malformed JSON is left to the parser, which reports it with a position.
     """
+    if not _is_utf8(body):
+        return bad_request(
+            "invalid_json",
+            "the JSON body must be encoded in UTF-8 (RFC 8259); this one is not (UTF-16 or UTF-32?)",
+        )
     depth = 0
     for match in _JSON_TOKEN.finditer(body):
         token = match.group()
@@ -93,11 +106,45 @@ def json_problem(body: bytes, max_depth: int) -> ApiError | None:
                 )
         elif token in (b"]", b"}"):
             depth -= 1
-        elif b"\\" in token and _ESCAPED_NUL.search(token):
-            return bad_request(
-                "invalid_json", "JSON strings may not contain the NUL character (\\u0000)"
-            )
+        elif b"\\" in token:
+            problem = _escape_problem(token)
+            if problem is not None:
+                return bad_request("invalid_json", problem)
     return None
+
+
+def _is_utf8(body: bytes) -> bool:
+    """Strict UTF-8 with no NUL byte: UTF-8 JSON never holds a raw NUL, UTF-16 and UTF-32 of ASCII always do.
+
+    Python's strict decoder also refuses encoded surrogates, which the JSON
+    parser (decoding with ``surrogatepass``) would let through.
+    """
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _escape_problem(string: bytes) -> str | None:
+    """A NUL or an unpaired surrogate among one JSON string's escapes: text no store can hold."""
+    unpaired = "JSON strings may not contain an unpaired surrogate escape (such as \\ud800)"
+    high_ends_at: int | None = None  # where an escaped high surrogate ended, waiting for its low half
+    for escape in _ESCAPE.finditer(string):
+        code = int(escape.group(1), 16) if escape.group(1) else -1  # -1: a one-character escape
+        if high_ends_at is not None:
+            if escape.start() != high_ends_at or code not in _LOW_SURROGATES:
+                return unpaired
+            high_ends_at = None
+        elif code == 0:
+            return "JSON strings may not contain the NUL character (\\u0000)"
+        elif code in _HIGH_SURROGATES:
+            high_ends_at = escape.end()
+        elif code in _LOW_SURROGATES:
+            return unpaired
+    return unpaired if high_ends_at is not None else None
 
 
 def request_line_problem(scope: Scope) -> ApiError | None:

@@ -6,15 +6,41 @@ by attribute, so a handler returns ``JobOut.of(job)`` and no field is copied by 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import Row
 
 from store.models import Job
 
 T = TypeVar("T")
+
+# The largest integers the database holds: owner, key and step columns are INTEGER
+# (PostgreSQL's int4), event ids BIGINT. A larger number would fail in the driver, a 500.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _ascii_digits(value: object) -> object:
+    """A number given as text is ASCII digits with an optional minus, and nothing else.
+
+    Pydantic alone also reads ``+1``, `` 1``, ``1_0`` and ``1.0``, and ``int()``
+    reads other scripts' digits; none of them is what a client meant to send.
+    """
+    if isinstance(value, str) and not _ASCII_INTEGER.fullmatch(value):
+        raise ValueError("must be a whole number written in the ASCII digits 0-9")
+    return value
+
+
+# Integer parameters and fields: every path, query and header integer is one of these.
+AsciiInt = Annotated[int, BeforeValidator(_ascii_digits)]
+RowId = Annotated[AsciiInt, Ge(1), Le(INT32_MAX)]  # an owner or key id
+EventId = Annotated[AsciiInt, Ge(0), Le(INT64_MAX)]  # a job event's id; 0 is before the first
+Step = Annotated[AsciiInt, Ge(-1), Le(INT32_MAX)]  # a training step; -1 is before step 0
 
 
 class Page(BaseModel, Generic[T]):
@@ -172,7 +198,7 @@ class KeyCreateIn(BaseModel):
         max_length=200,
         description="a new owner's name (omit to add a key to owner_id)",
     )
-    owner_id: int | None = Field(None, description="add a key to this existing owner instead")
+    owner_id: RowId | None = Field(None, description="add a key to this existing owner instead")
     admin: bool = Field(False, description="the new owner may manage keys")
 
 

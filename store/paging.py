@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,9 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 MAX_PAGE = 1000
+# The row ids cursors name (job_..., ds_...): anything else, a NUL or a lone surrogate
+# above all, would reach the database's comparison and fail there rather than here.
+_ROW_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 class InvalidCursor(ValueError):
@@ -37,7 +41,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise InvalidCursor(f"invalid cursor {cursor!r}") from exc
-    if moment.tzinfo is None or not isinstance(row_id, str):
+    if moment.tzinfo is None or not isinstance(row_id, str) or not _ROW_ID.fullmatch(row_id):
         raise InvalidCursor(f"invalid cursor {cursor!r}")
     return moment, row_id
 
