@@ -16,6 +16,7 @@ from api.embedding import EncoderCache
 from api.key_cache import KeyCache, RevocationListener
 from api.queue import TrainQueue
 from api.rate_limit import SubmitRateLimiter
+from api.stream_limits import StreamLimits
 from api.telemetry import Telemetry
 from core.catalog import catalog_json
 from service.settings import Settings
@@ -43,6 +44,7 @@ class Runtime:
     keys: KeyCache
     revocations: RevocationListener
     poll_threads: ThreadPoolExecutor
+    streams: StreamLimits
     encoders: EncoderCache
     telemetry: Telemetry
     catalog: dict[str, list[dict[str, Any]]]
@@ -65,6 +67,7 @@ class Runtime:
             keys=keys,
             revocations=RevocationListener(settings.redis_url, keys),
             poll_threads=ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="polls"),
+            streams=StreamLimits(settings.max_streams_per_key, settings.max_streams),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
             telemetry=Telemetry(session_factory, queue.depth),
             catalog=catalog_json(),

@@ -16,6 +16,11 @@ nothing happens. ``metrics`` and ``event`` messages carry an id
 ``<last event id>-<last metric step>``; a client reconnecting with
 ``Last-Event-ID`` (browsers do this by themselves) or ``?last_event_id=``
 resumes after them instead of receiving everything again.
+
+Streams are bounded (:mod:`api.stream_limits`): a slot per stream, capped per
+key and per process (429 beyond), and each poll a short session of its own on
+one of a few threads, so an idle stream holds no database connection and
+streams never take the thread pool the other routes need.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedJob, RuntimeDep, SessionDep
-from api.errors import ApiError
+from api.deps import CurrentOwner, JobIdPath, RuntimeDep
+from api.errors import ApiError, not_found
 from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut
 from store import get_job, list_events, list_metrics
 from store.models import TERMINAL_STATUSES
@@ -93,26 +98,53 @@ def get_start_position(
 StartPosition = Annotated[Position, Depends(get_start_position)]
 
 
+async def hold_stream_slot(request: Request, owner: CurrentOwner, runtime: RuntimeDep) -> AsyncIterator[None]:
+    """A slot of the caller's key for as long as the stream lasts (429 at the cap; see api.stream_limits).
+
+    A dependency with ``yield``: FastAPI runs its exit after the response has
+    ended, however it ended. The key is the one ``CurrentOwner`` accepted, read
+    as FastAPI's HTTPBearer reads it.
+    """
+    _, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    with runtime.streams.hold(key):
+        yield
+
+
+async def first_poll(
+    job_id: JobIdPath,
+    owner: CurrentOwner,
+    runtime: RuntimeDep,
+    position: StartPosition,
+    _slot: Annotated[None, Depends(hold_stream_slot)],
+) -> Snapshot:
+    """The stream's first read, once its slot is held and before the response starts, so an
+    unknown job (or another owner's) is a plain 404."""
+    snap = await runtime.streams.poll(_poll, runtime.session_factory, owner.id, job_id, position)
+    if snap.job is None:
+        raise not_found("job", job_id, param="job_id")
+    return snap
+
+
 @router.get(
     "/{job_id}/stream",
     response_class=EventSourceResponse,
-    responses={code: {"model": ErrorOut} for code in (401, 404, 422)},
+    responses={code: {"model": ErrorOut} for code in (401, 404, 422, 429)},
 )
 async def stream_job(
-    job: OwnedJob, session: SessionDep, runtime: RuntimeDep, position: StartPosition
+    job_id: JobIdPath,
+    owner: CurrentOwner,
+    runtime: RuntimeDep,
+    position: StartPosition,
+    snap: Annotated[Snapshot, Depends(first_poll)],
 ) -> AsyncIterator[ServerSentEvent]:
-    """Follow the job until it finishes (see the module notes for the message types)."""
-    owner_id, job_id = job.owner_id, job.id
-    # The request's session found the job; polls use short sessions of their own, so a
-    # long stream holds no connection or transaction between polls.
-    await run_in_threadpool(session.close)
+    """Follow the job until it finishes (see the module notes for the message types).
+
+    A key holds a limited number of streams at once; beyond it the answer is 429.
+    """
     yield ServerSentEvent(comment=f"following {job_id}", retry=RETRY_MS)
     sent_status: str | None = None
     sent_progress: dict[str, Any] | None = None
-    while True:
-        snap = await run_in_threadpool(_poll, runtime.session_factory, owner_id, job_id, position)
-        if snap.job is None:
-            return
+    while snap.job is not None:
         progress = snap.job.progress.model_dump()
         if progress != sent_progress:
             sent_progress = progress
@@ -134,6 +166,7 @@ async def stream_job(
             return
         if snap.drained:
             await asyncio.sleep(POLL_INTERVAL_S)
+        snap = await runtime.streams.poll(_poll, runtime.session_factory, owner.id, job_id, position)
 
 
 def _poll(
