@@ -263,6 +263,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
+        errors += _block_errors(spec)
         errors += _engine_errors(spec)
     errors += _method_metric_errors(spec)
     if spec.train.batch_size < 2 * loss.min_per_class:
@@ -285,6 +286,32 @@ def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
     if mix.views == 2 and spec.objective.views != 2:
         errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
     return errors
+
+
+# The blocks core.models.encoders builds, which a mixing method's `block` parameter indexes:
+# `depth` of them, plus a final pooling block for the convolutional encoders; resnet18's are fixed.
+_BLOCKS_AFTER_DEPTH = {"mlp": 0, "conv1d": 1, "conv2d": 1}
+_FIXED_BLOCKS = {"resnet18": 6}
+
+
+def _block_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """A `block` the encoder has: found here rather than as an internal error at the first training step."""
+    block = spec.mixup.params.get("block")
+    count = _encoder_blocks(spec.model)
+    if type(block) is not int or count is None or block < count:
+        return []  # a block of the wrong type is _check_params' to report
+    return [{"field": "mixup.params.block",
+             "message": f"{spec.model.encoder!r} has {count} blocks here (0..{count - 1}); "
+                        f"choose one of them, or -1 to draw one per step"}]
+
+
+def _encoder_blocks(model: ModelSpec) -> int | None:
+    """How many blocks the resolved model's encoder has; None for an encoder without blocks to mix (text)."""
+    if model.encoder in _FIXED_BLOCKS:
+        return _FIXED_BLOCKS[model.encoder]
+    if model.encoder not in _BLOCKS_AFTER_DEPTH:
+        return None
+    return int(model.params["depth"]) + _BLOCKS_AFTER_DEPTH[model.encoder]
 
 
 def _engine_errors(spec: JobSpec) -> list[dict[str, str]]:

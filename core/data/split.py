@@ -25,8 +25,19 @@ def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: fl
         test = np.zeros(n, dtype=bool)
         test[rng.permutation(n)[: int(round(fraction * n))]] = True
     if test.all() or not test.any():
-        raise DataError(f"a test_fraction of {fraction} leaves an empty train or test set with {n} rows")
+        raise DataError(_empty_split_message(y if task == "classification" else None, n, fraction, test.all()))
     return test
+
+
+def _empty_split_message(y: np.ndarray | None, n: int, fraction: float, all_test: bool) -> str:
+    """Why a random split left one side empty, in the data's own numbers (classes, rows, fraction)."""
+    empty = "train" if all_test else "test"
+    if y is None:
+        return f"a test_fraction of {fraction} of {n} rows leaves the {empty} set empty; change test_fraction or add rows"
+    classes, counts = np.unique(y, return_counts=True)
+    return (f"the split is stratified: each class puts round({fraction} x its rows) in the test set, and "
+            f"{len(classes)} classes over {n} rows (at most {int(counts.max())} per class) "
+            f"leave the {empty} set empty; use fewer classes, more rows or another test_fraction")
 
 
 def split(raw: dict[str, Any], task: Task | None, spec: SplitSpec, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -260,7 +260,8 @@ def test_given_split_without_test_arrays_fails(tmp_path):
 def test_empty_side_of_a_random_split_fails(tmp_path):
     x, y = labelled({0: 2, 1: 2})
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    refused(tmp_path / "d.npz", "empty train or test set", split={"test_fraction": 0.1}, objective={"loss": "ntxent"})
+    refused(tmp_path / "d.npz", "2 classes over 4 rows", "round(0.1 x its rows)", "leave the test set empty",
+            split={"test_fraction": 0.1}, objective={"loss": "ntxent"})
 
 
 # --- files ----------------------------------------------------------------------------------------
