@@ -37,6 +37,10 @@ logger = logging.getLogger("embedmix.api")
 
 API_VERSION = "1"
 UPLOAD_PATH = "/v1/datasets"
+# On shutdown uvicorn waits for open responses; an event stream of a running job would keep it
+# waiting until the job ends. Past this grace the remaining responses are cancelled (and their
+# stream slots freed), so a stop takes seconds, not the length of a training run.
+SHUTDOWN_GRACE_S = 5
 DESCRIPTION = """\
 Train embedding models over HTTP: submit a JobSpec, follow it live, download the encoder
 (safetensors, ONNX, TorchScript) or embed inputs with it.
@@ -116,9 +120,12 @@ def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, worke
     log_config = logging_config("api", "INFO", settings.log_format)  # JSON lines with the job id (service.jsonlog)
     logger.info("embedmix API on http://%s:%d (docs at /docs), %d process(es)", host, port, workers)
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_config=log_config)
+        uvicorn.run(
+            create_app(settings), host=host, port=port, proxy_headers=True, log_config=log_config,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
         return
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        proxy_headers=True, log_config=log_config,
+        proxy_headers=True, log_config=log_config, timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
