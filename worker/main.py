@@ -3,15 +3,17 @@
 One worker process per device: the default pool is ``solo`` (the job runs in
 the worker's main thread, which also lets a warm shutdown hand the job back
 with a checkpoint). Torch sees only the devices in CUDA_VISIBLE_DEVICES, so
-pinning a worker to a GPU is done in its environment, not here.
+pinning a worker to a GPU is done in its environment, not here. The
+``train_threads`` setting is applied here too (worker/threads.py).
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from typing import Literal
+from typing import Any, Literal
 
+from celery.signals import task_prerun, worker_process_init
 from celery.utils.nodenames import default_nodename, host_format
 
 from service.jsonlog import configure_logging
@@ -19,6 +21,7 @@ from service.queue import TRAIN_QUEUE
 from service.settings import Settings
 from worker.celery_app import create_app
 from worker.reaper import run_reaper
+from worker.threads import limit_training_threads, size_task_thread
 
 Pool = Literal["solo", "threads", "prefork"]
 
@@ -46,6 +49,7 @@ def run_worker(
     pool = pool or ("solo" if concurrency == 1 else "prefork")
     if pool == "solo" and concurrency != 1:
         raise ValueError("the solo pool runs one job at a time; use threads or prefork for concurrency > 1")
+    _apply_training_threads(settings.train_threads)
     app = create_app(settings)
     worker = app.Worker(
         hostname=host_format(default_nodename(hostname or "embedmix@%h")),
@@ -63,6 +67,22 @@ def run_worker(
     )
     worker.start()
     return int(worker.exitcode or 0)
+
+
+def _apply_training_threads(threads: int) -> None:
+    """``train_threads`` in this process, in each prefork child, and in the thread that runs each task."""
+    if not threads:
+        return
+    limit_training_threads(threads)
+
+    def child_started(**_: Any) -> None:
+        limit_training_threads(threads)
+
+    def task_starting(args: Any = None, **_: Any) -> None:
+        size_task_thread(threads, str((args or ["?"])[0]))
+
+    worker_process_init.connect(child_started, weak=False, dispatch_uid="embedmix-train-threads-child")
+    task_prerun.connect(task_starting, weak=False, dispatch_uid="embedmix-train-threads")
 
 
 def serve_reaper(settings: Settings, loglevel: str = "INFO") -> None:
