@@ -20,10 +20,12 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from api import catalog, datasets, health, jobs, keys, models, projection, stream, ui
+from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, ui
 from api.deps import reject_unknown_query
+from api.docs import DocsPolicyMiddleware
 from api.errors import document_errors, install_error_handlers
 from api.limits import BodyLimitMiddleware, InputGuardMiddleware
 from api.poll import JobPollMiddleware
@@ -62,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         runtime.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their files from a package, not a CDN (see api.docs).
+    app = FastAPIOffline(
         title="embedmix",
         version=API_VERSION,
         description=DESCRIPTION,
@@ -70,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (jobs, stream, models, projection, datasets, keys, catalog, health, ui):
+    for module in (jobs, stream, models, openai_embeddings, projection, datasets, keys, catalog, health, ui):
         # API routes refuse query parameters they do not take; pages and probes are lenient.
         strict = module.router.prefix.startswith("/v1")
         app.include_router(
@@ -91,6 +94,7 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
             return upload_limit
         return settings.max_request_bytes
 
+    app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(JobPollMiddleware, runtime=runtime, route=_route(jobs.router, "GET", "/v1/jobs/{job_id}"))
     app.add_middleware(InputGuardMiddleware, max_json_depth=settings.max_json_depth)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)

@@ -163,5 +163,13 @@ def embed(encoder: nn.Module, batch: torch.Tensor | list[str]) -> list[list[floa
     return embeddings.tolist()
 
 
+def input_units(encoder: nn.Module, batch: torch.Tensor | list[str]) -> int:
+    """What a request consumed: tokens for a text model (as its tokeniser cuts them), samples otherwise."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None or not isinstance(batch, list):
+        return len(batch)
+    return sum(len(encoding.ids) for encoding in tokenizer.encode_batch(batch))
+
+
 def _bad_inputs(message: str) -> ApiError:
     return ApiError(422, "invalid_inputs", message, param="inputs")

@@ -20,8 +20,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
-from api.embedding import embed, to_batch, to_texts
+from api.embedding import embed, input_units, to_batch, to_texts
 from api.errors import ApiError, not_found
+from api.runtime import Runtime
 from api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
 from core.export import FILENAMES
 from store import ArtifactStore, get_checkpoint, list_checkpoints
@@ -125,13 +126,23 @@ def embed_inputs(
 ) -> EmbedOut:
     """Embed raw inputs with the job's model; each input has the card's ``input.shape``
     (a text model's inputs are strings)."""
+    embeddings, _ = embed_with_job(job, body.inputs, session, runtime)
+    return EmbedOut(embeddings=embeddings, embedding_dim=len(embeddings[0]), model=job.id)
+
+
+def embed_with_job(job: Job, inputs: list[Any], session: Session, runtime: Runtime) -> tuple[list[list[float]], int]:
+    """The unit embeddings of ``inputs`` by a succeeded job's model, and the tokens (or samples) they took.
+
+    The one embedding path of the service: ``/embed`` and the OpenAI-compatible
+    ``/v1/embeddings`` both answer with it, so they return the same vectors.
+    """
     entry = _model_file(job, EMBED_FORMAT)
     card_input = (job.card or {}).get("input", {})
     limit = runtime.settings.max_embed_inputs
     batch = (
-        to_texts(body.inputs, limit)
+        to_texts(inputs, limit)
         if card_input.get("type") == "text"
-        else to_batch(body.inputs, card_input.get("shape", []), limit)
+        else to_batch(inputs, card_input.get("shape", []), limit)
     )
     encoder = runtime.encoders.get(
         job.id,
@@ -139,8 +150,7 @@ def embed_inputs(
         lambda: runtime.artifacts.open(session, entry["artifact_id"]),
         runtime.settings.work_dir or None,
     )
-    embeddings = embed(encoder, batch)
-    return EmbedOut(embeddings=embeddings, embedding_dim=len(embeddings[0]), model=job.id)
+    return embed(encoder, batch), input_units(encoder, batch)
 
 
 def _require_succeeded(job: Job) -> None:

@@ -1,0 +1,86 @@
+"""``POST /v1/embeddings``: the OpenAI embeddings wire format over a trained job's model.
+
+Clients written for the OpenAI API (its Python and JS packages, LangChain,
+LlamaIndex...) embed with a trained model by pointing their base URL at the
+service and naming the job as the model. The vectors are those of
+``/v1/jobs/{id}/embed`` (one embedding path, ``api.models.embed_with_job``); keys,
+owner isolation and input limits are the same. ``encoding_format=base64`` is
+each vector's float32 little-endian bytes, as OpenAI sends them (its Python
+client asks for base64 by default). ``usage`` counts a text model's tokens as
+its tokeniser cuts them, and samples for any other model.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import JOB_ID_MAX_LENGTH, CurrentOwner, RuntimeDep, SessionDep
+from api.errors import ApiError, not_found
+from api.models import embed_with_job
+from api.schemas import ErrorOut
+from store import get_job
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 409, 422)}
+
+
+class EmbeddingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(max_length=JOB_ID_MAX_LENGTH, description="a succeeded job's id")]
+    input: str | list[Any] = Field(
+        description="a string or a list of strings (text models); a list of samples of the model's input shape otherwise"
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="if given, must be the model's embedding size")
+    user: str | None = Field(None, max_length=256, description="accepted for compatibility; not stored")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+@router.post("/embeddings", responses=_ERRORS)
+def create_embeddings(body: EmbeddingsIn, owner: CurrentOwner, session: SessionDep, runtime: RuntimeDep) -> EmbeddingsOut:
+    """Embed ``input`` with the model of job ``model`` (OpenAI-compatible)."""
+    job = get_job(session, owner.id, body.model)
+    if job is None:
+        raise not_found("model", body.model, param="model")
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    vectors, units = embed_with_job(job, inputs, session, runtime)
+    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+        raise ApiError(
+            422, "invalid_request",
+            f"this model's embeddings have {len(vectors[0])} dimensions; it cannot give {body.dimensions}",
+            param="dimensions",
+        )
+    encode = _base64 if body.encoding_format == "base64" else list
+    return EmbeddingsOut(
+        data=[Embedding(index=i, embedding=encode(vector)) for i, vector in enumerate(vectors)],
+        model=job.id,
+        usage=Usage(prompt_tokens=units, total_tokens=units),
+    )
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
