@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError, not_found, unauthorized
 from api.key_cache import Caller
 from api.runtime import Runtime
-from api.schemas import AsciiInt
+from api.schemas import ascii_int
 from store import authenticate, ensure_admin_key, get_job
 from store.models import Job, Owner
 
@@ -140,6 +140,9 @@ def get_owned_job(job_id: JobIdPath, owner: CurrentOwner, session: SessionDep) -
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 
+PageSize = ascii_int(1, MAX_PAGE_SIZE)
+
+
 @dataclass(frozen=True)
 class PageParams:
     limit: int
@@ -147,9 +150,7 @@ class PageParams:
 
 
 async def get_page(
-    limit: Annotated[
-        AsciiInt, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")
-    ] = DEFAULT_PAGE_SIZE,
+    limit: Annotated[PageSize, Query(description="page size")] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
@@ -163,9 +164,9 @@ PageDep = Annotated[PageParams, Depends(get_page)]
 def int_in_text(text: str, kind: Any, param: str) -> int:
     """The number a text parameter carries (a numeric cursor, a part of ``Last-Event-ID``).
 
-    ``kind`` is one of the integer types of :mod:`api.schemas` (``EventId``,
-    ``Step``), so the text obeys the same rules as an integer parameter: ASCII
-    digits within the column's range; anything else is a 422 naming ``param``.
+    ``kind`` is an :func:`api.schemas.ascii_int` type (``EventId``, ``Step``),
+    so the text obeys the same rules as an integer parameter: ASCII digits
+    within the column's range; anything else is a 422 naming ``param``.
     """
     try:
         return _adapter(kind).validate_python(text)

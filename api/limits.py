@@ -43,7 +43,8 @@ class BodyLimitMiddleware:
             return
         limit = self.limit_for(scope)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        # ASCII digits only (int() also reads other scripts' digits); past 19 digits is past any limit
+        if declared and declared.isascii() and declared.isdigit() and (len(declared) > 19 or int(declared) > limit):
             error = too_large(limit)
             response = error_response(
                 413, error.code, error.message, headers={"Connection": "close"}

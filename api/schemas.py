@@ -36,11 +36,21 @@ def _ascii_digits(value: object) -> object:
     return value
 
 
-# Integer parameters and fields: every path, query and header integer is one of these.
-AsciiInt = Annotated[int, BeforeValidator(_ascii_digits)]
-RowId = Annotated[AsciiInt, Ge(1), Le(INT32_MAX)]  # an owner or key id
-EventId = Annotated[AsciiInt, Ge(0), Le(INT64_MAX)]  # a job event's id; 0 is before the first
-Step = Annotated[AsciiInt, Ge(-1), Le(INT32_MAX)]  # a training step; -1 is before step 0
+_ASCII_DIGITS = BeforeValidator(_ascii_digits)
+
+
+def ascii_int(low: int, high: int) -> Any:
+    """The type of an integer parameter or field within [low, high], in ASCII digits when sent as text.
+
+    Every path, query and header integer has such a type. The bounds come before
+    the validator so that the OpenAPI schema states them (``minimum``, ``maximum``).
+    """
+    return Annotated[int, Ge(low), Le(high), _ASCII_DIGITS]
+
+
+RowId = ascii_int(1, INT32_MAX)  # an owner or key id
+EventId = ascii_int(0, INT64_MAX)  # a job event's id; 0 is before the first
+Step = ascii_int(-1, INT32_MAX)  # a training step; -1 is before step 0
 
 
 class Page(BaseModel, Generic[T]):
