@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+
+from cli.supervise import RUN_MARKER, UpError, clear_stale_run, lock_data_dir
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDMIX = [sys.executable, "-m", "cli.main"]
@@ -102,3 +107,52 @@ def test_quality_mnist1d_conv1d_supcon(tmp_path):
     metrics = json.loads((tmp_path / "card.json").read_text())["metrics"]
     assert metrics["precision_at_1"] >= 0.93
     assert metrics["map_at_r"] >= 0.80
+
+
+# -- `embedmix up`'s process tree (cli/supervise.py), with real processes ----------------------------
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_child_dies_with_its_parent_even_by_sigkill():
+    """A parent starts a Child and is then killed -9: the kernel's parent-death signal takes the child."""
+    parent_code = (
+        "from cli.supervise import Child; "
+        f"c = Child('sleeper', {SLEEPER!r}, {{}}); c.start(); print(c.process.pid, flush=True); "
+        "import time; time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.kill()
+    parent.wait()
+    wait_for(lambda: _gone(child), 30, f"child {child} to die with its parent")
+
+
+def test_a_stale_run_is_cleared_and_a_live_one_refused(tmp_path):
+    """What carries the data dir's run marker is stopped; a second lock on the data dir is an UpError."""
+    orphan = subprocess.Popen(SLEEPER, env={**os.environ, RUN_MARKER: str(tmp_path)})
+    bystander = subprocess.Popen(SLEEPER, env={**os.environ, RUN_MARKER: str(tmp_path / "other")})
+    stale_socket = tmp_path / "redis.sock"
+    stale_socket.write_text("")
+    try:
+        lock = lock_data_dir(tmp_path)
+        with pytest.raises(UpError, match="already running"):
+            lock_data_dir(tmp_path)
+        stopped = clear_stale_run(tmp_path, [stale_socket])
+        assert [line.split()[1] for line in stopped] == [str(orphan.pid)]
+        assert _gone(orphan.pid)
+        assert bystander.poll() is None and not stale_socket.exists()
+        lock.close()
+        lock_data_dir(tmp_path).close()  # free again once the holder lets go
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait()
