@@ -10,7 +10,9 @@ client never has to parse two formats.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,6 +33,11 @@ logger = logging.getLogger("embedmix.api")
 
 # Seconds a client should wait before retrying when a dependency is down.
 RETRY_AFTER_UNAVAILABLE_S = 5
+
+# A write that found no room: the disk is full, a disk quota is spent, or a file grew past the
+# process's size limit (errno); SQLite's "database or disk is full"; PostgreSQL's disk_full.
+_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_ROOM_PGCODE = "53100"
 
 # Codes for errors raised by FastAPI/Starlette themselves (routing, method, body limits).
 _CODES_BY_STATUS = {
@@ -164,7 +172,32 @@ async def _artifact_missing(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, "artifact_missing", "the stored file is missing; ask the operator")
 
 
+def _no_room(exc: Exception) -> bool:
+    """Whether ``exc`` is a write refused for want of space (a file or the database store)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _NO_ROOM_ERRNOS
+    cause = exc.orig if isinstance(exc, DBAPIError) else None
+    if isinstance(cause, sqlite3.Error):
+        return cause.sqlite_errorcode == sqlite3.SQLITE_FULL
+    return getattr(cause, "pgcode", None) == _NO_ROOM_PGCODE
+
+
+async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
+    """507 for a write with no room left (an upload, a stored file); any other OSError is a 500."""
+    if not _no_room(exc):
+        return await _internal_error(request, exc)
+    logger.error("storage full on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+    return error_response(
+        507,
+        "storage_full",
+        "the service has no room left to store this; retry later or ask the operator to free space",
+        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+    )
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if _no_room(exc):
+        return await _storage_full(request, exc)
     logger.warning("database unavailable: %s", exc.__class__.__name__)
     error = unavailable("the database is unavailable; retry shortly")
     return await _http_error(request, error)
@@ -192,6 +225,7 @@ _ERROR_DESCRIPTIONS = {
     413: "Body over the size limit",
     422: "A parameter or the body is invalid; `param` names it",
     500: "Internal error (reported without internals)",
+    507: "No room left to store the upload (code storage_full); retry after Retry-After seconds",
     503: "The database is unavailable; retry after Retry-After seconds",
 }
 
@@ -235,7 +269,7 @@ def _document_operation(path: str, operation: dict[str, Any]) -> None:
     if operation.get("parameters") or "requestBody" in operation:
         statuses.add(422)
     if "requestBody" in operation:
-        statuses.add(413)
+        statuses |= {413, 507}  # too large; no room left to store it
     if operation.get("security"):
         statuses |= {401, 503}
     responses = operation.setdefault("responses", {})
@@ -252,6 +286,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
+    app.add_exception_handler(OSError, _storage_full)
     # The database down (store.db.DATABASE_DOWN), or no pooled connection free in time:
     # all transient from the client's side.
     for kind in (*DATABASE_DOWN, PoolTimeout):

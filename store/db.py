@@ -7,6 +7,7 @@ transaction ends.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,34 @@ def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def ping_database(engine: Engine, timeout_s: float) -> None:
+    """``SELECT 1`` on a connection of its own, outside the engine's pool, given ``timeout_s`` to connect and answer.
+
+    Readiness asks whether the database answers, not whether the pool has a
+    connection free: a pool held by busy requests must neither delay the
+    answer nor make it wrong. Raises what the driver raises.
+    """
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    connection = engine.dialect.connect(*cargs, **{**cparams, **_timeouts(engine.dialect.name, cparams, timeout_s)})
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def _timeouts(dialect: str, cparams: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """The driver's connect and statement timeouts for ``timeout_s`` (libpq counts whole seconds, 2 at least)."""
+    if dialect == "postgresql":
+        statement = f"-c statement_timeout={int(timeout_s * 1000)}"
+        options = f"{cparams['options']} {statement}" if cparams.get("options") else statement
+        return {"connect_timeout": max(2, math.ceil(timeout_s)), "options": options}
+    if dialect == "sqlite":
+        return {"timeout": timeout_s}
+    return {}
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1128,7 +1128,7 @@ def test_operations_endpoints_respond(client: TestClient, keys: Keys) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "broker": "ok"},
+        "checks": {"database": "ok", "broker": "ok", "artifacts": "ok"},
     }
     submit(client, keys.alice)
     client.get("/v1/jobs", headers=auth(keys.alice))
