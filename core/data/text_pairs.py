@@ -4,7 +4,7 @@ Each non-blank line is one JSON object with string fields ``anchor`` and
 ``positive`` and an optional ``label`` (a string or an integer, kept as a
 string). The file is parsed with ``json.loads`` line by line (nothing is ever
 evaluated or unpickled), and every problem is reported with its line number,
-so a user can fix the file: invalid UTF-8 or JSON, a line that is not an
+all of them in one error (up to ``MAX_REPORTED_LINES``), so a user can fix the file in one pass: invalid UTF-8 or JSON, a line that is not an
 object, unknown or missing fields, empty or over-long texts, too many lines.
 """
 
@@ -28,6 +28,7 @@ MAX_TEXT_CHARS = 10_000
 MAX_LINE_BYTES = 64 * 1024
 MAX_PAIRS = 5_000_000
 MIN_PAIRS = 4  # two to train on (a batch needs a negative), two to test on
+MAX_REPORTED_LINES = 20  # bad lines named in one error, each with its number
 
 
 @dataclass
@@ -84,11 +85,11 @@ class TextPairs:
 
 
 def iter_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> Iterator[tuple[str, str, str | None]]:
-    """(anchor, positive, label) line by line, checked; DataError names the first bad line."""
+    """(anchor, positive, label) line by line, checked; DataError at the end names every bad line (up to a cap)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    count = 0
+    count, problems = 0, []
     with path.open("rb") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
@@ -96,7 +97,24 @@ def iter_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> Iterator[tu
             if count == max_pairs:
                 raise DataError(f"{path.name}: line {number}: more than {max_pairs} pairs")
             count += 1
-            yield _parse_line(line, f"{path.name}: line {number}")
+            try:
+                pair = _parse_line(line, f"line {number}")
+            except DataError as exc:
+                problems.append(str(exc))
+                if len(problems) == MAX_REPORTED_LINES:
+                    break
+                continue
+            yield pair
+    if problems:
+        raise DataError(_bad_lines_message(path.name, problems))
+
+
+def _bad_lines_message(name: str, problems: list[str]) -> str:
+    """Every bad line at once (up to a cap), so a user fixes the file in one pass."""
+    if len(problems) == 1:
+        return f"{name}: {problems[0]}"
+    more = f" (the first {MAX_REPORTED_LINES}; reading stopped there)" if len(problems) == MAX_REPORTED_LINES else ""
+    return f"{name}: {len(problems)} bad lines{more}: " + "; ".join(problems)
 
 
 def read_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> RawPairs:

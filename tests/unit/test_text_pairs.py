@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data import DataError, TextPairs, load_dataset
-from core.data.text_pairs import MAX_TEXT_CHARS, count_text_pairs, read_text_pairs, split_pairs
+from core.data.text_pairs import MAX_REPORTED_LINES, MAX_TEXT_CHARS, count_text_pairs, read_text_pairs, split_pairs
 from core.losses import build
 from core.spec import SpecError, SplitSpec, validate_spec
 
@@ -139,3 +139,18 @@ def test_text_pairs_need_a_two_view_loss_random_split_and_pair_metrics(tmp_path:
         with pytest.raises(SpecError) as refused:
             load_dataset(spec)
         assert field in [e["field"] for e in refused.value.errors]
+
+
+def test_every_bad_line_is_reported_at_once_up_to_a_cap(tmp_path: Path) -> None:
+    lines = _pairs(2) + ["not json", '{"anchor": "a"}'] + _pairs(2) + ['{"anchor": "a", "positive": ""}']
+    with pytest.raises(DataError) as raised:
+        count_text_pairs(_write(tmp_path, lines))
+    message = str(raised.value)
+    assert "3 bad lines: line 3: not valid JSON" in message
+    assert "line 4: missing field 'positive'" in message and "line 7: 'positive' is empty" in message
+    many = _pairs(1) + ["not json"] * (MAX_REPORTED_LINES + 10)
+    with pytest.raises(DataError) as raised:
+        read_text_pairs(_write(tmp_path, many))
+    assert f"{MAX_REPORTED_LINES} bad lines (the first {MAX_REPORTED_LINES}" in str(raised.value)
+    assert f"line {MAX_REPORTED_LINES + 1}:" in str(raised.value)
+    assert f"line {MAX_REPORTED_LINES + 2}:" not in str(raised.value)
