@@ -158,6 +158,8 @@ def _serve(host: str, port: int, data_dir: Path) -> None:
             env["EMBEDMIX_REDIS_URL"] = f"redis+socket://{broker_socket}"
             _wait_for(lambda: _pings(broker_socket), supervisor, "the embedded Redis to start")
         run_migrations(env["EMBEDMIX_DATABASE_URL"])
+        if stopped is not None:
+            _resend_after_crash(env["EMBEDMIX_DATABASE_URL"], env["EMBEDMIX_REDIS_URL"])
         env["EMBEDMIX_ADMIN_KEY"] = key = _admin_key(data_dir, env["EMBEDMIX_DATABASE_URL"])
         cli = [sys.executable, "-m", "cli.main"]
         supervisor.start(Child("API", [*cli, "api", "--host", host, "--port", str(port)], env, signal.SIGKILL))
@@ -174,6 +176,23 @@ def _serve(host: str, port: int, data_dir: Path) -> None:
         supervisor.stop()
         clear_record(data_dir)
         broker_socket.unlink(missing_ok=True)
+
+
+def _resend_after_crash(database_url: str, broker_url: str) -> None:
+    """The earlier run crashed: re-send the messages of queued jobs now rather than minutes later (worker/reaper.py)."""
+    from celery import Celery
+
+    from store.db import make_engine, make_session_factory
+    from worker.reaper import resend_waiting
+
+    engine, sender = make_engine(database_url), Celery("embedmix-up", broker=broker_url, set_as_current=False)
+    try:
+        resent = resend_waiting(make_session_factory(engine), sender)
+    finally:
+        sender.close()
+        engine.dispose()
+    if resent:
+        typer.echo(f"note: re-sent the messages of {len(resent)} queued job(s) that the crashed run may have lost", err=True)
 
 
 def _service_env(data_dir: Path) -> dict[str, str]:

@@ -217,23 +217,26 @@ def clear_record(data_dir: Path) -> None:
     (data_dir / RECORD_FILE).unlink(missing_ok=True)
 
 
-def clear_stale_run(data_dir: Path, stale_files: list[Path]) -> list[str]:
-    """Stop whatever a dead `up` on ``data_dir`` left running and remove its files; returns what was stopped.
+def clear_stale_run(data_dir: Path, stale_files: list[Path]) -> list[str] | None:
+    """Stop whatever a dead `up` on ``data_dir`` left running and remove its files.
 
-    Called with the lock held, so no live `up` owns these processes. They are
-    the recorded children (a pid counts only if it still names the process
-    started then) and every process carrying this data dir's run marker.
+    Returns what was stopped, or None if no earlier run ended without
+    cleaning up (no record, nothing running). Called with the lock held, so no
+    live `up` owns these processes. They are the recorded children (a pid
+    counts only if it still names the process started then) and every
+    process carrying this data dir's run marker.
     """
-    record = read_record(data_dir)
+    record_path = data_dir / RECORD_FILE
+    crashed = record_path.exists()
     stale = {p.pid: p for p in _marked(data_dir)}
-    for process in [*map(_same_process, record.get("children", {}).values()), _legacy_broker(data_dir)]:
+    for process in [*map(_same_process, read_record(data_dir).get("children", {}).values()), _legacy_broker(data_dir)]:
         if process is not None:
             stale.setdefault(process.pid, process)
     stopped = [_describe(p) for p in stale.values()]
     _terminate(list(stale.values()))
-    for path in [data_dir / RECORD_FILE, data_dir / LEGACY_BROKER_REGISTRY, *stale_files]:
+    for path in [record_path, data_dir / LEGACY_BROKER_REGISTRY, *stale_files]:
         path.unlink(missing_ok=True)
-    return stopped
+    return stopped if crashed or stopped else None
 
 
 def _marked(data_dir: Path) -> list[psutil.Process]:

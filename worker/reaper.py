@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -68,18 +69,35 @@ def reap_once(
     """One pass: settle expired leases and re-send lost messages; returns the ids of the jobs whose message went.
 
     A job re-queued in this pass has just had its send recorded, so the
-    lost-message check that follows does not send it a second time. The pass
-    sends over a connection of its own that gives up at the first refusal
-    (kombu would otherwise retry for seconds while the record's transaction
-    holds its locks); the reaper's passes are the retries.
+    lost-message check that follows does not send it a second time.
     """
     now = now or utcnow()
-    with celery_app.connection_for_write(transport_options={"max_retries": 0}) as connection:
-        def send(job_id: str) -> None:
-            send_train_message(celery_app, job_id, retry=False, connection=connection)
-
+    with _sender(celery_app) as send:
         sent = _reap_expired_leases(session_factory, send, now)
         return sent + _resend_lost_messages(session_factory, send, now, lost_after_s)
+
+
+def resend_waiting(session_factory: sessionmaker[Session], celery_app: BrokerApp) -> list[str]:
+    """Re-send now the message of every queued job nobody holds; returns their ids (`embedmix up` after a crash).
+
+    What a crashed run's broker still holds is uncertain (a job its worker
+    handed back as the run died may have lost its message), and the
+    lost-message pass would wait minutes to call it lost; a message too many
+    is harmless (its delivery finds the job leased or finished).
+    """
+    with _sender(celery_app) as send:
+        return _resend_lost_messages(session_factory, send, utcnow(), lost_after_s=0.0)
+
+
+@contextmanager
+def _sender(celery_app: BrokerApp) -> Iterator[Send]:
+    """Sends over a connection of its own that gives up at the first refusal.
+
+    kombu would otherwise retry for seconds while the send's record holds its
+    transaction's locks; the reaper's passes are the retries.
+    """
+    with celery_app.connection_for_write(transport_options={"max_retries": 0}) as connection:
+        yield lambda job_id: send_train_message(celery_app, job_id, retry=False, connection=connection)
 
 
 def _commit_if_sent(session: Session, send: Send, job_id: str) -> bool:

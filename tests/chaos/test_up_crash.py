@@ -43,6 +43,9 @@ JOB: dict = {
     "export": {"formats": ["safetensors"]},
 }
 
+LONG_JOB: dict = {**JOB, "name": "up-crash-long", "dataset": {"name": "mnist1d", "size": 1500},
+                  "train": {"epochs": 6, "batch_size": 32, "device": "cpu"}}
+
 Tree = dict[int, float]  # pid -> start time
 
 
@@ -89,24 +92,34 @@ def start(data_dir: Path, cache: Path, port: int | None = None, **settings: str)
 
 
 def test_kill_9_of_up_takes_its_children_and_a_restart_serves_a_job(tmp_path: Path, dataset_cache: Path) -> None:
-    first = start(tmp_path / "data", dataset_cache)
+    """`up` dies by SIGKILL mid-job; a second `up` on the same dir and port finishes that job and runs a new one.
+
+    The lost-message pass is set to an hour, so the interrupted job can only
+    come back through what `up` does on finding a crashed run.
+    """
+    first = start(tmp_path / "data", dataset_cache, lost_message_after_s="3600")
     assert first.proc is not None
     children = tree(first.proc.pid)
     assert {"api", "worker"} <= {arg for pid in children for arg in psutil.Process(pid).cmdline()}
     assert any("redis-server" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
+    client = first.client()
+    interrupted = client.submit(LONG_JOB)["id"]
+    wait_for(lambda: client.job(interrupted)["progress"]["step"] > 0, RESTART_TIMEOUT_S, "the job to train",
+             first.log_tail)
 
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     wait_for(lambda: not still_running(children), GONE_TIMEOUT_S, "the dead up's children to go",
              lambda: "\n".join(still_running(children)))
 
-    again = start(tmp_path / "data", dataset_cache, port=first.port, train_threads="1")
+    again = start(tmp_path / "data", dataset_cache, port=first.port, lost_message_after_s="3600", train_threads="1")
     try:
-        job = run_job(again)
-        assert job["status"] == "succeeded", job
+        assert wait_terminal(again.client(), interrupted)["status"] == "succeeded"
+        assert run_job(again)["status"] == "succeeded"
         assert still_running(children) == []  # nothing of the first run came back or stayed
-        assert "training with 1 CPU threads" in again.log_path.read_text()  # EMBEDMIX_TRAIN_THREADS=1
-        assert "Traceback" not in again.log_path.read_text()
+        log = again.log_path.read_text()
+        assert "training with 1 CPU threads" in log  # EMBEDMIX_TRAIN_THREADS=1
+        assert "Traceback" not in log
     finally:
         again.stop()
     assert not (again.data_dir / RECORD_FILE).exists()  # a clean stop removes its record
