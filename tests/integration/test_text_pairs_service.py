@@ -75,6 +75,9 @@ def test_upload_jsonl_train_minilm_and_embed_strings(tmp_path: Path, redis_serve
         artifacts = artifact_store_from_url(settings.artifacts)
         assert run_job(job_id, WorkerContext(settings, session_factory, artifacts)) == "succeeded"
 
+        events = client.get(f"/v1/jobs/{job_id}/events", headers=headers).json()["data"]
+        (start,) = [e["message"] for e in events if e["type"] == "log" and e["message"].startswith(("fine", "train"))]
+        assert start == "fine-tuning all-MiniLM-L6-v2 on cpu"
         card = client.get(f"/v1/jobs/{job_id}/model/card", headers=headers).json()
         assert card["input"]["type"] == "text" and card["data"]["train_rows"] == 51
         texts = ["Greta likes sushi.", "The favourite food of Greta is sushi.", "Hiro likes cheese."]
