@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # torch is pinned to the CPU build on this machine's local index; any other spec downloads gigabytes.
 TORCH  := torch==2.13.0
+# `make run PORT=8080` serves the API on another port.
+PORT   ?= 8000
 
 .PHONY: run test test-fast bench clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/embedmix up --data-dir .embedmix
+	$(BIN)/embedmix up --data-dir .embedmix --port $(PORT)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
