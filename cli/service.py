@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, ParamSpec, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from client import ApiError, EmbedmixClient
-from client.http import TERMINAL
+from client.http import DEFAULT_URL, TERMINAL
 
+P = ParamSpec("P")
+R = TypeVar("R")
 out = Console()
 err = Console(stderr=True)
 
@@ -32,6 +38,23 @@ def _client(url: str | None, key: str | None) -> EmbedmixClient:
 def _fail(exc: ApiError) -> None:
     err.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1)
+
+
+def _reachable(command: Callable[P, R]) -> Callable[P, R]:
+    """The command, with a service it cannot reach reported in one line (and exit code 1), not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except httpx.TransportError as exc:
+            url = kwargs.get("url") or os.environ.get("EMBEDMIX_URL") or DEFAULT_URL
+            reason = str(exc) or type(exc).__name__
+            err.print(f"[red]error:[/red] cannot reach the embedmix service at {url} ({reason}); "
+                      "is it running? (--url or EMBEDMIX_URL)", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run
 
 
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
@@ -193,6 +216,7 @@ def embed(job_id: str, inputs: Path = typer.Argument(..., help=".npy or .json fi
 
 
 @datasets_app.command("upload")
+@_reachable
 def datasets_upload(path: Path, label_column: Optional[str] = typer.Option(None, "--label-column"),
                     url: Url = None, api_key: Key = None) -> None:
     """Upload an .npz, .csv or .parquet file, or .jsonl text pairs; prints the dataset id."""
@@ -205,6 +229,7 @@ def datasets_upload(path: Path, label_column: Optional[str] = typer.Option(None,
 
 
 @datasets_app.command("list")
+@_reachable
 def datasets_list(url: Url = None, api_key: Key = None) -> None:
     with _client(url, api_key) as client:
         try:
@@ -220,6 +245,7 @@ def datasets_list(url: Url = None, api_key: Key = None) -> None:
 
 
 @datasets_app.command("delete")
+@_reachable
 def datasets_delete(dataset_id: str, url: Url = None, api_key: Key = None) -> None:
     with _client(url, api_key) as client:
         try:
@@ -229,6 +255,7 @@ def datasets_delete(dataset_id: str, url: Url = None, api_key: Key = None) -> No
 
 
 @keys_app.command("create")
+@_reachable
 def keys_create(name: str, admin: bool = typer.Option(False, "--admin"), url: Url = None, api_key: Key = None) -> None:
     """Create an owner and an API key for it; the key is printed once."""
     with _client(url, api_key) as client:
@@ -239,6 +266,7 @@ def keys_create(name: str, admin: bool = typer.Option(False, "--admin"), url: Ur
 
 
 @keys_app.command("revoke")
+@_reachable
 def keys_revoke(key_id: str, url: Url = None, api_key: Key = None) -> None:
     with _client(url, api_key) as client:
         try:
@@ -249,6 +277,6 @@ def keys_revoke(key_id: str, url: Url = None, api_key: Key = None) -> None:
 
 def register(app: typer.Typer) -> None:
     for fn in (submit, jobs, status, logs, metrics, cancel, download, embed):
-        app.command()(fn)
+        app.command()(_reachable(fn))
     app.add_typer(datasets_app, name="datasets")
     app.add_typer(keys_app, name="keys")

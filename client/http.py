@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 SUBMIT_ATTEMPTS = 3
 SUBMIT_RETRY_S = 0.5  # then 1 s
@@ -29,7 +30,7 @@ class ApiError(Exception):
 
 class EmbedmixClient:
     def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0):
-        self.url = (url or os.environ.get("EMBEDMIX_URL") or "http://127.0.0.1:8000").rstrip("/")
+        self.url = (url or os.environ.get("EMBEDMIX_URL") or DEFAULT_URL).rstrip("/")
         key = api_key or os.environ.get("EMBEDMIX_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
