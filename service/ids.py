@@ -1,7 +1,7 @@
 """The formats of the service's public ids, written once.
 
 An id is a prefix that says what it names (``job_``, ``ds_``, ``art_``,
-``ckpt_``) followed by :data:`ID_LENGTH` random alphanumerics, so ids cannot be
+``ckpt_``, ``swp_``) followed by :data:`ID_LENGTH` random alphanumerics, so ids cannot be
 guessed or enumerated. The store mints them, the worker checks that a message
 carries one, and the logs find job ids in their lines; all three use this module.
 """
@@ -17,6 +17,7 @@ JOB_PREFIX = "job_"
 DATASET_PREFIX = "ds_"
 ARTIFACT_PREFIX = "art_"
 CHECKPOINT_PREFIX = "ckpt_"
+SWEEP_PREFIX = "swp_"
 
 _ALPHABET = string.ascii_letters + string.digits
 # A job id as a whole word: found inside a log line, or matched against a whole string.

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.ids import ARTIFACT_PREFIX, CHECKPOINT_PREFIX, DATASET_PREFIX, new_id, new_job_id
+from service.ids import ARTIFACT_PREFIX, CHECKPOINT_PREFIX, DATASET_PREFIX, SWEEP_PREFIX, new_id, new_job_id
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -255,3 +255,62 @@ class Dataset(Base):
     info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
+
+
+class Sweep(Base):
+    """A hyper-parameter search: a base spec, a space over its dotted paths, and the controller's lease.
+
+    ``spec`` is the resolved base spec; ``config`` the search itself (space,
+    metric, direction, trials, parallel, sampler, pruner, seed). The study
+    lives in Optuna's own tables in this database, named by the sweep's id;
+    ``best`` is copied here by the controller whenever a trial improves it.
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        CheckConstraint(_in("status", SWEEP_STATUSES), name="status"),
+        UniqueConstraint("owner_id", "idempotency_key"),
+        Index("ix_sweeps_owner_id_created_at_id", "owner_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id(SWEEP_PREFIX))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    spec: Mapped[dict[str, Any]]
+    config: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    best: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: Optuna's trial number, its parameters and the job that runs it.
+
+    The row is written in the transaction that creates the job, so a trial
+    number never gets a second job; ``state`` turns final once the trial's
+    result has been told to the study.
+    """
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (CheckConstraint(_in("state", TRIAL_STATES), name="state"),)
+
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    params: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    value: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
