@@ -68,7 +68,9 @@ async def readyz(runtime: RuntimeDep) -> ReadyOut | JSONResponse:
     checks = dict(zip(probes, results))
     if all(result == "ok" for result in checks.values()):
         return ReadyOut(status="ready", checks=checks)
-    down = ", ".join(f"{name} ({result})" for name, result in sorted(checks.items()) if result != "ok")
+    down = ", ".join(
+        f"{name} ({result.removeprefix('error: ')})" for name, result in sorted(checks.items()) if result != "ok"
+    )
     body = error_body("unavailable", f"not ready: {down}")
     return JSONResponse(
         {**body, "checks": checks},
