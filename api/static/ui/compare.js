@@ -24,11 +24,19 @@ export async function comparePage(page, params) {
   page.append(metricsTable(jobs), h("div", { class: "grid2", "data-testid": "compare-charts" }, charts(jobs, series)));
 }
 
+// Each run's label: its name, and where two runs share one, the end of its id too, so neither is mistaken for the other.
+export function runLabels(jobs) {
+  const counts = new Map();
+  jobs.forEach((j) => counts.set(j.name, (counts.get(j.name) || 0) + 1));
+  return jobs.map((j) => (counts.get(j.name) > 1 ? `${j.name} · ${j.id.slice(-6)}` : j.name));
+}
+
 function metricsTable(jobs) {
+  const labels = runLabels(jobs);
   const names = [...new Set(jobs.flatMap((j) => Object.keys(j.metrics || {})))].sort();
   const head = h("tr", {}, h("th", {}, ""), jobs.map((j, i) => h("th", { class: "num" },
     swatch(PALETTE[i]),
-    h("a", { href: `#/jobs/${j.id}` }, j.name))));
+    h("a", { href: `#/jobs/${j.id}` }, labels[i]))));
   const facts = [
     ["status", (j) => statusBadge(j.status)], ["method", (j) => jobMethod(j.spec)], ["dataset", (j) => jobDataset(j.spec)],
     ["encoder", (j) => `${j.spec.model.encoder} ${j.spec.model.embedding_dim}-d`],
@@ -53,12 +61,13 @@ function swatch(colour) {
 }
 
 function charts(jobs, series) {
+  const labels = runLabels(jobs);
   const names = [...new Set(series.flat().map((p) => p.name))].sort((a, b) => (a === "train/loss" ? -1 : b === "train/loss" ? 1 : a.localeCompare(b)));
   return names.map((name) => {
     const box = h("div", { class: "card" }, h("h2", {}, name));
     const chart = lineChart(box, { yLabel: name, testId: `compare-${name}` });
     chart.update(jobs.map((j, i) => ({
-      label: j.name, color: PALETTE[i],
+      label: labels[i], color: PALETTE[i],
       points: series[i].filter((p) => p.name === name).map((p) => [p.step, p.value]),
     })));
     return box;
