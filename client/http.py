@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 SUBMIT_ATTEMPTS = 3
 SUBMIT_RETRY_S = 0.5  # then 1 s
+WAIT_POLL_S = 1.0
 
 
 class ApiError(Exception):
@@ -90,6 +91,33 @@ class EmbedmixClient:
     def delete_job(self, job_id: str) -> None:
         """Remove a finished job and everything it stored (frees storage quota)."""
         self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+        poll_s: float = WAIT_POLL_S,
+    ) -> dict[str, Any]:
+        """Poll the job until it has succeeded, failed or been cancelled; returns it as it ended.
+
+        ``on_progress(job)`` is called whenever its status or step changed since the last
+        poll (and once at the end). ``timeout`` (seconds) raises TimeoutError; None waits for ever.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[str, int] | None = None
+        while True:
+            job = self.job(job_id)
+            now = (job["status"], (job.get("progress") or {}).get("step", 0))
+            if on_progress is not None and now != seen:
+                on_progress(job)
+            seen = now
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
 
     def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> dict[str, Any]:
         params = {"limit": limit, **({"after": after} if after is not None else {})}
