@@ -98,12 +98,12 @@ def get_start_position(
 StartPosition = Annotated[Position, Depends(get_start_position)]
 
 
-async def hold_stream_slot(request: Request, owner: CurrentOwner, runtime: RuntimeDep) -> AsyncIterator[None]:
+async def hold_stream_slot(request: Request, _caller: CurrentOwner, runtime: RuntimeDep) -> AsyncIterator[None]:
     """A slot of the caller's key for as long as the stream lasts (429 at the cap; see api.stream_limits).
 
     A dependency with ``yield``: FastAPI runs its exit after the response has
-    ended, however it ended. The key is the one ``CurrentOwner`` accepted, read
-    as FastAPI's HTTPBearer reads it.
+    ended, however it ended. It runs once the key is authenticated, and counts
+    that key, read from the header as FastAPI's HTTPBearer reads it.
     """
     _, key = get_authorization_scheme_param(request.headers.get("authorization"))
     with runtime.streams.hold(key):
