@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, ui
+from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, sweeps, ui
 from api.deps import reject_unknown_query
 from api.docs import DocsPolicyMiddleware
 from api.errors import document_errors, install_error_handlers
@@ -31,7 +31,7 @@ from api.limits import BodyLimitMiddleware, InputGuardMiddleware
 from api.poll import JobPollMiddleware
 from api.runtime import Runtime
 from api.telemetry import RequestMetricsMiddleware
-from api.uploads import MULTIPART_OVERHEAD
+from api.uploads import MULTIPART_OVERHEAD, clear_stale_uploads
 from service.jsonlog import logging_config
 from service.settings import Settings, get_settings
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clear_stale_uploads(settings.work_dir)  # what a killed process of this host left mid-upload
         runtime.start()
         yield
         runtime.close()
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (jobs, stream, models, openai_embeddings, projection, datasets, keys, catalog, health, ui):
+    for module in (jobs, stream, models, openai_embeddings, projection, sweeps, datasets, keys, catalog, health, ui):
         # API routes refuse query parameters they do not take; pages and probes are lenient.
         strict = module.router.prefix.startswith("/v1")
         app.include_router(

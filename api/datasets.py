@@ -27,10 +27,11 @@ from api.key_cache import Caller
 from api.schemas import DatasetOut, ErrorOut, Page
 from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
-from core.data.files import SUFFIXES, read_file
+from core.data.files import SUFFIXES, Limits, read_file
 from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
-from core.data.text_pairs import count_text_pairs
+from core.data.text_pairs import MAX_PAIRS, count_text_pairs
 from core.errors import DataError
+from service.settings import Settings
 from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
 from store.datasets import DatasetInUse
 
@@ -76,27 +77,30 @@ async def upload_dataset(
 ) -> DatasetOut:
     """Upload and validate a dataset; refer to it in a job spec as ``"dataset": {"id": ...}``."""
     settings = runtime.settings
-    upload = await receive_upload(request, settings.max_upload_bytes, settings.work_dir or None)
+    upload = await receive_upload(request, settings.max_upload_bytes, settings.work_dir)
     try:
-        max_bytes = MAX_EXPANSION * settings.max_upload_bytes
         return await run_in_threadpool(
-            _store_upload, session, runtime.artifacts, owner, upload, max_bytes
+            _store_upload, session, runtime.artifacts, owner, upload, upload_limits(settings)
         )
     finally:
         upload.remove()
 
 
-def _store_upload(
-    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload, max_bytes: int
-) -> DatasetOut:
-    """Validate the received file, then store its bytes and its row in one transaction.
+def upload_limits(settings: Settings) -> Limits:
+    """What one upload may decode to: MAX_EXPANSION times the upload limit, and no more rows
+    than a job may train on, so a small compressed file cannot make the API allocate gigabytes."""
+    return Limits(
+        max_bytes=MAX_EXPANSION * settings.max_upload_bytes, max_rows=settings.max_dataset_rows
+    )
 
-    ``max_bytes`` bounds the decoded arrays, so a small compressed file cannot
-    make the API allocate gigabytes.
-    """
+
+def _store_upload(
+    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload, limits: Limits
+) -> DatasetOut:
+    """Validate the received file within ``limits``, then store its bytes and its row."""
     path = upload.path
     if path.suffix == TEXT_PAIRS_SUFFIX:
-        return _store_text_pairs(session, artifacts, owner, upload)
+        return _store_text_pairs(session, artifacts, owner, upload, limits)
     if path.suffix not in SUFFIXES:
         raise bad_upload(
             f"unsupported file type {path.suffix or '(none)'!r}; "
@@ -108,27 +112,19 @@ def _store_upload(
             "label_column applies to csv and parquet files; an npz holds its labels in 'y'",
             param="label_column",
         )
+    if label_column is not None and (problem := unstorable(label_column)):
+        raise bad_upload(f"label_column {problem}", param="label_column")
     try:
-        raw = read_file(path, label_column, max_bytes)
+        raw = read_file(path, label_column, limits)
         info = describe(raw, path, label_column)
     except DataError as exc:
         raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None
-    artifact = artifacts.put(session, _chunks(path))
-    dataset = create_dataset(
-        session,
-        owner.id,
-        filename=path.name,
-        format=path.suffix.removeprefix("."),
-        rows=info["train_rows"] + info["test_rows"],
-        info=info,
-        artifact=artifact,
-    )
-    session.commit()
-    return DatasetOut.model_validate(dataset)
+    rows = info["train_rows"] + info["test_rows"]
+    return _save(session, artifacts, owner, path, rows, info)
 
 
 def _store_text_pairs(
-    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload
+    session: Session, artifacts: ArtifactStore, owner: Caller, upload: Upload, limits: Limits
 ) -> DatasetOut:
     """A .jsonl file of text pairs, checked line by line as the engine reads it, then stored.
 
@@ -137,8 +133,9 @@ def _store_text_pairs(
     """
     if upload.fields.get("label_column"):
         raise bad_upload("label_column applies to csv and parquet files", param="label_column")
+    max_pairs = MAX_PAIRS if limits.max_rows is None else min(MAX_PAIRS, limits.max_rows)
     try:
-        rows = count_text_pairs(upload.path)
+        rows = count_text_pairs(upload.path, max_pairs)
     except DataError as exc:
         raise ApiError(422, "invalid_dataset", str(exc), param=FILE_FIELD) from None
     info = {
@@ -151,12 +148,34 @@ def _store_text_pairs(
         "test_rows": 0,
         "label_column": None,
     }
-    artifact = artifacts.put(session, _chunks(upload.path))
-    dataset = create_dataset(
-        session, owner.id, filename=upload.path.name, format="jsonl", rows=rows, info=info,
-        artifact=artifact,
-    )
-    session.commit()
+    return _save(session, artifacts, owner, upload.path, rows, info)
+
+
+def _save(
+    session: Session, artifacts: ArtifactStore, owner: Caller, path: Path, rows: int, info: dict[str, Any]
+) -> DatasetOut:
+    """Store the file's bytes, then its row, in one transaction.
+
+    Should anything after the bytes fail (the row refused, the commit lost),
+    the transaction is rolled back and the bytes are removed too: a failed
+    upload leaves nothing in any artifact backend.
+    """
+    artifact = artifacts.put(session, _chunks(path))
+    try:
+        dataset = create_dataset(
+            session,
+            owner.id,
+            filename=path.name,
+            format=path.suffix.removeprefix("."),
+            rows=rows,
+            info=info,
+            artifact=artifact,
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        artifacts.undo_put(session, artifact)
+        raise
     return DatasetOut.model_validate(dataset)
 
 
@@ -168,6 +187,9 @@ def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[
         indices, task, class_names = labels_to_indices(np.concatenate(labels), f"{path.name}: y")
         if task == "classification":
             num_classes = int(indices.max()) + 1
+    for name in class_names or ():
+        if problem := unstorable(name):
+            raise DataError(f"{path.name}: the label {name[:50]!r} {problem}")
     return {
         "task": task,
         "input_shape": [int(d) for d in raw["x"].shape[1:]],
@@ -178,6 +200,21 @@ def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[
         "test_rows": len(raw["x_test"]) if raw.get("x_test") is not None else 0,
         "label_column": None if path.suffix == ".npz" else label_column or DEFAULT_LABEL_COLUMN,
     }
+
+
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be kept in a dataset's info, or None.
+
+    PostgreSQL's text and JSONB refuse the NUL character and lone surrogates
+    (which npz string arrays can hold), so both are refused on every backend.
+    """
+    if "\x00" in text:
+        return "contains the NUL character (\\u0000); remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (it holds a lone surrogate); remove it"
+    return None
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

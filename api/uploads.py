@@ -3,15 +3,20 @@
 Nothing is buffered whole: each piece of the file part is written to a private
 temporary directory as it arrives, and the upload is refused with 413 the
 moment the file passes its limit. The directory is removed whatever happens,
-so a refused or failed upload leaves nothing behind. The file is stored under
-its sanitised name (basename only, safe characters), which is also the name
-validation messages quote back to the user.
+so a refused or failed upload leaves nothing behind; one left by a process
+that was killed mid-upload is removed when the API next starts
+(:func:`clear_stale_uploads`). The file is stored under its sanitised name
+(basename only, safe characters), which is also the name validation messages
+quote back to the user.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,11 @@ from api.errors import ApiError
 from api.limits import too_large
 from store.datasets import sanitize_filename
 
+logger = logging.getLogger("embedmix.api")
+
 FILE_FIELD = "file"
+# The API's own directory under work_dir (or the temp dir): uploads in flight, nothing else.
+SCRATCH_DIR = "embedmix-uploads"
 TEXT_FIELDS = ("label_column",)
 MAX_TEXT_FIELD = 4096
 # Room for the multipart framing and text fields around the file itself.
@@ -156,7 +165,52 @@ def _disk_name(filename: str) -> str:
     return path.stem + path.suffix.lower() if path.suffix else name
 
 
-async def receive_upload(request: Request, max_bytes: int, scratch: str | None) -> Upload:
+def scratch_root(work_dir: str) -> Path:
+    """Where uploads are received: a directory of the API's own, so clearing it touches nothing else."""
+    return Path(work_dir or tempfile.gettempdir()) / SCRATCH_DIR
+
+
+def _host() -> str:
+    """This host's name as one safe word (upload directories are named ``<host>.<pid>.<random>``)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def clear_stale_uploads(work_dir: str) -> list[Path]:
+    """Remove the uploads of this host's API processes that are gone (killed mid-upload).
+
+    Run when an API process starts. An upload directory names the host and
+    process receiving it; one of this host whose process no longer runs, or
+    that has this process's own id (a restarted container reuses its pid), is
+    stale. Live processes' uploads, and other hosts' in a shared work_dir, stay.
+    """
+    root = scratch_root(work_dir)
+    stale = [path for path in (root.iterdir() if root.is_dir() else ()) if _is_stale(path.name)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        logger.info("removed %d upload(s) left in %s by stopped API processes", len(stale), root)
+    return stale
+
+
+def _is_stale(name: str) -> bool:
+    host, _, rest = name.partition(".")
+    pid = rest.partition(".")[0]
+    if host != _host() or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or not _running(int(pid))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    return True
+
+
+async def receive_upload(request: Request, max_bytes: int, work_dir: str) -> Upload:
     """Stream the multipart body to a temporary file; the caller must ``remove()`` the result."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
@@ -165,9 +219,9 @@ async def receive_upload(request: Request, max_bytes: int, scratch: str | None) 
             "unsupported_media_type",
             "upload the file as multipart/form-data with a 'file' part",
         )
-    upload = Upload(
-        directory=Path(tempfile.mkdtemp(prefix="embedmix-upload-", dir=scratch or None))
-    )
+    root = scratch_root(work_dir)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    upload = Upload(directory=Path(tempfile.mkdtemp(prefix=f"{_host()}.{os.getpid()}.", dir=root)))
     try:
         await _parse(request, params[b"boundary"], upload, max_bytes)
     except BaseException:

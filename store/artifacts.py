@@ -62,6 +62,11 @@ class ArtifactStore(Protocol):
         """Remove the artifact and its bytes; False if there was none."""
         ...
 
+    def undo_put(self, session: Session, artifact: Artifact) -> None:
+        """After the caller rolled back the transaction of a put: remove the bytes the row
+        no longer records, so a failed write leaves nothing behind."""
+        ...
+
     def verify(self, session: Session, artifact_id: str) -> bool:
         """Re-read every byte and check size and sha256 against the row."""
         ...
@@ -105,6 +110,9 @@ class DatabaseArtifacts:
                     ArtifactChunk.artifact_id == artifact_id, ArtifactChunk.seq == seq
                 )
             ).one()
+
+    def undo_put(self, session: Session, artifact: Artifact) -> None:
+        """Nothing to do: the chunks were written in the transaction that was rolled back."""
 
     def delete(self, session: Session, artifact_id: str) -> bool:
         """Delete the chunks and the row in the caller's transaction."""
@@ -157,6 +165,20 @@ class _BytesOutsideTheDatabase(ABC):
         """True if the bytes still hash to the recorded sha256 (False if they are gone)."""
         return _verify(self, session, artifact_id)
 
+    def undo_put(self, session: Session, artifact: Artifact) -> None:
+        """Remove the bytes unless the row is in the database after all.
+
+        A commit that failed only to report its success leaves the row
+        committed; its bytes must stay. If the database cannot be asked, they
+        stay too (an orphan is harmless; a row without its bytes is not).
+        """
+        try:
+            recorded = session.get(Artifact, artifact.id) is not None
+        except SQLAlchemyError:
+            return
+        if not recorded and artifact.location:
+            self._remover(artifact)()
+
     @abstractmethod
     def _open(self, artifact: Artifact) -> Iterator[bytes]:
         """Stream a complete artifact's bytes, or raise ArtifactNotFound if they are gone."""
@@ -171,9 +193,9 @@ class FilesystemArtifacts(_BytesOutsideTheDatabase):
 
     Artifacts recorded in the database backend stay readable through this
     store, so switching a deployment from the default to files loses nothing.
-    A file is renamed into place before its row is marked complete; if the
-    transaction then rolls back, the file is left orphaned (never a row without
-    its bytes).
+    A file is renamed into place before its row is marked complete (never a
+    row without its bytes); a put that fails removes its file, and a caller
+    whose transaction fails later removes it with :meth:`undo_put`.
     """
 
     backend = "fs"
@@ -189,19 +211,20 @@ class FilesystemArtifacts(_BytesOutsideTheDatabase):
         partial = self.root / PARTIAL_DIR
         partial.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=partial, prefix=artifact.id)
+        final = self.root / location
         try:
             with os.fdopen(fd, "wb") as file:
                 size, sha256 = _write(file, chunks)
-            final = self.root / location
             final.parent.mkdir(exist_ok=True)
             os.replace(temporary, final)
             _fsync_directory(final.parent)
+            artifact.location = location
+            return _finish(session, artifact, size, sha256)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
             _discard(session, artifact)
             raise
-        artifact.location = location
-        return _finish(session, artifact, size, sha256)
 
     def _open(self, artifact: Artifact) -> Iterator[bytes]:
         try:
@@ -229,8 +252,8 @@ class S3Artifacts(_BytesOutsideTheDatabase):
     shared config, instance role); ``endpoint_url`` points at an S3-compatible
     server such as MinIO. Like :class:`FilesystemArtifacts`, artifacts recorded
     in the database backend stay readable, and an object is complete before its
-    row is marked complete (a rolled-back transaction orphans the object, never
-    a row without its bytes).
+    row is marked complete; a failed put, or :meth:`undo_put` after a failed
+    transaction, deletes it.
     """
 
     backend = "s3"
@@ -248,6 +271,7 @@ class S3Artifacts(_BytesOutsideTheDatabase):
         digest, size = hashlib.sha256(), 0
         parts: list[dict[str, Any]] = []
         upload_id = None
+        completed = False
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
             for number, piece in enumerate(_at_least_one(_rechunk(chunks, S3_PART_SIZE)), start=1):
@@ -260,14 +284,17 @@ class S3Artifacts(_BytesOutsideTheDatabase):
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
+            completed = True
+            artifact.location = key
+            return _finish(session, artifact, size, digest.hexdigest())
         except BaseException:
-            if upload_id is not None:
-                with contextlib.suppress(BotoCoreError, ClientError):
+            with contextlib.suppress(BotoCoreError, ClientError):
+                if completed:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+                elif upload_id is not None:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             _discard(session, artifact)
             raise
-        artifact.location = key
-        return _finish(session, artifact, size, digest.hexdigest())
 
     def _open(self, artifact: Artifact) -> Iterator[bytes]:
         try:

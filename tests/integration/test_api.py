@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from api.uploads import SCRATCH_DIR
 from core.data import load_dataset
 from core.export import export
 from core.spec import validate_spec
@@ -914,7 +915,7 @@ def _stored_nothing(db: sessionmaker[Session], scratch: Path) -> None:
     with db() as session:
         assert session.scalars(select(func.count()).select_from(Dataset)).one() == 0
         assert session.scalars(select(func.count()).select_from(Artifact)).one() == 0
-    assert list(scratch.iterdir()) == []
+    assert [p for p in scratch.rglob("*") if p != scratch / SCRATCH_DIR] == []
 
 
 def multipart(

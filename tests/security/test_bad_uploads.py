@@ -2,7 +2,9 @@
 
 "Nothing behind" means no dataset row, no artifact or artifact chunk, and an
 empty scratch directory (where uploads are received). Every case runs on
-SQLite and PostgreSQL. Sizes are refused while the body streams: the last
+SQLite and PostgreSQL; text PostgreSQL cannot store (NUL, lone surrogates)
+is refused on both. Files over the row limit are refused whatever their
+format, and a file of exactly that many rows is accepted. Sizes are refused while the body streams: the last
 test sends a body far over the limit to a real server over a socket and sees
 the 413 arrive long before the body could have been read.
 """
@@ -26,6 +28,8 @@ from sqlalchemy import func, select as sql_select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from api.uploads import SCRATCH_DIR
+from core.data.files import MAX_TABLE_COLUMNS
 from store.models import Artifact, ArtifactChunk, Dataset
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import classification_npz, npz_bytes
@@ -49,7 +53,8 @@ def assert_nothing_stored(db: sessionmaker[Session], scratch: Path) -> None:
         for table in (Dataset, Artifact, ArtifactChunk):
             count = session.scalars(sql_select(func.count()).select_from(table)).one()
             assert count == 0, f"{table.__tablename__} has {count} rows after a refused upload"
-    assert list(scratch.iterdir()) == [], "the upload left files in the scratch directory"
+    left = [p for p in scratch.rglob("*") if p != scratch / SCRATCH_DIR]
+    assert left == [], f"the upload left {left} in the scratch directory"
 
 
 # -- the files ----------------------------------------------------------------------------
@@ -209,6 +214,50 @@ def garbage_csv() -> bytes:
     return bytes(range(256)) * 8
 
 
+def csv_with_a_row_longer_than_the_header() -> bytes:
+    return b"a,b,label\n1,2,0\n" + b",".join([b"0"] * 5000) + b"\n4,5,1\n"
+
+
+def csv_wider_than_the_column_limit() -> bytes:
+    columns = MAX_TABLE_COLUMNS + 1
+    header = ",".join(f"c{i}" for i in range(columns - 1)) + ",label"
+    return f"{header}\n{','.join(['0'] * columns)}\n".encode()
+
+
+def csv_with_one_long_label() -> bytes:
+    """500 rows, one label of 1,000 characters: as fixed-width text, 500 x 1,000 x 4 bytes."""
+    rows = "".join(f"{i},c{i % 3}\n" for i in range(499))
+    return f"a,label\n{rows}499,{'q' * 1000}\n".encode()
+
+
+def csv_with_a_nul_label() -> bytes:
+    return b"a,label\n1,x\x00y\n2,z\n3,z\n"
+
+
+def csv_with_a_nul_in_the_label_column_name() -> bytes:
+    return b"a,la\x00bel\n1,x\n2,z\n"
+
+
+def npz_with_a_nul_label() -> bytes:
+    return npz_bytes(x=np.ones((20, 2)), y=np.array(["a\x00b", "c"] * 10))
+
+
+def npz_with_a_lone_surrogate_label() -> bytes:
+    return npz_bytes(x=np.ones((20, 2)), y=np.array(["\ud800", "c"] * 10))
+
+
+def parquet_with_a_nul_label() -> bytes:
+    return parquet_bytes(pd.DataFrame({"a": np.arange(20.0), "label": ["a\x00b", "c"] * 10}))
+
+
+def parquet_with_list_labels() -> bytes:
+    return parquet_bytes(pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": [[1, 2], [3], [4]]}))
+
+
+def parquet_with_a_struct_feature() -> bytes:
+    return parquet_bytes(pd.DataFrame({"a": [{"u": 1}, {"u": 2}], "label": [0, 1]}))
+
+
 @dataclass(frozen=True)
 class Bad:
     filename: str
@@ -246,6 +295,16 @@ CASES = {
     "csv with text features": Bad("t.csv", csv_with_text_features, 422, "invalid_dataset", ("must be numeric", "'b'")),
     "csv with empty labels": Bad("e.csv", csv_with_empty_labels, 422, "invalid_dataset", ("empty values",)),
     "binary garbage as csv": Bad("g.csv", garbage_csv, 422, "invalid_dataset", ("g.csv",)),
+    "csv row longer than its header": Bad("long.csv", csv_with_a_row_longer_than_the_header, 422, "invalid_dataset", ("line 3 has 5000 fields", "header 3")),
+    "csv wider than the column limit": Bad("wide.csv", csv_wider_than_the_column_limit, 422, "invalid_dataset", (f"more than {MAX_TABLE_COLUMNS} columns",)),
+    "csv label too long to hold as text": Bad("l.csv", csv_with_one_long_label, 422, "invalid_dataset", ("labels as text", "1000 characters", f"limit is {DECODED_LIMIT}")),
+    "NUL in a csv label": Bad("n.csv", csv_with_a_nul_label, 422, "invalid_dataset", ("NUL",)),
+    "NUL in the label column's name": Bad("n.csv", csv_with_a_nul_in_the_label_column_name, 422, "invalid_upload", ("label_column", "NUL"), (("label_column", "la\x00bel"),)),
+    "NUL in an npz label": Bad("n.npz", npz_with_a_nul_label, 422, "invalid_dataset", ("NUL",)),
+    "lone surrogate in an npz label": Bad("s.npz", npz_with_a_lone_surrogate_label, 422, "invalid_dataset", ("surrogate",)),
+    "NUL in a parquet label": Bad("n.parquet", parquet_with_a_nul_label, 422, "invalid_dataset", ("NUL",)),
+    "parquet label column of lists": Bad("l.parquet", parquet_with_list_labels, 422, "invalid_dataset", ("column 'label' holds list",)),
+    "parquet feature column of structs": Bad("s.parquet", parquet_with_a_struct_feature, 422, "invalid_dataset", ("column 'a' holds struct",)),
     "empty file": Bad("e.npz", lambda: b"", 422, "invalid_upload", ("empty",)),
     "unsupported suffix": Bad("data.pkl", _valid_npz, 422, "invalid_upload", ("unsupported file type", ".pkl")),
     "label_column on an npz": Bad("l.npz", _valid_npz, 422, "invalid_upload", ("label_column",), (("label_column", "y"),)),
@@ -284,6 +343,60 @@ def test_a_good_file_is_still_accepted_under_the_same_limits(
             "/v1/datasets", files={"file": (filename, content)}, headers=auth(keys.alice)
         )
         assert response.status_code == 201, response.text
+
+
+# -- the row limit ------------------------------------------------------------------------
+
+ROW_LIMIT = 100
+
+
+def rows_csv(rows: int) -> bytes:
+    return ("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(rows))).encode()
+
+
+def rows_npz(rows: int) -> bytes:
+    """Training and test rows together make the count."""
+    train = rows * 3 // 5
+    return npz_bytes(
+        x=np.ones((train, 2)), y=np.arange(train) % 2,
+        x_test=np.ones((rows - train, 2)), y_test=np.arange(rows - train) % 2,
+    )
+
+
+def rows_parquet(rows: int) -> bytes:
+    return parquet_bytes(_table(rows))
+
+
+def rows_jsonl(rows: int) -> bytes:
+    return "".join(f'{{"anchor": "a{i}", "positive": "p{i}"}}\n' for i in range(rows)).encode()
+
+
+ROW_FILES = {"csv": rows_csv, "npz": rows_npz, "parquet": rows_parquet, "jsonl": rows_jsonl}
+OVER_THE_ROW_LIMIT = {
+    "csv": f"holds more than {ROW_LIMIT} rows; the limit is {ROW_LIMIT} rows",
+    "npz": f"holds {ROW_LIMIT + 1} rows; the limit is {ROW_LIMIT} rows",
+    "parquet": f"holds {ROW_LIMIT + 1} rows; the limit is {ROW_LIMIT} rows",
+    "jsonl": f"more than {ROW_LIMIT} pairs",
+}
+
+
+@pytest.mark.parametrize("fmt", list(ROW_FILES))
+def test_a_file_over_the_row_limit_is_refused_and_one_at_it_accepted(
+    database_url: str, scratch: Path, broker: redis.Redis, keys: Keys, db: sessionmaker[Session], fmt: str
+) -> None:
+    settings = security_settings(database_url, scratch, max_dataset_rows=ROW_LIMIT)
+    with TestClient(create_app(settings)) as client:
+        over = client.post(
+            "/v1/datasets", files={"file": (f"over.{fmt}", ROW_FILES[fmt](ROW_LIMIT + 1))}, headers=auth(keys.alice)
+        )
+        assert over.status_code == 422, over.text
+        assert OVER_THE_ROW_LIMIT[fmt] in over.json()["error"]["message"], over.json()
+        assert_nothing_stored(db, scratch)
+        at = client.post(
+            "/v1/datasets", files={"file": (f"at.{fmt}", ROW_FILES[fmt](ROW_LIMIT))}, headers=auth(keys.alice)
+        )
+        assert at.status_code == 201, at.text
+        assert at.json()["rows"] == ROW_LIMIT
 
 
 # -- refused while streaming --------------------------------------------------------------
