@@ -25,7 +25,7 @@ from cli.supervise import RECORD_FILE, read_record
 from store.accounts import hash_key
 from store.db import make_engine, make_session_factory
 from store.models import ApiKey
-from tests.chaos.conftest import ROOT
+from tests.chaos.conftest import JOB_TIMEOUT_S, ROOT
 from tests.conftest import free_port, wait_for
 from tests.e2e.conftest import Service, service_env, wait_terminal
 
@@ -104,8 +104,8 @@ def test_kill_9_of_up_takes_its_children_and_a_restart_serves_a_job(tmp_path: Pa
     assert any("redis-server" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
     client = first.client()
     interrupted = client.submit(LONG_JOB)["id"]
-    wait_for(lambda: client.job(interrupted)["progress"]["step"] > 0, RESTART_TIMEOUT_S, "the job to train",
-             first.log_tail)
+    wait_for(lambda: client.job(interrupted)["progress"]["step"] > 0, JOB_TIMEOUT_S, "the job to train",
+             lambda: str(client.job(interrupted)))
 
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
