@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, ui
+from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, sweeps, ui
 from api.deps import reject_unknown_query
 from api.docs import DocsPolicyMiddleware
 from api.errors import document_errors, install_error_handlers
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (jobs, stream, models, openai_embeddings, projection, datasets, keys, catalog, health, ui):
+    for module in (jobs, stream, models, openai_embeddings, projection, sweeps, datasets, keys, catalog, health, ui):
         # API routes refuse query parameters they do not take; pages and probes are lenient.
         strict = module.router.prefix.startswith("/v1")
         app.include_router(

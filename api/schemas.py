@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from sqlalchemy import Row
 
 from store.models import Job
@@ -231,3 +231,112 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: str
     checks: dict[str, str]
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+SPACE_PATH = r"^[a-z_]+(\.[A-Za-z0-9_]+){1,4}$"  # a dotted field of the spec: train.lr, objective.params.margin
+MAX_SPACE_PARAMS = 16
+MAX_CHOICES = 32
+MAX_TRIALS = 1000
+MAX_PARALLEL = 64
+Choice = bool | int | float | str
+
+
+class ParamSpaceIn(BaseModel):
+    """One dimension of a search space: a float or int range (``log``: sampled on a log scale), or choices."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    type: Literal["float", "int", "categorical"]
+    low: int | float | None = Field(None, description="float and int: the smallest value")
+    high: int | float | None = Field(None, description="float and int: the largest value (included)")
+    log: bool = Field(False, description="float and int: sample on a log scale (low > 0, no step)")
+    step: int | float | None = Field(None, gt=0, description="float and int: the spacing of the values; int: 1 by default")
+    choices: list[Choice] | None = Field(
+        None, min_length=1, max_length=MAX_CHOICES, description="categorical: the values to choose among"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpaceIn:
+        """The fields a type uses, and only those, with a range Optuna can sample."""
+        if self.type == "categorical":
+            if self.choices is None or self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("a categorical parameter takes choices only")
+            return self
+        if self.choices is not None or self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter takes low and high (and optionally log or step), not choices")
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log scale needs low > 0 and no step")
+        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("an int parameter's low, high and step are whole numbers")
+        return self
+
+
+class SweepIn(BaseModel):
+    """``POST /v1/sweeps``: a base spec and the space searched over its dotted paths."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field("sweep", min_length=1, max_length=90, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="trial jobs are named NAME-<trial number>")
+    spec: dict[str, Any] = Field(description="the base JobSpec; each trial sets the space's paths in it")
+    space: dict[Annotated[str, Field(pattern=SPACE_PATH, max_length=200)], ParamSpaceIn] = Field(
+        min_length=1, max_length=MAX_SPACE_PARAMS, description="dotted spec path -> its range or choices"
+    )
+    metric: str = Field(max_length=64, description="an evaluation metric the base spec reports, e.g. precision_at_1")
+    direction: Literal["maximize", "minimize"]
+    trials: int = Field(16, ge=1, le=MAX_TRIALS, description="trials (jobs) in all")
+    parallel: int = Field(2, ge=1, le=MAX_PARALLEL, description="trial jobs queued or running at once")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving"] = Field(
+        "none", description="stops trials whose evaluation after an epoch is behind the others'"
+    )
+    seed: int = Field(0, ge=0, le=INT32_MAX)
+
+
+class IntermediateOut(BaseModel):
+    epoch: int | None
+    step: int
+    value: float
+
+
+class TrialOut(BaseModel):
+    number: int = Field(description="Optuna's trial number, from 0")
+    params: dict[str, Any]
+    job_id: str | None = Field(description="the trial's job (null if none could be made: see error)")
+    state: str = Field(description="running, complete, pruned or failed")
+    value: float | None = Field(description="the metric's final value (a pruned trial: its last intermediate)")
+    intermediate: list[IntermediateOut] = Field(description="the job's eval/<metric> series, reported by epoch")
+    error: dict[str, Any] | None
+
+
+class SweepBestOut(BaseModel):
+    trial: int
+    value: float
+    params: dict[str, Any]
+    job_id: str | None
+    spec: dict[str, Any] | None = Field(description="the best trial's resolved spec: the base spec with its params")
+
+
+class SweepOut(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    spec: dict[str, Any] = Field(description="the resolved base spec")
+    space: dict[str, Any]
+    metric: str
+    direction: str
+    trials: int
+    parallel: int
+    sampler: str
+    pruner: str
+    seed: int
+    trial_states: dict[str, int] = Field(description="how many trials are running, complete, pruned, failed")
+    best: SweepBestOut | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

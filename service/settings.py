@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         "the last one of a run, and one made to stop, always",
     )
     cancel_poll_s: float = Field(0.5, gt=0.0, description="how often a running job checks for a cancel request")
+    sweep_poll_s: float = Field(
+        2.0, gt=0.0, description="how often a sweep's controller reads its trials' progress and launches new trials"
+    )
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="JSON bodies (specs, embed requests)")

@@ -30,6 +30,7 @@ from service.queue import TRAIN_QUEUE, TRAIN_TASK, send_train_message
 from service.settings import Settings, get_settings
 from worker.context import context_for
 from worker.reaper import start_reaper_thread
+from worker.sweeps import SweepStep
 from worker.train_task import run_job
 
 log = logging.getLogger("embedmix.worker")
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> EmbedmixCelery:
         enable_utc=True,
     )
     app.steps["worker"].add(ReaperStep)
+    app.steps["worker"].add(SweepStep)  # the sweep controller, a thread like the reaper (worker/sweeps.py)
     _register_train_task(app)
     return app
 
