@@ -306,5 +306,8 @@ def port_holder(host: str, port: int) -> str | None:
             pass
     for conn in psutil.net_connections(kind="inet"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return _describe(psutil.Process(conn.pid))
+            try:
+                return _describe(psutil.Process(conn.pid))
+            except psutil.Error:
+                break
     return "another process"

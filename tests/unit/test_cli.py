@@ -11,7 +11,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.supervise import RUN_MARKER, UpError, clear_stale_run, lock_data_dir
+from cli import supervise
+from cli.supervise import (
+    RUN_MARKER,
+    Child,
+    Supervisor,
+    UpError,
+    clear_stale_run,
+    lock_data_dir,
+)
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +164,15 @@ def test_a_stale_run_is_cleared_and_a_live_one_refused(tmp_path):
         for process in (orphan, bystander):
             process.kill()
             process.wait()
+
+
+def test_a_child_that_keeps_crashing_is_restarted_up_to_the_cap(monkeypatch):
+    """Each exit is a logged restart; the one past MAX_RESTARTS within the window stops `up` (no backoff here)."""
+    monkeypatch.setattr(supervise, "MAX_BACKOFF_S", 0.0)
+    said: list[str] = []
+    supervisor = Supervisor([], on_change=lambda: None, say=said.append)
+    supervisor.start(Child("crasher", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ)))
+    with pytest.raises(UpError, match=f"the crasher exited with code 3 after {supervise.MAX_RESTARTS} restarts"):
+        wait_for(supervisor.poll, 120, "the restart cap")
+    assert len(said) == supervise.MAX_RESTARTS
+    assert "exited with code 3; restarting it in 0 s (restart 1 of at most" in said[0]
