@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.conftest import Keys, auth
-from tests.integration.test_api import Finished, assert_error
+from tests.integration.test_api import SMALL_SPEC, Finished, assert_error
 
 PAST_INT64 = str(2**63)
 PAST_INT32 = str(2**31)  # ids and steps are INTEGER columns: PostgreSQL's int4
@@ -162,3 +162,45 @@ def test_lone_surrogate_escapes_are_400(client: TestClient, keys: Keys) -> None:
         headers={**auth(keys.admin), "Content-Type": "application/json"},
     )
     assert pair.status_code == 201 and pair.json()["id"], pair.text
+
+
+def test_a_manifold_block_past_the_encoder_is_422_at_submit(client: TestClient, keys: Keys) -> None:
+    """It used to be accepted and fail in training as internal_error."""
+    spec = {
+        **SMALL_SPEC,
+        "model": {"encoder": "mlp", "params": {"depth": 2}},
+        "mixup": {"method": "manifold", "params": {"block": 2}},
+    }
+    response = client.post("/v1/jobs", json=spec, headers=auth(keys.alice))
+    error = assert_error(response, 422, "invalid_spec", "mixup.params.block")
+    assert "has 2 blocks" in error["message"]
+    spec["mixup"]["params"]["block"] = 1
+    assert client.post("/v1/jobs", json=spec, headers=auth(keys.alice)).status_code == 201
+
+
+def test_a_content_length_of_unicode_digits_is_not_read_as_a_number(client: TestClient, keys: Keys) -> None:
+    """Starlette reads headers as latin-1, where byte 0xB2 is '²': str.isdigit() says yes, int() fails.
+
+    Sent through the ASGI interface itself, since HTTP clients and servers refuse such a header.
+    """
+    body = b'{"name": "superscript"}'
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"authorization", f"Bearer {keys.admin}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"\xb2"),
+    ]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/keys", "raw_path": b"/v1/keys", "root_path": "",
+        "query_string": b"", "headers": headers, "server": ("testserver", 80), "client": ("testclient", 50000),
+    }
+    client.portal.call(client.app, scope, receive, send)
+    assert sent[0]["status"] == 201, sent
