@@ -239,6 +239,7 @@ def service_limit_errors(spec: JobSpec, settings: Settings) -> list[dict[str, st
         ("model.embedding_dim", spec.model.embedding_dim, width_limit),
         ("model.projection_dim", spec.model.projection_dim, width_limit),
         ("dataset.size", spec.dataset.size, settings.max_dataset_rows),
+        ("resources.devices", spec.resources.devices, settings.max_devices_per_job),
     ]
     return [
         {"field": field, "message": f"{value} is over this service's limit of {limit}"}

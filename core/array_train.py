@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from core import catalog, losses, mixup
+from core.distributed import GroupCallbacks, ShardedNet, average_gradients, current_ranks, sharded, synchronise_batchnorm
 from core.data import Dataset
 from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
@@ -91,14 +93,24 @@ class CompiledForward:
 
 
 class ArrayTrainer(TrainingLoop):
-    """One array run's state; `run()` trains from the current step to the end or a stop."""
+    """One array run's state; `run()` trains from the current step to the end or a stop.
+
+    In a process group of N ranks (torch.distributed.run) every rank builds the same
+    run and draws the same global batches; the network's forward is split over the
+    ranks (`core.distributed`), so the run is the one-device computation.
+    """
 
     def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None):
         self.spec, self.data = spec, data
+        self.ranks = current_ranks()
         self.cb = callbacks or NullCallbacks()
+        if self.ranks.distributed:
+            self.cb = GroupCallbacks(self.cb, self.ranks)
         self.device = device or pick_device(spec)
         seed_everything(spec.train.seed)
         self.net = build_net(spec.model, data.x_train).to(self.device)
+        if self.ranks.distributed and spec.resources.sync_batchnorm:
+            synchronise_batchnorm(self.net)
         out_dim = spec.model.projection_dim or spec.model.embedding_dim
         self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
                                  **spec.objective.params).to(self.device)
@@ -118,11 +130,16 @@ class ArrayTrainer(TrainingLoop):
             self.method.to(self.device)
         params = list(self.net.parameters()) + list(self.loss.parameters())
         params += list(self.method.parameters()) if self.method is not None else []
-        self._start(params, clipped=list(self.net.parameters()))
+        reduce = partial(average_gradients, ranks=self.ranks) if self.ranks.distributed else None
+        self._start(params, clipped=list(self.net.parameters()), reduce_gradients=reduce)
         self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
         if spec.train.compile:
             self.forward = CompiledForward(self.net, self._compile_failed)
+        self.method_net: nn.Module | ShardedNet = self.net
+        if self.ranks.distributed:
+            self.forward = partial(sharded, self.forward, ranks=self.ranks)
+            self.method_net = ShardedNet(self.net, self.ranks)
 
     def _place_data(self, data: Dataset) -> None:
         """Training arrays on the device when they fit, so batches are drawn by index there; otherwise in host memory."""
@@ -190,7 +207,7 @@ class ArrayTrainer(TrainingLoop):
         if self.method is not None:
             batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
             with self.autocast:
-                return self.method.batch_loss(self.net, batch).float()
+                return self.method.batch_loss(self.method_net, batch).float()
         xs = [self._view(x) for _ in range(self.views)]
         with self.autocast:
             zs = [self.forward(v).float() for v in xs]
@@ -222,6 +239,8 @@ class ArrayTrainer(TrainingLoop):
             self.method.after_step(self.net)
 
     def evaluate(self) -> dict[str, float]:
+        if self.ranks.rank != 0:
+            return {}  # rank 0 reports for the group; the weights are the same on every rank
         # Metrics a mixing method owns (ECE of its head, utilization, ...) come from the method.
         names = [m for m in self.spec.eval.metrics if not catalog.METRICS[m].extra.get("from_methods")]
         train = None

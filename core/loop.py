@@ -13,6 +13,7 @@ import io
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -122,8 +123,9 @@ class TrainingLoop(ABC):
     steps_per_epoch: int
     total_steps: int
 
-    def _start(self, trainable: list[nn.Parameter], clipped: list[nn.Parameter] | None = None) -> None:
-        self.train_step = TrainStep(self.spec, trainable, self.device, clipped)
+    def _start(self, trainable: list[nn.Parameter], clipped: list[nn.Parameter] | None = None,
+               reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None) -> None:
+        self.train_step = TrainStep(self.spec, trainable, self.device, clipped, reduce_gradients)
         self.opt = self.train_step.opt
         self.autocast = self.train_step.autocast
         self.step = 0

@@ -132,8 +132,19 @@ class EvalSpec(Strict):
 
 
 class ExportSpec(Strict):
-    formats: list[Literal["safetensors", "onnx", "torchscript"]] = Field(default_factory=lambda: ["safetensors"], min_length=1)
+    formats: list[Literal[tuple(catalog.EXPORT_FORMATS)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(catalog.DEFAULT_EXPORT_FORMATS), min_length=1,
+        description="files to export, of catalog.EXPORT_FORMATS")
     onnx_opset: int = Field(18, ge=17, le=23)
+
+
+class ResourcesSpec(Strict):
+    """What a job asks of the workers' hardware; a job asking for more than the service offers is refused at submit."""
+
+    devices: int = Field(1, ge=1, le=64, description="ranks (one per device) that train the job together; "
+                         "1 trains in the worker's own process, more launch torch.distributed ranks over one global batch")
+    sync_batchnorm: bool = Field(True, description="with devices > 1, batch norm uses the statistics of all ranks' rows "
+                                 "(as one device would); off: each rank's own rows")
 
 
 class JobSpec(Strict):
@@ -146,6 +157,7 @@ class JobSpec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 # The DESIGN.md example, verbatim: the API shows it on its /docs page, and
@@ -254,6 +266,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     errors += _check_params("model.params", spec.model.params, catalog.ENCODERS[spec.model.encoder])
     if _is_text_encoder(spec):
         errors += _text_encoder_errors(spec)
+    errors += _export_errors(spec)
     if spec.dataset.name is not None:
         ds = catalog.DATASETS[spec.dataset.name]
         errors += _check_params("dataset.params", spec.dataset.params, ds)
@@ -454,6 +467,16 @@ def _text_encoder_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.train.compile:
         errors.append({"field": "train.compile", "message": f"not available for {entry.name!r}; leave it out"})
     return errors
+
+
+def _export_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Formats only a text encoder can write (a sentence-transformers folder holds a transformer and its tokenizer)."""
+    if _is_text_encoder(spec):
+        return []
+    text_only = [f for f in spec.export.formats if catalog.EXPORT_FORMATS[f].text_only]
+    text = sorted(n for n, e in catalog.ENCODERS.items() if e.extra.get("input") == "text")
+    return [{"field": "export.formats", "message": f"{f!r} is exported by text encoders ({text}) only; "
+                                                   f"{spec.model.encoder!r} is not one"} for f in text_only]
 
 
 # ------------------------------------------------------------------ resolution

@@ -54,9 +54,12 @@ class TrainStep:
     """The optimizer over a run's trainable parameters and the step that drives it."""
 
     def __init__(self, spec: JobSpec, parameters: list[nn.Parameter], device: torch.device,
-                 clipped: list[nn.Parameter] | None = None) -> None:
-        """`clipped`: the parameters whose gradient norm `train.grad_clip` bounds (default: all trained ones)."""
+                 clipped: list[nn.Parameter] | None = None,
+                 reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None) -> None:
+        """`clipped`: the parameters whose gradient norm `train.grad_clip` bounds (default: all trained ones).
+        `reduce_gradients`: combines the ranks' gradients before clipping and the update (None on one device)."""
         self.spec = spec
+        self.reduce_gradients = reduce_gradients
         self.parameters = [p for p in parameters if p.requires_grad]
         self.clipped = self.parameters if clipped is None else [p for p in clipped if p.requires_grad]
         self.opt = make_optimizer(spec.train, self.parameters, device)
@@ -76,6 +79,8 @@ class TrainStep:
         else:
             loss = batch_loss()
             loss.backward()
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.parameters)
         value = loss.detach().item()
         if not math.isfinite(value):
             raise Diverged(f"loss became {value} at step {step}; lower train.lr or enable train.grad_clip")

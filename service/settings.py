@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         description="memory a worker offers one job: specs whose estimated peak is larger are refused at submit, "
         "and a worker process that grows past it fails its job with out_of_memory",
     )
+    max_devices_per_job: int = Field(
+        2, gt=0, description="most resources.devices a job may ask for: the ranks one worker can run together "
+        "(its GPUs; on a CPU-only worker gloo ranks share the cores, so 2 is the default)"
+    )
     train_threads: int = Field(
         0, ge=0, description="CPU threads a training process may use (0: torch's default, every core)"
     )
