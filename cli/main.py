@@ -159,10 +159,11 @@ def train(
 
 
 def _register_service_commands() -> None:
-    from cli import server, service
+    from cli import server, service, sweeps
 
     service.register(app)
     server.register(app)
+    sweeps.register(app)
 
 
 _register_service_commands()

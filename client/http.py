@@ -199,3 +199,36 @@ class EmbedmixClient:
 
     def revoke_key(self, key_id: int | str) -> None:
         self._call("DELETE", f"/v1/keys/{key_id}")
+
+    # -- sweeps ------------------------------------------------------------------
+    def submit_sweep(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a sweep (a base spec, a space, a metric...); a retry makes no second sweep, as for jobs."""
+        headers = {"Idempotency-Key": idempotency_key or f"sdk-{secrets.token_urlsafe(24)}"}
+        for attempt in range(SUBMIT_ATTEMPTS - 1):
+            try:
+                return self._call("POST", "/v1/sweeps", json=body, headers=headers)
+            except httpx.TransportError:
+                time.sleep(SUBMIT_RETRY_S * 2**attempt)
+        return self._call("POST", "/v1/sweeps", json=body, headers=headers)
+
+    def sweeps(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call("GET", "/v1/sweeps", params=params)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/sweeps/{sweep_id}")
+
+    def sweep_trials(self, sweep_id: str) -> list[dict[str, Any]]:
+        """Every trial of the sweep, by number (following the pages)."""
+        trials: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            page = self._call("GET", f"/v1/sweeps/{sweep_id}/trials", params=params)
+            trials += page["data"]
+            if not page["has_more"]:
+                return trials
+            cursor = page["next_cursor"]
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/sweeps/{sweep_id}/cancel")
