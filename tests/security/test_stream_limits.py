@@ -18,7 +18,7 @@ import pytest
 
 from service.settings import Settings
 from store import create_api_key, create_job, create_owner, request_cancel
-from store.db import migrate
+from store.db import POOL_OVERFLOW, POOL_SIZE, migrate
 from tests.chaos.conftest import SPEC, Stack
 from tests.conftest import PostgresServer, RedisServer, wait_for
 
@@ -144,19 +144,34 @@ def test_a_stop_ends_open_streams(capped: Stack) -> None:
 def test_300_streams_from_one_key_get_429_beyond_the_cap_and_the_api_keeps_answering(
     database: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    stack = start_api(database, redis_server, tmp_path)
-    try:
-        key, (job_id,) = new_owner(stack)
-        assert stack.api_url is not None
-        codes, answers = asyncio.run(_many_and_probe(stack.api_url, key, job_id))
-    finally:
-        stack.close()
-    assert codes.count(200) == DEFAULT_PER_KEY and codes.count(429) == 300 - DEFAULT_PER_KEY
+    codes, answers = _open_many(start_api(database, redis_server, tmp_path), 300)
+    assert codes.count(200) == DEFAULT_PER_KEY and codes.count(429) == 300 - DEFAULT_PER_KEY, codes
     assert answers == {"/healthz": 200, "/v1/jobs": 200, "/readyz": 200}
 
 
-async def _many_and_probe(url: str, key: str, job_id: str) -> tuple[list[int | str], dict[str, int]]:
-    """Open 300 streams, then, with the admitted ones still open, call the other routes."""
+def test_more_streams_than_pooled_connections_open_at_once_when_the_caps_allow(
+    database: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Streams take no connection for themselves: more than the pool holds all open, and the API answers."""
+    count = 2 * (POOL_SIZE + POOL_OVERFLOW)
+    stack = start_api(database, redis_server, tmp_path, max_streams_per_key=str(count), max_streams=str(count))
+    codes, answers = _open_many(stack, count)
+    assert codes == [200] * count, codes
+    assert answers == {"/healthz": 200, "/v1/jobs": 200, "/readyz": 200}
+
+
+def _open_many(stack: Stack, count: int) -> tuple[list[int | str], dict[str, int]]:
+    """``count`` streams of one key's job opened at once, and the other routes' answers while they are open."""
+    try:
+        key, (job_id,) = new_owner(stack)
+        assert stack.api_url is not None
+        return asyncio.run(_many_and_probe(stack.api_url, key, job_id, count))
+    finally:
+        stack.close()
+
+
+async def _many_and_probe(url: str, key: str, job_id: str, count: int) -> tuple[list[int | str], dict[str, int]]:
+    """Open ``count`` streams, then, with the admitted ones still open, call the other routes."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=CLIENT_TIMEOUT_S, limits=limits) as api:
@@ -172,8 +187,8 @@ async def _many_and_probe(url: str, key: str, job_id: str) -> tuple[list[int | s
             except httpx.HTTPError as exc:  # counted, so the wait below ends and the assert names it
                 codes.append(type(exc).__name__)
 
-        holders = [asyncio.ensure_future(hold()) for _ in range(300)]
-        while len(codes) < 300:
+        holders = [asyncio.ensure_future(hold()) for _ in range(count)]
+        while len(codes) < count:
             await asyncio.sleep(0.1)
         answers = {path: (await api.get(path)).status_code for path in ("/healthz", "/v1/jobs", "/readyz")}
         release.set()
