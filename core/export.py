@@ -63,6 +63,7 @@ class Trained(Protocol):
     spec: JobSpec
     export_inputs: ExportInputs
     metrics: dict[str, float]
+    world_size: int
 
 
 def sha256_file(path: Path) -> str:
@@ -173,7 +174,8 @@ def export(result: Trained, data: Dataset | TextPairs, out_dir: str | Path, metr
         if fmt == "onnx":
             files[fmt]["opset"] = spec.export.onnx_opset
     card = model_card(spec, data, inputs, result.encoder.embedding_dim,
-                      result.metrics if metrics is None else metrics, files, training or {})
+                      result.metrics if metrics is None else metrics, files,
+                      {"world_size": result.world_size, **(training or {})})
     (out / "card.json").write_text(json.dumps(card, indent=2))
     return card
 
