@@ -112,15 +112,20 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda; default: the spec's train.device"),
 ) -> None:
-    """Train a spec locally and export the model into OUT."""
+    """Train a spec locally and export the model into OUT; resources.devices > 1 runs that many ranks together."""
     import torch
 
     from core.data import load_dataset
     from core.errors import DataError, Diverged, SpecError, UnsupportedSpec
     from core.export import export
-    from core.train import train as run_training
+    from core.launch import in_launched_rank, join_group, leave_group, rank_command, run_ranks
+    from core.train import pick_device, train as run_training
 
     spec = _load(spec_path)
+    if spec.resources.devices > 1 and not in_launched_rank():
+        args = ["train", str(spec_path), "--out", str(out), *(["--resume"] if resume else []),
+                *(["--device", device] if device else [])]
+        raise typer.Exit(run_ranks(rank_command(spec.resources.devices, "cli.main", args)))
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     if resume and not ckpt.is_file():
@@ -141,10 +146,15 @@ def train(
         task_id = bar.add_task(spec.name, total=None, info="starting")
         callbacks = _CliCallbacks(out, bar, task_id)
         try:
+            ranks = join_group(torch.device(device) if device else pick_device(spec))
             result = run_training(spec, data, callbacks, resume=ckpt.read_bytes() if resume else None,
                                   device=torch.device(device) if device else None)
         except (UnsupportedSpec, Diverged) as exc:
             _fail(str(exc))
+        finally:
+            leave_group()
+    if ranks.rank != 0:
+        return  # rank 0 exports for the group
     card = export(result, data, out, training={"steps": result.step, "epochs": result.epoch,
                                                "seconds": round(result.seconds, 2)})
     table = Table(title=f"{result.spec.name}: test metrics")

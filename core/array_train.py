@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from core import catalog, losses, mixup
-from core.distributed import GroupCallbacks, ShardedNet, average_gradients, current_ranks, sharded, synchronise_batchnorm
+from core.distributed import (GroupCallbacks, ShardedNet, average_gradients, class_balanced_order, class_groups,
+                              current_ranks, sharded, synchronise_batchnorm)
+from core.errors import UnsupportedSpec
 from core.data import Dataset
 from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
@@ -119,7 +121,7 @@ class ArrayTrainer(TrainingLoop):
         self.augment = spec.augment.enabled
         self.channels_last = configure_gpu(self.net, self.device)
         self._place_data(data)
-        n = len(self.x)
+        n = self._epoch_rows()
         self.batch = min(spec.train.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch)
         self.total_steps = spec.train.epochs * self.steps_per_epoch
@@ -187,8 +189,20 @@ class ArrayTrainer(TrainingLoop):
             self.method.load_state_dict(state["method"])
         self.gen.set_state(state["rng_gen"].cpu() if self.device.type == "cpu" else state["rng_gen"])
 
+    def _epoch_rows(self) -> int:
+        """Rows an epoch visits: all of them, or the whole per-class groups of class-balanced batches."""
+        per_class = self.spec.train.samples_per_class
+        if per_class is None:
+            return len(self.x)
+        if self.y is None or self.y.is_floating_point() or self.spec.train.batch_size % per_class:
+            raise UnsupportedSpec("train.samples_per_class: needs class labels and a batch_size that is a multiple of it")
+        return class_groups(self.y, per_class)
+
     def _batch_order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(self.spec.train.seed, epoch, len(self.x)).to(self.x.device)
+        per_class = self.spec.train.samples_per_class
+        if per_class is None:
+            return epoch_order(self.spec.train.seed, epoch, len(self.x)).to(self.x.device)
+        return class_balanced_order(self.y, per_class, self.spec.train.seed, epoch).to(self.x.device)
 
     def _trained_encoder(self) -> nn.Module:
         self.net.train()

@@ -253,6 +253,37 @@ def synchronise_batchnorm(module: nn.Module) -> None:
             m.__class__ = synced
 
 
+# -- class-balanced global batches --------------------------------------------------------
+
+
+def class_groups(labels: Tensor, per_class: int) -> int:
+    """Rows an epoch of `class_balanced_order` holds: each class's count rounded down to whole groups."""
+    counts = torch.bincount(labels.long().cpu())
+    return int((counts // per_class * per_class).sum())
+
+
+def class_balanced_order(labels: Tensor, per_class: int, seed: int, epoch: int) -> Tensor:
+    """An epoch's row order made of shuffled groups of `per_class` rows of one class.
+
+    Cut into batches of a multiple of `per_class` rows, every class in a batch has
+    at least `per_class` samples (the pair losses and Metrix need 2), on one device
+    and in the global batch of N ranks alike: the order is a function of (seed,
+    epoch) only, drawn the same on every rank, and rank r trains its block of each
+    batch (`shard_rows`). A class's rows beyond its last whole group sit out the
+    epoch; which ones changes every epoch.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    labels = labels.long().cpu()
+    groups: list[Tensor] = []
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        rows = (labels == c).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        groups += list(rows[:len(rows) // per_class * per_class].view(-1, per_class))
+    if not groups:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat([groups[i] for i in torch.randperm(len(groups), generator=g)])
+
+
 # -- gradients ----------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.distributed import current_ranks
 from core.errors import UnsupportedSpec
 from core.export import ExportInputs
 from core.spec import JobSpec
@@ -82,6 +83,7 @@ class TrainResult:
     stopped: bool
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1  # ranks that trained it together (core.distributed)
 
 
 def pick_device(spec: JobSpec) -> torch.device:
@@ -246,7 +248,8 @@ class TrainingLoop(ABC):
             metrics = self._report_eval(self.step // self.steps_per_epoch)
             self._checkpoint()
         return TrainResult(encoder, self.spec, self.export_inputs(), metrics, self.step,
-                           self.step // self.steps_per_epoch, stopped, time.perf_counter() - start, self.history)
+                           self.step // self.steps_per_epoch, stopped, time.perf_counter() - start, self.history,
+                           current_ranks().world_size)
 
     def _progress(self, start: float, start_step: int) -> None:
         elapsed = time.perf_counter() - start

@@ -121,6 +121,10 @@ class TrainSpec(Strict):
         description="cached loss (GradCache): embed and backpropagate this many rows at a time, with the whole "
                     "batch's gradient, so batch_size can exceed what fits in memory; None: off")
     compile: bool = Field(False, description="torch.compile the network; if compilation fails, train eagerly and report it")
+    samples_per_class: int | None = Field(
+        None, ge=1, le=1024,
+        description="class-balanced batches: each batch is whole groups of this many same-class samples (batch_size "
+                    "a multiple of it), on one device and across ranks alike; None: a random order of all rows")
 
 
 class EvalSpec(Strict):

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from core import catalog
 from core.array_train import ArrayTrainer
 from core.data import load_dataset
-from core.distributed import Ranks, shard_rows, shard_sizes
+from core.distributed import Ranks, class_balanced_order, class_groups, shard_rows, shard_sizes
 from core.spec import validate_spec
 
 STEPS = 3
@@ -58,7 +58,8 @@ CASES |= {f"mix:{m}": _spec(e.extra["losses"][0], m) for m, e in catalog.MIXUPS.
 CASES["cached:supcon"] = _spec("supcon", grad_cache_chunk=7)
 CASES["cached:ntxent"] = _spec("ntxent", grad_cache_chunk=7)
 CASES["cached:barlow_twins"] = _spec("barlow_twins", grad_cache_chunk=7)
-FOUR_RANK_CASES = ["loss:supcon", "loss:barlow_twins", "mix:metrix", "mix:moco", "mix:cutmix", "cached:ntxent"]
+CASES["balanced:multi_similarity"] = _spec("multi_similarity", samples_per_class=3)
+FOUR_RANK_CASES = ["balanced:multi_similarity", "loss:supcon", "loss:barlow_twins", "mix:metrix", "mix:moco", "mix:cutmix", "cached:ntxent"]
 
 
 def _run(spec_dict: dict) -> dict:
@@ -169,3 +170,17 @@ def test_shares_cover_the_global_batch_once_in_rank_order():
         shares = [shard_rows(batch, Ranks(r, world)) for r in range(world)]
         assert torch.equal(torch.cat(shares), batch)
         assert [len(s) for s in shares] == shard_sizes(30, world)
+
+
+def test_class_balanced_batches_hold_whole_groups_of_each_class():
+    labels = torch.randint(0, 7, (200,), generator=torch.Generator().manual_seed(0))
+    per_class, batch = 3, 12
+    order = class_balanced_order(labels, per_class, seed=5, epoch=0)
+    assert len(order) == class_groups(labels, per_class) and len(set(order.tolist())) == len(order)
+    for lo in range(0, len(order) - batch + 1, batch):
+        counts = torch.bincount(labels[order[lo:lo + batch]])
+        assert ((counts == 0) | (counts >= per_class)).all()
+        for r, world in ((0, 2), (1, 2)):  # a rank's share is its block of the global batch
+            assert torch.equal(shard_rows(order[lo:lo + batch], Ranks(r, world)), order[lo + 6 * r:lo + 6 * r + 6])
+    assert torch.equal(order, class_balanced_order(labels, per_class, seed=5, epoch=0))
+    assert not torch.equal(order, class_balanced_order(labels, per_class, seed=5, epoch=1))

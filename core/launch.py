@@ -1,0 +1,74 @@
+"""A job's N ranks, started by torch's own launcher (torch.distributed.run) as one child process group.
+
+The launcher runs with a standalone rendezvous on this host and starts N copies of
+a Python module; each joins the group it describes in the environment
+(`join_group`: gloo on the CPU, nccl on CUDA). The launcher is the leader of a
+session of its own, so stopping the caller stops every rank with it and no rank is
+left running. Only rank 0's output reaches the console.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from core.distributed import Ranks, current_ranks
+
+# What torchrun sets in the environment of each rank it starts.
+LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"
+# How long the ranks get to stop on SIGTERM before they are killed.
+STOP_GRACE_S = 10.0
+
+
+def in_launched_rank() -> bool:
+    """Whether this process is one of the ranks torch.distributed.run started."""
+    return LAUNCHED_ENV in os.environ
+
+
+def rank_command(world_size: int, module: str, args: list[str]) -> list[str]:
+    """The launcher's argv for `python -m module *args` on `world_size` ranks (an argv list: no shell)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+            "--local-ranks-filter=0", "-m", module, *args]
+
+
+def run_ranks(command: list[str]) -> int:
+    """Run the launcher as a session of its own and return its exit status.
+
+    Whatever ends the wait (Ctrl-C, SIGTERM turned into an exception, an error) stops
+    the whole session: SIGTERM, then SIGKILL after STOP_GRACE_S.
+    """
+    proc = subprocess.Popen(command, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            _stop_session(proc)
+
+
+def _stop_session(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def join_group(device: torch.device) -> Ranks:
+    """In a launched rank: join its process group (nccl on CUDA, each rank on its own GPU; gloo otherwise)."""
+    if not in_launched_rank():
+        return Ranks()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return current_ranks()
+
+
+def leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
