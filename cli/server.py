@@ -305,7 +305,7 @@ embedmix is up at {url}  (dashboard: {url}/ui, API docs: {url}/docs)
 admin API key: {shown}
 
   export EMBEDMIX_URL={url} EMBEDMIX_API_KEY={exported}
-  curl -s -H "Authorization: Bearer $EMBEDMIX_API_KEY" -H 'Content-Type: application/json' \\
+  curl -fsS -H "Authorization: Bearer $EMBEDMIX_API_KEY" -H 'Content-Type: application/json' \\
        -d @examples/mnist1d-ms.json $EMBEDMIX_URL/v1/jobs
   embedmix submit examples/mnist1d-ms.json --wait
 
