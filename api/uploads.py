@@ -170,8 +170,13 @@ def scratch_root(work_dir: str) -> Path:
     return Path(work_dir or tempfile.gettempdir()) / SCRATCH_DIR
 
 
+def upload_prefix(pid: int) -> str:
+    """How process ``pid`` of this host names its upload directories: ``<host>.<pid>.<random>``."""
+    return f"{_host()}.{pid}."
+
+
 def _host() -> str:
-    """This host's name as one safe word (upload directories are named ``<host>.<pid>.<random>``)."""
+    """This host's name as one word without dots."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
@@ -193,9 +198,8 @@ def clear_stale_uploads(work_dir: str) -> list[Path]:
 
 
 def _is_stale(name: str) -> bool:
-    host, _, rest = name.partition(".")
-    pid = rest.partition(".")[0]
-    if host != _host() or not pid.isdigit():
+    pid = name.removeprefix(f"{_host()}.").partition(".")[0]
+    if not pid.isdigit() or not name.startswith(upload_prefix(int(pid))):
         return False
     return int(pid) == os.getpid() or not _running(int(pid))
 
@@ -205,8 +209,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: running
-        return True
+    except PermissionError:  # another user's process, running
+        pass
     return True
 
 
@@ -221,7 +225,7 @@ async def receive_upload(request: Request, max_bytes: int, work_dir: str) -> Upl
         )
     root = scratch_root(work_dir)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    upload = Upload(directory=Path(tempfile.mkdtemp(prefix=f"{_host()}.{os.getpid()}.", dir=root)))
+    upload = Upload(directory=Path(tempfile.mkdtemp(prefix=upload_prefix(os.getpid()), dir=root)))
     try:
         await _parse(request, params[b"boundary"], upload, max_bytes)
     except BaseException:
