@@ -24,20 +24,21 @@ from api.embedding import embed, input_units, to_batch, to_texts
 from api.errors import ApiError, not_found
 from api.runtime import Runtime
 from api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
-from core.export import FILENAMES
+from core.catalog import EXPORT_FORMATS
 from store import ArtifactStore, get_checkpoint, list_checkpoints
 from store.models import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
 
-ModelFormat = Literal["safetensors", "onnx", "torchscript"]
+ModelFormat = Literal[tuple(EXPORT_FORMATS)]  # type: ignore[valid-type]
 EMBED_FORMAT = "safetensors"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
 }
 _BINARY: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"},
+    200: {"content": {"application/octet-stream": {}, "application/zip": {}},
+          "description": "the file's bytes (a zip for a bundle: a text encoder's onnx files, sentence_transformers)"},
     304: {"description": "If-None-Match named this file's ETag: the client has these bytes"},
 }
 
@@ -94,7 +95,7 @@ def download_model(
     session: SessionDep,
     runtime: RuntimeDep,
     format: Annotated[
-        ModelFormat, Query(description="one of the spec's export.formats")
+        ModelFormat, Query(description="one of the spec's export.formats (catalog: core.catalog.EXPORT_FORMATS)")
     ] = "safetensors",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -106,8 +107,9 @@ def download_model(
         entry["artifact_id"],
         size=int(entry["bytes"]),
         sha256=entry["sha256"],
-        filename=f"{job.name}-{FILENAMES[format]}",
+        filename=f"{job.name}-{entry['file']}",
         if_none_match=if_none_match,
+        media_type="application/zip" if entry["file"].endswith(".zip") else "application/octet-stream",
     )
 
 
@@ -186,6 +188,7 @@ def _download(
     sha256: str,
     filename: str,
     if_none_match: str | None,
+    media_type: str = "application/octet-stream",
 ) -> Response:
     """Stream an artifact, or 304 when the client already holds these exact bytes."""
     etag = f'"{sha256}"'
@@ -195,7 +198,7 @@ def _download(
     chunks = artifacts.open(session, artifact_id)
     return StreamingResponse(
         chunks,
-        media_type="application/octet-stream",
+        media_type=media_type,
         headers={
             "Content-Length": str(size),
             "ETag": etag,

@@ -31,7 +31,7 @@ def exported(request, tmp_path_factory):
         "model": {"encoder": encoder, "embedding_dim": 16, "width": 16},
         "objective": {"loss": loss, **({"views": 2} if loss == "barlow_twins" else {})},
         "train": {"epochs": 1, "batch_size": 64},
-        "export": {"formats": ["safetensors", "onnx", "torchscript"]},
+        "export": {"formats": ["safetensors", "onnx", "onnx_int8", "torchscript"]},
     })
     data = load_dataset(spec)
     result = train(spec, data)
@@ -47,6 +47,25 @@ def test_onnx_matches_torch_on_raw_inputs(exported):
     got = session.run(None, {"input": data.x_test.numpy()})[0]
     np.testing.assert_allclose(got, reference, atol=1e-4)
     assert card["files"]["onnx"]["opset"] == 18
+
+
+def test_int8_onnx_stays_close_to_fp32_and_the_card_says_how_close(exported):
+    out, card, data, reference = exported
+    entry = card["files"]["onnx_int8"]
+    assert entry["file"] == "model.int8.onnx" and entry["quantization"]["weight_type"] == "QInt8"
+    got = ort.InferenceSession(str(out / entry["file"])).run(None, {"input": data.x_test.numpy()})[0]
+    cosine = (got / np.linalg.norm(got, axis=1, keepdims=True) * reference).sum(1)
+    parity = entry["parity"]
+    assert parity["test_samples"] == len(data.x_test)
+    assert parity["mean_cosine_to_fp32"] == pytest.approx(float(cosine.mean()), abs=1e-5)
+    assert parity["mean_cosine_to_fp32"] >= 0.99 and parity["min_cosine_to_fp32"] <= parity["mean_cosine_to_fp32"]
+    assert not np.allclose(got, reference, atol=1e-6), "the int8 model is quantised, not a copy of fp32"
+    if data.task == "classification":
+        p1 = parity["metrics"]["precision_at_1"]
+        assert p1["change"] == pytest.approx(p1["int8"] - p1["fp32"]) and 0.0 <= p1["int8"] <= 1.0
+        assert p1["fp32"] == pytest.approx(card["metrics"]["precision_at_1"], abs=1e-4), "fp32 scores as the run did"
+    else:
+        assert parity["metrics"] == {} and "no class labels" in parity["metrics_note"]
 
 
 def test_torchscript_matches_torch(exported):

@@ -80,7 +80,7 @@ def test_minimal_spec_gets_working_defaults():
     assert spec.model.encoder == "mlp" and spec.objective.loss == "supcon" and spec.mixup is None
     assert spec.dataset.split.kind == "random" and spec.dataset.split.test_fraction == 0.2
     assert spec.train.epochs == 10 and spec.train.batch_size == 128 and spec.train.lr == 1e-3
-    assert spec.export.formats == ["safetensors"]
+    assert spec.export.formats == ["safetensors", "onnx"]
 
 
 def test_design_example_without_mixup_validates():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,7 @@ def test_one_epoch_of_mnrl_lowers_the_loss_resumes_exactly_and_exports(
         tokens = trained.tokenize(texts)
         ids, mask = tokens.ids.long(), tokens.mask.long()  # int64, as the card says
         assert torch.allclose(scripted(ids, mask), expected, atol=1e-5)
-    session = ort.InferenceSession(str(tmp_path / "out" / card["files"]["onnx"]["file"]))
+    with zipfile.ZipFile(tmp_path / "out" / card["files"]["onnx"]["file"]) as bundle:  # model.onnx + its tokenizer
+        session = ort.InferenceSession(bundle.read("model.onnx"))
     onnx_out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.allclose(onnx_out, expected.numpy(), atol=1e-5)
