@@ -37,17 +37,24 @@ def rank_command(world_size: int, module: str, args: list[str]) -> list[str]:
 
 
 def run_ranks(command: list[str]) -> int:
-    """Run the launcher as a session of its own and return its exit status.
+    """Run the launcher as a session of its own and return its exit status (call from the main thread).
 
-    Whatever ends the wait (Ctrl-C, SIGTERM turned into an exception, an error) stops
-    the whole session: SIGTERM, then SIGKILL after STOP_GRACE_S.
+    Whatever ends the wait (Ctrl-C, SIGTERM, an error) stops the whole session:
+    SIGTERM, then SIGKILL after STOP_GRACE_S. SIGTERM is turned into an exception
+    meanwhile, since its default action would exit without stopping the ranks.
     """
     proc = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return proc.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             _stop_session(proc)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop_session(proc: subprocess.Popen) -> None:

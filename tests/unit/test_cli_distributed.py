@@ -1,0 +1,77 @@
+"""`embedmix train` of a 2-device spec: two real ranks, one set of outputs, the one-device result; SIGTERM stops every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SPEC = {
+    "name": "two-ranks", "dataset": {"name": "mnist1d", "size": 400},
+    "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
+    "objective": {"loss": "multi_similarity"},
+    "mixup": {"method": "metrix", "alpha": 1.0, "weight": 0.5},
+    "train": {"epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "seed": 1, "samples_per_class": 4},
+    "eval": {"metrics": ["precision_at_1"]},
+    "export": {"formats": ["safetensors"]},
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train(tmp: Path, name: str, devices: int, **train) -> subprocess.Popen:
+    spec = {**SPEC, "resources": {"devices": devices}, "train": {**SPEC["train"], **train}}
+    (tmp / f"{name}.json").write_text(json.dumps(spec))
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "train", str(tmp / f"{name}.json"), "--out", str(tmp / name)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _metrics(out: Path) -> list[tuple[str, int, float]]:
+    return [(m["name"], m["step"], m["value"]) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def _processes_naming(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_two_ranks_export_once_and_match_one_device(tmp_path):
+    two, one = _train(tmp_path, "two", 2), _train(tmp_path, "one", 1)
+    for proc in (two, one):
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    cards = {n: json.loads((tmp_path / n / "card.json").read_text()) for n in ("one", "two")}
+    assert cards["two"]["training"]["world_size"] == 2 and cards["one"]["training"]["world_size"] == 1
+    assert (tmp_path / "two" / "checkpoint.pt").is_file()
+    ranked, single = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert [m[:2] for m in ranked] == [m[:2] for m in single]  # written once per step, by rank 0 alone
+    assert [m[2] for m in ranked] == pytest.approx([m[2] for m in single], abs=1e-5, rel=0)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0)
+
+
+def test_sigterm_stops_every_rank(tmp_path):
+    proc = _train(tmp_path, "long", 2, epochs=10_000)
+    metrics = tmp_path / "long" / "metrics.jsonl"
+    while not (metrics.is_file() and metrics.stat().st_size) and proc.poll() is None:
+        time.sleep(0.5)
+    assert len(_processes_naming(str(tmp_path / "long"))) >= 3  # the CLI, the launcher's ranks
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    deadline = time.monotonic() + 30
+    while _processes_naming(str(tmp_path / "long")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_naming(str(tmp_path / "long")) == []
