@@ -42,9 +42,19 @@ from api.deps import (
     PageDep,
     RuntimeDep,
     SessionDep,
+    int_in_text,
 )
 from api.errors import ApiError, not_found
-from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut, Page
+from api.schemas import (
+    ErrorOut,
+    EventId,
+    EventOut,
+    JobOut,
+    MetricPointOut,
+    Page,
+    Step,
+    ascii_int,
+)
 from api.storage_quota import check_storage_quota
 from core.cost import DataShape, builtin_shape, describe_bytes, estimate
 from core.errors import SpecError
@@ -78,6 +88,7 @@ assert set(get_args(JobStatus)) == set(JOB_STATUSES), "JobStatus must list the s
 
 RETRY_AFTER_QUOTA_S = 30
 MAX_METRIC_PAGE = 1000
+MetricPageSize = ascii_int(1, MAX_METRIC_PAGE)
 UNCANCELLABLE = ("succeeded", "failed")
 JOB_MEDIA_TYPE = "application/json"  # GET /v1/jobs/{id}, from the route or api.poll
 
@@ -410,13 +421,13 @@ def read_events(
     job: OwnedJob,
     session: SessionDep,
     page: PageDep,
-    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    after: Annotated[EventId, Query(description="only events with a larger id")] = 0,
 ) -> Page[EventOut]:
     """The job's timeline (state changes, warnings, log lines), oldest first.
 
     Resume with ``after`` = the last id seen, or with ``cursor``.
     """
-    after_id = _int_cursor(page.cursor) if page.cursor is not None else after
+    after_id = int_in_text(page.cursor, EventId, "cursor") if page.cursor is not None else after
     rows = list_events(session, job.id, after_id=after_id, limit=page.limit + 1)
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
@@ -435,9 +446,9 @@ def read_metrics(
         str | None, Query(max_length=128, description="one series, e.g. eval/map_at_r")
     ] = None,
     since_step: Annotated[
-        int | None, Query(ge=-1, description="only points after this step")
+        Step | None, Query(description="only points after this step")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_METRIC_PAGE)] = MAX_METRIC_PAGE,
+    limit: Annotated[MetricPageSize, Query()] = MAX_METRIC_PAGE,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> Page[MetricPointOut]:
     """Metric points ordered by (step, name).
@@ -446,7 +457,7 @@ def read_metrics(
     1000 points; a page never ends inside a step, and ``next_cursor`` is the last
     step, equivalent to ``since_step``.
     """
-    after = _int_cursor(cursor) if cursor is not None else since_step
+    after = int_in_text(cursor, Step, "cursor") if cursor is not None else since_step
     points = list_metrics(session, job.id, name=name, since_step=after, limit=limit)
     has_more = bool(points) and bool(
         list_metrics(session, job.id, name=name, since_step=points[-1].step, limit=1)
@@ -456,10 +467,3 @@ def read_metrics(
         has_more=has_more,
         next_cursor=str(points[-1].step) if has_more else None,
     )
-
-
-def _int_cursor(cursor: str) -> int:
-    """Events and metrics page by a number (an event id, a step); anything else is a bad cursor."""
-    if not cursor.lstrip("-").isdigit():
-        raise ApiError(422, "invalid_cursor", f"invalid cursor {cursor!r}", param="cursor")
-    return int(cursor)

@@ -67,7 +67,10 @@ def create_embeddings(body: EmbeddingsIn, owner: CurrentOwner, session: SessionD
     if job is None:
         raise not_found("model", body.model, param="model")
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    vectors, units = embed_with_job(job, inputs, session, runtime)
+    try:
+        vectors, units = embed_with_job(job, inputs, session, runtime)
+    except ApiError as exc:
+        raise _named_for_this_body(exc) from None
     if body.dimensions is not None and body.dimensions != len(vectors[0]):
         raise ApiError(
             422, "invalid_request",
@@ -80,6 +83,14 @@ def create_embeddings(body: EmbeddingsIn, owner: CurrentOwner, session: SessionD
         model=job.id,
         usage=Usage(prompt_tokens=units, total_tokens=units),
     )
+
+
+def _named_for_this_body(exc: ApiError) -> ApiError:
+    """The shared embedding path names ``inputs`` (``/embed``'s field); this body calls it ``input``."""
+    if exc.param is None or not exc.param.startswith("inputs"):
+        return exc
+    return ApiError(exc.status_code, exc.code, exc.message, param="input" + exc.param.removeprefix("inputs"),
+                    headers=exc.headers, details=exc.details)
 
 
 def _base64(vector: list[float]) -> str:

@@ -35,9 +35,9 @@ from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import CurrentOwner, JobIdPath, RuntimeDep
-from api.errors import ApiError, not_found
-from api.schemas import ErrorOut, EventOut, JobOut, MetricPointOut
+from api.deps import CurrentOwner, JobIdPath, RuntimeDep, int_in_text
+from api.errors import not_found
+from api.schemas import ErrorOut, EventId, EventOut, JobOut, MetricPointOut, Step
 from store import get_job, list_events, list_metrics
 from store.models import TERMINAL_STATUSES
 
@@ -64,11 +64,8 @@ class Position:
         if not token:
             return cls()
         events, _, step = token.partition("-")
-        if not events.isdigit() or (step and not step.lstrip("-").isdigit()):
-            raise ApiError(
-                422, "invalid_cursor", f"invalid Last-Event-ID {token!r}", param="last-event-id"
-            )
-        return cls(int(events), int(step) if step else None)
+        param = "last-event-id"
+        return cls(int_in_text(events, EventId, param), int_in_text(step, Step, param) if step else None)
 
 
 @dataclass

@@ -109,3 +109,9 @@ def test_a_dimension_the_model_lacks_is_refused(served: Served) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as raised:
         _client(served, served.alice).embeddings.create(model=served.job_id, input=TEXTS, dimensions=64)
     assert "384 dimensions" in raised.value.message
+
+
+def test_a_bad_input_is_named_as_this_body_names_it(served: Served) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        _client(served, served.alice).embeddings.create(model=served.job_id, input=["fine", ""])
+    assert raised.value.body["param"] == "input"

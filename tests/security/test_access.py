@@ -27,11 +27,16 @@ from tests.integration.test_api import SMALL_SPEC, Finished, assert_error, class
 
 PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/catalog")}
 # The JSON or multipart each route with a body needs to get past validation to the owner check.
-BODIES: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
-    ("POST", "/v1/jobs"): lambda: {"json": SMALL_SPEC},
-    ("POST", "/v1/jobs/{job_id}/embed"): lambda: {"json": {"inputs": [[0.0] * 40]}},
-    ("POST", "/v1/datasets"): lambda: {"files": {"file": ("d.npz", classification_npz())}},
-    ("POST", "/v1/keys"): lambda: {"json": {"name": "mallory"}},
+BODIES: dict[tuple[str, str], Callable[[dict[str, str]], dict[str, Any]]] = {
+    ("POST", "/v1/jobs"): lambda ids: {"json": SMALL_SPEC},
+    ("POST", "/v1/jobs/{job_id}/embed"): lambda ids: {"json": {"inputs": [[0.0] * 40]}},
+    ("POST", "/v1/datasets"): lambda ids: {"files": {"file": ("d.npz", classification_npz())}},
+    ("POST", "/v1/keys"): lambda ids: {"json": {"name": "mallory"}},
+    # The job is named in the body, not the path: another owner's is as absent as one that never existed.
+    ("POST", "/v1/embeddings"): lambda ids: {"json": {"model": ids["job_id"], "input": [[0.0] * 40]}},
+    ("POST", "/v1/sweeps"): lambda ids: {"json": {
+        "spec": SMALL_SPEC, "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+        "metric": "precision_at_1", "direction": "maximize", "trials": 1, "parallel": 1}},
 }
 NO_ACCESS = [
     ("no key", {}),
@@ -59,8 +64,10 @@ def alice_ids(
         key_id = session.scalars(
             select(ApiKey.id).where(ApiKey.owner_id == keys.alice_id, ApiKey.revoked_at.is_(None))
         ).first()
+    sweep = client.post("/v1/sweeps", headers=auth(keys.alice), **BODIES[("POST", "/v1/sweeps")]({})).json()["id"]
     return {
         "job_id": finished.job_id,
+        "sweep_id": sweep,
         "checkpoint_id": finished.checkpoint_id,
         "dataset_id": dataset,
         "key_id": str(key_id),
@@ -68,7 +75,7 @@ def alice_ids(
 
 
 def request(client: TestClient, method: str, path: str, ids: dict[str, str], headers: dict[str, str]) -> Any:
-    body = BODIES.get((method, path), dict)()
+    body = BODIES.get((method, path), lambda ids: {})(ids)
     return client.request(method, path.format(**ids), headers=headers, **body)
 
 
@@ -97,6 +104,8 @@ def test_every_route_refuses_no_key_a_revoked_key_and_another_owners_key(
             assert_error(response, 404, "not_found")
         elif path == "/v1/keys":
             assert_error(response, 403, "forbidden")
+        elif path == "/v1/embeddings":
+            assert_error(response, 404, "not_found")
         else:
             assert response.status_code in (200, 201), (where, "bob", text)
             assert not any(value in text for name, value in ids.items() if name != "key_id"), (where, text)
