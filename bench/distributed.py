@@ -1,0 +1,79 @@
+"""Two CPU ranks (gloo) against one device on the same global batch: steps per second and the loss curves.
+
+Both sides train the same spec (conv1d on mnist1d, multi_similarity, Metrix, batch 512) for
+the same steps; each process uses one thread, so the 2-rank run uses two cores
+where the one-device run uses one. Steps per second are each run's steps over its
+`TrainResult.seconds` (the final evaluation included on both sides). The loss
+curves are every step's train/loss; their largest difference is float32 rounding
+of the split forward.
+
+    python bench/distributed.py [--steps 40] [--batch 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from core.array_train import ArrayTrainer
+from core.data import load_dataset
+from core.loop import NullCallbacks
+from core.spec import validate_spec
+
+
+class LossCurve(NullCallbacks):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if "train/loss" in values:
+            self.losses.append(values["train/loss"])
+
+
+def spec(steps: int, batch: int) -> dict:
+    return {"name": "bench-ranks", "dataset": {"name": "mnist1d", "size": int(batch * steps / 0.8) + 1},
+            "model": {"encoder": "conv1d", "embedding_dim": 64, "width": 64},
+            "objective": {"loss": "multi_similarity"}, "mixup": {"method": "metrix", "alpha": 1.0, "weight": 0.5},
+            "train": {"epochs": 1, "batch_size": batch, "seed": 0, "optimizer": "sgd", "lr": 0.05},
+            "eval": {"metrics": [], "every_epochs": 0}, "resources": {"devices": 2}}
+
+
+def run(spec_dict: dict) -> tuple[float, list[float]]:
+    torch.set_num_threads(1)
+    resolved = validate_spec(spec_dict)
+    curve = LossCurve()
+    result = ArrayTrainer(resolved, load_dataset(resolved), curve).run()
+    return result.step / result.seconds, curve.losses
+
+
+def rank_main(rank: int, world: int, init: str, out: str, spec_dict: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    rate, losses = run(spec_dict)
+    if rank == 0:
+        torch.save({"rate": rate, "losses": losses}, out)
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=512)
+    args = parser.parse_args()
+    s = spec(args.steps, args.batch)
+    one_rate, one_losses = run(s)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(rank_main, args=(2, os.path.join(tmp, "init"), out, s), nprocs=2, join=True)
+        two = torch.load(out)
+    diff = max(abs(a - b) for a, b in zip(one_losses, two["losses"]))
+    print(f"steps {len(one_losses)}  one device {one_rate:.2f} steps/s  two ranks {two['rate']:.2f} steps/s  "
+          f"ratio {two['rate'] / one_rate:.2f}  max loss-curve difference {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
