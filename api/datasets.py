@@ -28,11 +28,17 @@ from api.schemas import DatasetOut, ErrorOut, Page
 from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
 from core.data.files import SUFFIXES, Limits, read_file
-from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from core.data.text_pairs import MAX_PAIRS, count_text_pairs
+from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from core.errors import DataError
 from service.settings import Settings
-from store import ArtifactStore, create_dataset, delete_dataset, get_dataset, list_datasets
+from store import (
+    ArtifactStore,
+    create_dataset,
+    delete_dataset,
+    get_dataset,
+    list_datasets,
+)
 from store.datasets import DatasetInUse
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

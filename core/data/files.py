@@ -147,7 +147,7 @@ def check_parquet(path: Path, limits: Limits) -> list[str]:
     try:
         parquet = pq.ParquetFile(path)
         metadata, schema = parquet.metadata, parquet.schema_arrow
-    except Exception as exc:  # pyarrow raises several types for a damaged footer
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged footer
         raise DataError(f"{path.name}: not a readable parquet file ({exc.__class__.__name__}: {exc})") from None
     check_columns(path.name, metadata.num_columns)
     limits.check_rows(path.name, metadata.num_rows)
@@ -284,7 +284,7 @@ def _read_frame(path: Path, limits: Limits) -> Any:
     read = pd.read_csv if path.suffix == ".csv" else pd.read_parquet
     try:
         return read(path, **options)
-    except Exception as exc:  # pandas raises many types for malformed files
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types for malformed files
         raise DataError(f"{path.name}: not a readable {path.suffix[1:]} file ({exc.__class__.__name__}: {exc})") from None
 
 

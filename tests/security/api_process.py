@@ -63,7 +63,7 @@ class ApiProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "api", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_limit_address_space, start_new_session=True,
+                preexec_fn=_limit_address_space, start_new_session=True,  # noqa: PLW1509 - setrlimit only
             )
         wait_for(self._healthy, START_TIMEOUT_S, "the API to start", self.log_tail)
 

@@ -24,16 +24,17 @@ import pandas as pd
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select as sql_select
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from api.uploads import SCRATCH_DIR
 from core.data.files import MAX_TABLE_COLUMNS
 from store.models import Artifact, ArtifactChunk, Dataset
+from tests.conftest import served_in_thread
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import classification_npz, npz_bytes
-from tests.conftest import served_in_thread
 from tests.security.conftest import security_settings
 
 UPLOAD_LIMIT = 200_000
