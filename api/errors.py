@@ -37,6 +37,7 @@ RETRY_AFTER_UNAVAILABLE_S = 5
 # A write that found no room: the disk is full, a disk quota is spent, or a file grew past the
 # process's size limit (errno); SQLite's "database or disk is full"; PostgreSQL's disk_full.
 _NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_REFUSED_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}  # a store mounted read-only or not ours to write
 _NO_ROOM_PGCODE = "53100"
 
 # Codes for errors raised by FastAPI/Starlette themselves (routing, method, body limits).
@@ -183,7 +184,12 @@ def _no_room(exc: Exception) -> bool:
 
 
 async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
-    """507 for a write with no room left (an upload, a stored file); any other OSError is a 500."""
+    """507 for a write with no room left (an upload, a stored file); 503 for a store that refuses
+    writes (read-only, no permission: /readyz names it too); any other OSError is a 500."""
+    if isinstance(exc, OSError) and exc.errno in _REFUSED_ERRNOS:
+        logger.error("storage refuses writes on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+        error = unavailable("the service's storage refuses writes; ask the operator (see /readyz)")
+        return await _http_error(request, error)
     if not _no_room(exc):
         return await _internal_error(request, exc)
     logger.error("storage full on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)

@@ -192,9 +192,12 @@ def test_a_full_or_read_only_artifact_store_makes_readyz_503_and_an_upload_a_cle
     assert body["checks"]["artifacts"].startswith("error"), body
     assert body["checks"]["broker"] == "ok" and (body["checks"]["database"] == "ok" or store.artifacts == "db")
     assert client.get("/healthz").status_code == 200
-    if "ro" in store.mount_options.split(","):
-        return  # a read-only store is found by readiness; a write to it is not a full store
     response = client.post("/v1/datasets", files={"file": ("big.npz", npz_larger_than_the_tmpfs())})
+    if "ro" in store.mount_options.split(","):  # a store that refuses writes is unavailable, not full
+        assert response.status_code == 503, response.text
+        assert "refuses writes" in response.json()["error"]["message"]
+        assert client.get("/v1/datasets").json()["data"] == []
+        return
     assert response.status_code == 507, response.text
     error = response.json()["error"]
     assert error["code"] == "storage_full" and "no room" in error["message"]
