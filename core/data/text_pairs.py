@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def iter_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> Iterator[tu
         raise DataError(f"{path}: no such file")
     count, problems = 0, []
     with path.open("rb") as file:
-        for number, line in enumerate(file, start=1):
+        for number, line in enumerate(_bounded_lines(file), start=1):
             if not line.strip():
                 continue
             if count == max_pairs:
@@ -107,6 +107,16 @@ def iter_text_pairs(path: str | Path, max_pairs: int = MAX_PAIRS) -> Iterator[tu
             yield pair
     if problems:
         raise DataError(_bad_lines_message(path.name, problems))
+
+
+def _bounded_lines(file: BinaryIO) -> Iterator[bytes]:
+    """The file's lines, each read to at most ``MAX_LINE_BYTES`` + 1 bytes: a line longer than that
+    is passed on cut (and refused by ``_parse_line``), its rest skipped without being held in memory."""
+    while line := file.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := file.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 def _bad_lines_message(name: str, problems: list[str]) -> str:

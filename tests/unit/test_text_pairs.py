@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import math
 from pathlib import Path
 
@@ -154,3 +155,19 @@ def test_every_bad_line_is_reported_at_once_up_to_a_cap(tmp_path: Path) -> None:
     assert f"{MAX_REPORTED_LINES} bad lines (the first {MAX_REPORTED_LINES}" in str(raised.value)
     assert f"line {MAX_REPORTED_LINES + 1}:" in str(raised.value)
     assert f"line {MAX_REPORTED_LINES + 2}:" not in str(raised.value)
+
+
+def test_a_line_longer_than_the_limit_is_refused_without_being_read_whole(tmp_path: Path) -> None:
+    from core.data.text_pairs import MAX_LINE_BYTES
+
+    huge = '{"anchor": "' + "x" * (MAX_LINE_BYTES * 40) + '", "positive": "p"}'
+    path = _write(tmp_path, _pairs(2) + [huge] + _pairs(3))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=f"line 3: longer than {MAX_LINE_BYTES} bytes") as raised:
+            count_text_pairs(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "line 4" not in str(raised.value)  # the rest of the long line is skipped, not read as more lines
+    assert peak < 8 * MAX_LINE_BYTES  # far below the 2.6 MB line
