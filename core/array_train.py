@@ -115,7 +115,7 @@ class ArrayTrainer(TrainingLoop):
             synchronise_batchnorm(self.net)
         out_dim = spec.model.projection_dim or spec.model.embedding_dim
         self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
-                                 **spec.objective.params).to(self.device)
+                                 num_samples=len(data.x_train), **spec.objective.params).to(self.device)
         self.views = spec.objective.views
         self.use_labels = catalog.LOSSES[spec.objective.loss].labels != "none" and not (self.views == 2 and self.loss.two_view)
         self.augment = spec.augment.enabled
@@ -226,7 +226,8 @@ class ArrayTrainer(TrainingLoop):
         with self.autocast:
             zs = [self.forward(v).float() for v in xs]
         if not self.use_labels:
-            return self.loss(zs[0], zs[1])
+            # a loss with per-sample state (isogclr) is told which training rows the batch holds
+            return self.loss(zs[0], zs[1], *([idx] if getattr(self.loss, "indexed", False) else []))
         if len(zs) == 2:
             return self.loss(torch.cat(zs), torch.cat([y, y]))
         return self.loss(zs[0], y)
@@ -266,4 +267,6 @@ class ArrayTrainer(TrainingLoop):
                           knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
         if self.method is not None:
             values |= self.method.extra_metrics(self.net.encoder, self.data, self.device)
+        if hasattr(self.loss, "extra_metrics"):
+            values |= self.loss.extra_metrics()  # a loss's own state (isogclr's temperatures)
         return values

@@ -203,6 +203,40 @@ LOSSES: dict[str, Entry] = {
               (_f("temperature", 0.05, 0.001, 10.0),),
               labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py",
               extra={"grad_cache": "row_blocked"}),
+        Entry("conr", "loss", "ConR for imbalanced regression: the MSE head plus beta * a contrastive regulariser over two views; "
+              "positives have labels within the window, negatives labels outside it but predictions inside, pushed by "
+              "exp(eta |label distance|); no penalty where the predictions' neighbourhoods agree with the labels'.",
+              (_f("window", 1.0, 0.0, 1e6, "label window w, in the target's units"),
+               _f("beta", 4.0, 0.0, 100.0, "weight of the regulariser next to the MSE"),
+               _f("temperature", 0.07, 0.001, 10.0),
+               _f("eta", 0.01, 0.0, 100.0, "pushing weight exp(eta |dy|) per unit of label distance")),
+              labels="target", views=2, task="regression",
+              paper="Keramati et al., ConR: Contrastive Regularizer for Deep Imbalanced Regression (ICLR 2024)",
+              source="BorealisAI/ConR agedb-dir/loss.py", extra={"fixed_views": True}),
+        Entry("cacr", "loss", "CACR: attraction to positives with softmax weights favouring far ones, repulsion from negatives "
+              "with weights favouring close ones (squared distances on unit vectors). Two views, or labels (same-class "
+              "positives); tau_pos = tau_neg = 0 gives uniform weights.",
+              (_f("tau_pos", 1.0, 0.0, 100.0, "attraction weights softmax(tau_pos d^2) over positives"),
+               _f("tau_neg", 0.9, 0.0, 100.0, "repulsion weights softmax(-tau_neg d^2) over negatives"),
+               _f("alpha", 1.0, 0.0, 100.0, "weight of the attraction"),
+               _f("beta", 1.0, 0.0, 100.0, "weight of the repulsion")),
+              labels="optional", views=2,
+              paper="Zheng et al., Contrastive Attraction and Contrastive Repulsion for Representation Learning (2023)",
+              source="JegZheng/CACR-SSL small_scale_experiments/losses"),
+        Entry("isogclr", "loss", "iSogCLR: SogCLR's global contrastive loss with a temperature per training sample, learned "
+              "with a moving estimate of each sample's negative term; the temperatures are saved in checkpoints and "
+              "their min/median/max reported with the evaluation (temperature_min, ...).",
+              (_f("tau_init", 0.1, 0.02, 10.0, "every sample's temperature at the start"),
+               _f("tau_min", 0.05, 0.02, 10.0), _f("tau_max", 0.7, 0.02, 10.0),
+               _f("rho", 0.3, 0.0, 10.0, "the robust loss's KL budget; larger rho, smaller temperatures"),
+               _f("eta", 0.01, 0.0, 10.0, "step size of the temperatures"),
+               _f("beta", 0.9, 0.0, 1.0, "weight of the new gradient in the temperatures' moving average"),
+               _f("gamma", 0.9, 0.0, 1.0, "weight of the batch in each sample's moving estimate")),
+              labels="none", views=2,
+              paper="Qiu et al., Not All Semantics are Created Equal: Contrastive Self-supervised Learning with "
+                    "Automatic Temperature Individualization (ICML 2023)",
+              source="Optimization-AI/LibAUC libauc/losses/contrastive.py GCLoss_v1",
+              extra={"ordered": ["tau_min", "tau_init", "tau_max"], "sample_index": True}),
     ]
 }
 
@@ -305,6 +339,8 @@ METRICS: dict[str, Entry] = {
         Entry("linear_probe_accuracy", "metric", "Logistic regression on frozen train embeddings, scored on test.", labels="class", task="classification"),
         Entry("alignment", "metric", "Mean squared distance between same-class embeddings (Wang & Isola).", labels="class", task="classification"),
         Entry("uniformity", "metric", "log E exp(-2 ||f(x) - f(y)||^2) over all pairs (Wang & Isola).", labels="optional"),
+        Entry("tolerance", "metric", "Mean cosine similarity of same-class pairs of test embeddings (Wang & Liu, "
+              "Understanding the Behaviour of Contrastive Loss); read it beside uniformity.", labels="class", task="classification"),
         Entry("mae", "metric", "Mean absolute error of a linear probe on the embeddings.", labels="target", task="regression"),
         Entry("rmse", "metric", "Root mean squared error of a linear probe.", labels="target", task="regression"),
         Entry("r2", "metric", "Coefficient of determination of a linear probe.", labels="target", task="regression"),

@@ -38,7 +38,8 @@ Tensor = torch.Tensor
 RETRIEVAL = ("precision_at_1", "recall_at_k", "r_precision", "map_at_r")
 CLUSTERING = ("nmi", "ami")
 REGRESSION = ("mae", "rmse", "r2", "spearman")
-SUPPORTED = (*RETRIEVAL, *CLUSTERING, "knn_accuracy", "linear_probe_accuracy", "alignment", "uniformity", *REGRESSION)
+SUPPORTED = (*RETRIEVAL, *CLUSTERING, "knn_accuracy", "linear_probe_accuracy", "alignment", "uniformity", "tolerance",
+             *REGRESSION)
 
 
 def _normalised(embeddings: Tensor) -> Tensor:
@@ -353,6 +354,23 @@ def alignment(embeddings: Tensor, labels: Tensor) -> float:
     return float(pair_total / pairs) if pairs > 0 else math.nan
 
 
+def tolerance(embeddings: Tensor, labels: Tensor) -> float:
+    """Mean cosine similarity over same-class pairs i != j of the embeddings (Wang & Liu, 2021).
+
+    The uniformity-tolerance dilemma reads it beside uniformity: how close a
+    contrastive loss lets semantically similar samples stay. Per class,
+    sum_{i != j} f_i.f_j = ||sum_i f_i||^2 - sum_i ||f_i||^2, one O(N d) pass.
+    NaN when no class has two members.
+    """
+    x = _normalised(embeddings).double()
+    classes, cls = torch.unique(labels.detach().cpu(), return_inverse=True)
+    counts = torch.bincount(cls, minlength=len(classes)).double()
+    sums = torch.zeros(len(classes), x.shape[1], dtype=torch.float64).index_add_(0, cls, x)
+    pair_total = (sums * sums).sum() - (x * x).sum()
+    pairs = (counts * (counts - 1)).sum()
+    return float(pair_total / pairs) if pairs > 0 else math.nan
+
+
 def uniformity(embeddings: Tensor, chunk: int = 1024) -> float:
     """log of the mean over pairs i != j of exp(-2 ||f_i - f_j||^2) on unit-normalised embeddings (Wang & Isola).
 
@@ -412,7 +430,7 @@ def evaluate(
 
     `train` and `test` are (embeddings, labels or targets); `train` may be None when
     no name is in USES_TRAIN. Retrieval, clustering,
-    alignment and uniformity look at the test set alone (every test item queries
+    alignment, uniformity and tolerance look at the test set alone (every test item queries
     all others); knn_accuracy, linear_probe_accuracy and the regression metrics
     use train as the reference or fit set and score test. One retrieval pass
     serves all retrieval metrics, one k-means both clustering scores, one ridge
@@ -438,4 +456,6 @@ def evaluate(
         results["alignment"] = alignment(test_x, test_y)
     if "uniformity" in wanted:
         results["uniformity"] = uniformity(test_x)
+    if "tolerance" in wanted:
+        results["tolerance"] = tolerance(test_x, test_y)
     return {key: results[key] for key in keys}

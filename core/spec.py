@@ -278,6 +278,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors += compatibility_errors(spec, task=ds.task, input_rank=len(ds.extra["input_shape"]))
     if loss.labels == "none" and spec.objective.views != 2:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
+    errors += _loss_need_errors(spec, loss)
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
         errors += _block_errors(spec)
@@ -286,6 +287,22 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.train.batch_size < 2 * loss.min_per_class:
         errors.append({"field": "train.batch_size",
                        "message": f"{loss.name!r} needs at least {loss.min_per_class} samples per class in a batch; batch_size must be >= {2 * loss.min_per_class}"})
+    return errors
+
+
+def _loss_need_errors(spec: JobSpec, loss: catalog.Entry) -> list[dict[str, str]]:
+    """What a loss's catalog entry asks of the run: a fixed view count, ordered parameters, sample indices."""
+    errors = []
+    if loss.extra.get("fixed_views") and spec.objective.views != loss.views:
+        errors.append({"field": "objective.views", "message": f"{loss.name!r} works on {loss.views} views of each sample; views must be {loss.views}"})
+    ordered = loss.extra.get("ordered", [])
+    values = [spec.objective.params.get(name) for name in ordered]
+    for (low, a), (high, b) in zip(zip(ordered, values), zip(ordered[1:], values[1:])):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > b:
+            errors.append({"field": f"objective.params.{high}", "message": f"must be >= {low} ({a}) for {loss.name!r}"})
+    if loss.extra.get("sample_index") and spec.train.grad_cache_chunk is not None:
+        errors.append({"field": "train.grad_cache_chunk",
+                       "message": f"{loss.name!r} updates per-sample state once per batch; the cached loss cannot run it, remove this field"})
     return errors
 
 

@@ -11,10 +11,13 @@ attributes `two_view` and `labels` (as in the catalog) and accepts:
   synthetic negatives); 0/1 weights from labels give exactly the labels value;
 * `loss(embeddings, soft_targets)`: class-weight losses (proxy_anchor,
   normalized_softmax, arcface) and the cross_entropy head, float (B, C) rows
-  summing to 1.
+  summing to 1;
+* `loss(view_a, view_b, index)`: losses with per-sample state (isogclr, its
+  class attribute `indexed` set), `index` the rows' training-set indices.
 
-Class-weight losses and the heads (cross_entropy, mse) own learnable
-parameters: add `loss.parameters()` to the optimizer. Nothing here depends on
+Class-weight losses and the heads (cross_entropy, mse, conr) own learnable
+parameters: add `loss.parameters()` to the optimizer; isogclr's per-sample
+temperatures are buffers (saved in `state_dict`, updated by the loss itself). Nothing here depends on
 pytorch-metric-learning; it is only the test oracle and the benchmark peer.
 """
 
@@ -27,8 +30,11 @@ from torch import nn
 
 from ..catalog import LOSSES
 from .barlow_twins import BarlowTwinsLoss
+from .cacr import CACRLoss
+from .conr import ConRLoss
 from .heads import CrossEntropyLoss, MSELoss
 from .infonce import DecoupledSoftmaxLoss, NTXentLoss, SupConLoss
+from .isogclr import ISogCLRLoss
 from .margin import ContrastiveLoss, TripletLoss
 from .mnrl import MultipleNegativesRankingLoss
 from .multi_similarity import MultiSimilarityLoss
@@ -49,17 +55,22 @@ LOSS_CLASSES: dict[str, type[nn.Module]] = {
     "cross_entropy": CrossEntropyLoss,
     "mse": MSELoss,
     "mnrl": MultipleNegativesRankingLoss,
+    "conr": ConRLoss,
+    "cacr": CACRLoss,
+    "isogclr": ISogCLRLoss,
 }
 
 
-def build(name: str, *, num_classes: int | None = None, embedding_dim: int | None = None, **params: Any) -> nn.Module:
+def build(name: str, *, num_classes: int | None = None, embedding_dim: int | None = None,
+          num_samples: int | None = None, **params: Any) -> nn.Module:
     """The loss `name` with `params`; the catalog's defaults complete what they leave out.
 
     The engine passes a resolved spec's complete `objective.params`; the defaults are
     for callers that build a loss by name (tests, benchmarks, library use).
 
-    `num_classes` and `embedding_dim` go to the losses whose constructor takes
-    them (the class-weight losses and the heads) and are ignored by the others,
+    `num_classes`, `embedding_dim` and `num_samples` (training rows) go to the losses
+    whose constructor takes them (the class-weight losses, the heads, isogclr's
+    per-sample state) and are ignored by the others,
     so a training loop can always pass them. Unknown names or parameters, bad
     choices and missing sizes raise ValueError naming the culprit.
     """
@@ -75,7 +86,8 @@ def build(name: str, *, num_classes: int | None = None, embedding_dim: int | Non
         if choices is not None and value not in choices:
             raise ValueError(f"loss {name!r}: {key}={value!r}, expected one of {choices}")
     cls = LOSS_CLASSES[name]
-    return cls(**_sizes(name, cls, num_classes=num_classes, embedding_dim=embedding_dim), **entry.complete(params))
+    sizes = _sizes(name, cls, num_classes=num_classes, embedding_dim=embedding_dim, num_samples=num_samples)
+    return cls(**sizes, **entry.complete(params))
 
 
 def _sizes(name: str, cls: type[nn.Module], **sizes: int | None) -> dict[str, int | None]:
@@ -84,7 +96,7 @@ def _sizes(name: str, cls: type[nn.Module], **sizes: int | None) -> dict[str, in
     taken = {key: value for key, value in sizes.items() if key in accepted}
     missing = [key for key, value in taken.items() if value is None and accepted[key].default is inspect.Parameter.empty]
     if missing:
-        raise ValueError(f"loss {name!r} learns per-class or per-dimension weights: pass {' and '.join(missing)}")
+        raise ValueError(f"loss {name!r} learns per-class, per-dimension or per-sample state: pass {' and '.join(missing)}")
     return taken
 
 
@@ -92,10 +104,13 @@ __all__ = [
     "LOSS_CLASSES",
     "ArcFaceLoss",
     "BarlowTwinsLoss",
+    "CACRLoss",
     "ClassWeightLoss",
+    "ConRLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
     "DecoupledSoftmaxLoss",
+    "ISogCLRLoss",
     "MSELoss",
     "MultiSimilarityLoss",
     "MultipleNegativesRankingLoss",

@@ -56,7 +56,7 @@ def make(name: str, **params) -> torch.nn.Module:
 def test_every_catalog_loss_builds_with_its_defaults() -> None:
     assert set(LOSS_CLASSES) == set(LOSSES)
     for name, entry in LOSSES.items():
-        loss = build(name, num_classes=5, embedding_dim=DIM)
+        loss = build(name, num_classes=5, embedding_dim=DIM, num_samples=4)
         for param, default in entry.defaults().items():
             assert getattr(loss, param) == default, (name, param)
 
@@ -70,7 +70,8 @@ def test_class_attributes_match_catalog() -> None:
     for name, entry in LOSSES.items():
         cls = LOSS_CLASSES[name]
         assert cls.labels == entry.labels, name
-        assert cls.two_view == (entry.views == 2), name
+        # conr takes its two views stacked with their targets (embeddings, labels), not as (view_a, view_b)
+        assert cls.two_view == (entry.views == 2 and entry.labels != "target"), name
 
 
 @pytest.mark.parametrize(
