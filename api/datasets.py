@@ -25,6 +25,7 @@ from api.deps import CurrentOwner, PageDep, RuntimeDep, SessionDep
 from api.errors import ApiError, not_found
 from api.key_cache import Caller
 from api.schemas import DatasetOut, ErrorOut, Page
+from api.storage_quota import check_storage_quota
 from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from core.data.arrays import labels_to_indices
 from core.data.files import SUFFIXES, Limits, read_file
@@ -85,6 +86,9 @@ async def upload_dataset(
     settings = runtime.settings
     upload = await receive_upload(request, settings.max_upload_bytes, settings.work_dir)
     try:
+        await run_in_threadpool(
+            check_storage_quota, session, owner.id, upload.path.stat().st_size, settings.storage_quota_bytes
+        )
         return await run_in_threadpool(
             _store_upload, session, runtime.artifacts, owner, upload, upload_limits(settings)
         )

@@ -15,7 +15,7 @@ from api import create_app
 from store.models import Artifact, Checkpoint, Event, Job, Metric
 from store.storage import storage_used
 from tests.integration.conftest import Keys, auth
-from tests.integration.test_api import SMALL_SPEC, Trained, assert_error, seed_finished_job
+from tests.integration.test_api import SMALL_SPEC, Trained, assert_error, classification_npz, seed_finished_job, upload
 from tests.security.conftest import security_settings
 
 
@@ -59,3 +59,17 @@ def test_a_finished_job_holds_quota_until_it_is_deleted_with_every_byte_it_store
                                   .where(Job.id == finished.job_id)) == 0
     if artifacts == "fs":
         assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_upload_past_the_quota_is_413_and_stores_nothing(
+    database_url: str, scratch: Path, broker: redis.Redis, keys: Keys, db: sessionmaker[Session]
+) -> None:
+    small, big = classification_npz(rows=20), classification_npz(rows=400)
+    settings = security_settings(database_url, scratch, storage_quota_bytes=len(small) + len(big) - 1)
+    with TestClient(create_app(settings)) as client:
+        assert upload(client, keys.alice, "small.npz", small).status_code == 201
+        error = assert_error(upload(client, keys.alice, "big.npz", big), 413, "storage_quota_exceeded")
+        assert "this needs" in error["message"]
+        assert len(client.get("/v1/datasets", headers=auth(keys.alice)).json()["data"]) == 1
+        assert upload(client, keys.bob, "big.npz", big).status_code == 201  # per owner
