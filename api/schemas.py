@@ -240,7 +240,7 @@ MAX_SPACE_PARAMS = 16
 MAX_CHOICES = 32
 MAX_TRIALS = 1000
 MAX_PARALLEL = 64
-Choice = bool | int | float | str
+Choice = bool | int | float | Annotated[str, Field(max_length=256)]
 
 
 class ParamSpaceIn(BaseModel):

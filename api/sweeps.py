@@ -4,9 +4,10 @@ A sweep is validated completely before it is stored: the base spec as a job's
 would be (``api.jobs.accept_spec``: schema, catalog, service limits, memory
 admission, an uploaded dataset), then every path of the space must name a
 field of the resolved spec, and every value the space can give it (a range's
-ends, each choice) must make a spec that would be accepted as a job, checked
+ends and a point inside, each choice) must make a spec that would be accepted as a job, checked
 one path at a time; a 422 names the path (``space.train.lr``). The metric must
-be one the base spec evaluates. Nothing is enqueued here: the controller in
+be one the base spec evaluates. A combination of values that fails anyway
+(two sizes each allowed alone, too large together) fails its trial, not the sweep. Nothing is enqueued here: the controller in
 the workers (``worker.sweeps``) finds the queued sweep and submits its trials
 as ordinary jobs, each counting against the owner's job quota.
 
@@ -38,6 +39,7 @@ from api.schemas import (
     ErrorOut,
     IntermediateOut,
     Page,
+    ParamSpaceIn,
     Step,
     SweepBestOut,
     SweepIn,
@@ -50,6 +52,7 @@ from service.settings import Settings
 from store.jobs import get_job
 from store.models import SWEEP_STATUSES, TRIAL_STATES, Sweep
 from store.sweeps import (
+    MAX_GRID_POINTS,
     SweepIdempotencyConflict,
     apply_params,
     cancel_sweep,
@@ -71,6 +74,7 @@ SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 assert set(get_args(SweepStatus)) == set(SWEEP_STATUSES), "SweepStatus must list the store's statuses"
 SweepIdPath = Annotated[str, Path(max_length=JOB_ID_MAX_LENGTH)]
 UNCANCELLABLE = ("succeeded", "failed")
+INSIDE = 0.381966  # where a float range is probed between its ends: a fraction that makes no whole number
 T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422, 429)}
@@ -178,12 +182,33 @@ def _check_search(body: SweepIn, spec: JobSpec) -> None:
         return
     size = 1
     for path, param in body.space.items():
-        values = grid_values(param.model_dump())
+        try:
+            values = grid_values(param.model_dump())
+        except ValueError as exc:
+            raise invalid_sweep(f"space.{path}", str(exc)) from None
         if values is None:
             raise invalid_sweep(f"space.{path}", "the grid sampler needs choices, an int range, or a float range with a step")
         size *= len(values)
+        if size > MAX_GRID_POINTS:
+            raise invalid_sweep(f"space.{path}", f"the grid has over {MAX_GRID_POINTS} points in all; make it coarser")
     if body.trials > size:
         raise invalid_sweep("trials", f"the grid has {size} points; ask for at most that many trials")
+
+
+def candidate_values(param: ParamSpaceIn) -> list[Any]:
+    """The values of one dimension that stand for all: each choice, or a range's ends and a point inside.
+
+    The point inside a float range is one no integer field accepts, so a float
+    range over an int field (``train.epochs``) is refused here, not trial by trial.
+    """
+    if param.type == "categorical":
+        return list(param.choices or [])
+    low, high = param.low, param.high
+    assert low is not None and high is not None  # ParamSpaceIn checked them
+    if param.type == "int":
+        return [low, high]
+    inside = low * (high / low) ** INSIDE if param.log else low + (high - low) * INSIDE
+    return [low, high, inside]
 
 
 def _check_space(session: Session, owner_id: int, body: SweepIn, base: dict[str, Any], settings: Settings) -> None:
@@ -191,8 +216,7 @@ def _check_space(session: Session, owner_id: int, body: SweepIn, base: dict[str,
     for path, param in body.space.items():
         if not path_exists(base, path):
             raise invalid_sweep(f"space.{path}", "no such field in the resolved spec (GET /v1/catalog lists parameters)")
-        values = param.choices if param.type == "categorical" else [param.low, param.high]
-        for value in values or []:
+        for value in candidate_values(param):
             try:
                 accept_spec(session, owner_id, apply_params(base, {path: value}), settings)
             except ApiError as exc:

@@ -42,6 +42,7 @@ from store.paging import check_limit, page
 from store.sql import affected_rows, upsert_insert
 
 ACTIVE_SWEEP_STATUSES = ("queued", "running")
+MAX_GRID_POINTS = 10_000  # the grid sampler holds every point of the whole grid in memory
 FINAL_TRIAL_STATES = ("complete", "pruned", "failed")
 
 
@@ -81,7 +82,8 @@ def apply_params(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
 def grid_values(param: dict[str, Any]) -> list[Any] | None:
     """Every value a grid visits for one parameter of the space: its choices, or its range by ``step``.
 
-    ``None`` when the parameter has no finite grid (a float range without a step).
+    ``None`` when the parameter has no finite grid (a float range without a
+    step); ValueError past :data:`MAX_GRID_POINTS` values, before any is made.
     """
     if param["type"] == "categorical":
         return list(param["choices"])
@@ -89,6 +91,8 @@ def grid_values(param: dict[str, Any]) -> list[Any] | None:
     if step is None:
         return None
     count = int((param["high"] - param["low"]) // step) + 1
+    if count > MAX_GRID_POINTS:
+        raise ValueError(f"{count} grid points; a grid has at most {MAX_GRID_POINTS}")
     values = [param["low"] + i * step for i in range(count)]
     return [int(v) for v in values] if param["type"] == "int" else [round(v, 12) for v in values]
 

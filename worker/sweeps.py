@@ -34,7 +34,8 @@ is what keeps two controllers from asking: it is renewed just before.
 
 Samplers are rebuilt for each ask with the seed ``seed + trial number``: a
 sampler object does not outlive a controller, and re-seeding it the same way
-after a restart would repeat the samples it drew before.
+after a restart would repeat the samples it drew before (the grid sampler,
+which reads what it visited from the study, keeps ``seed``).
 
 Validation of a trial's parameters happened per value at submission (the
 API); a combination that still fails to validate ends that trial as failed,
@@ -116,13 +117,19 @@ def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs, skip_compatibility_check=True)
 
 
-def make_sampler(config: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
-    """The sweep's sampler, seeded for one ask (see the module notes)."""
+def make_sampler(config: dict[str, Any], number: int) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler, built for asking trial ``number`` (see the module notes on seeds).
+
+    The grid sampler keeps the sweep's seed: its seed also shuffles the grid, and
+    every instance must number the grid's points alike; the points it visited are
+    read from the study, so it repeats none.
+    """
+    seed = config["seed"] + number
     if config["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config["sampler"] == "grid":
         space = {path: grid_values(param) for path, param in config["space"].items()}
-        return optuna.samplers.GridSampler(space, seed=seed)  # type: ignore[arg-type]
+        return optuna.samplers.GridSampler(space, seed=config["seed"])  # type: ignore[arg-type]
     return optuna.samplers.TPESampler(seed=seed)
 
 
@@ -176,6 +183,7 @@ class SweepController:
         return held
 
     def _drive(self, sweep_id: str) -> None:
+        """One pass: bring every RUNNING trial forward, ask for new ones, end the sweep when all are told."""
         with self.session_factory() as session:
             if start_sweep(session, sweep_id):
                 session.commit()
@@ -184,17 +192,20 @@ class SweepController:
             assert sweep is not None
             rows = {row.number: row for row in list_trials(session, sweep_id)}
         study = self._study(sweep, 0)
-        blocked = False
-        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            blocked |= not self._reconcile(sweep, study, frozen, rows.get(frozen.number))
-        if sweep.status == "running" and not blocked:
-            self._ask(sweep)
-        self._conclude(sweep, study)
+        trials = study.get_trials(deepcopy=False)  # read once a pass: it is most of a pass's cost
+        outcomes = [
+            self._reconcile(sweep, study, t, rows.get(t.number)) for t in trials if t.state == TrialState.RUNNING
+        ]
+        asked = 0
+        if sweep.status == "running" and "waiting" not in outcomes:
+            asked = self._ask(sweep, len(trials))
+        still_running = asked + sum(outcome != "told" for outcome in outcomes)
+        self._conclude(sweep, len(trials) + asked, still_running)
 
     def _study(self, sweep: Sweep, number: int) -> optuna.Study:
         """The sweep's study (created on first use), with a sampler seeded for trial ``number``."""
         config = sweep.config
-        sampler, pruner = make_sampler(config, config["seed"] + number), make_pruner(config)
+        sampler, pruner = make_sampler(config, number), make_pruner(config)
         try:
             return optuna.load_study(study_name=sweep.id, storage=self.storage, sampler=sampler, pruner=pruner)
         except KeyError:
@@ -207,34 +218,36 @@ class SweepController:
                 load_if_exists=True,  # a controller that lost its lease may have just made it
             )
 
-    def _reconcile(self, sweep: Sweep, study: optuna.Study, frozen: FrozenTrial, row: SweepTrial | None) -> bool:
-        """Bring one trial Optuna has as RUNNING forward; False if its job could not be made yet (quota)."""
+    def _reconcile(self, sweep: Sweep, study: optuna.Study, frozen: FrozenTrial, row: SweepTrial | None) -> str:
+        """Bring one trial Optuna has as RUNNING forward: "told", "running", or "waiting" (no job yet: quota)."""
         if row is not None and row.state != "running":
             self._tell(study, frozen.number, row.state, row.value)  # decided before a restart, not told yet
-        elif sweep.status == "cancelled":
+            return "told"
+        if sweep.status == "cancelled":
             error = {"code": "cancelled", "message": "the sweep was cancelled"}
             self._settle(sweep, frozen.number, "failed", row, params=frozen.params, error=error)
             self._tell(study, frozen.number, "failed", None)
-        elif row is None:  # asked before a restart, never launched: launched now, not asked again
-            return self._launch(sweep, Trial(self._study(sweep, frozen.number), frozen._trial_id))
-        else:
-            self._follow(sweep, study, frozen, row)
-        return True
+            return "told"
+        if row is None:  # asked before a restart, never launched: launched now, not asked again
+            launched = self._launch(sweep, Trial(self._study(sweep, frozen.number), frozen._trial_id))
+            return "running" if launched else "waiting"
+        return "running" if self._follow(sweep, study, frozen, row) else "told"
 
-    def _ask(self, sweep: Sweep) -> None:
-        """Ask for new trials while the sweep has trials left and free slots, and launch each."""
+    def _ask(self, sweep: Sweep, asked: int) -> int:
+        """Ask for new trials while the sweep has trials left and free slots, launching each; returns how many."""
         total, parallel = sweep.config["trials"], sweep.config["parallel"]
-        while True:
-            study = self._study(sweep, 0)
-            asked = len(study.get_trials(deepcopy=False))
+        new = 0
+        while asked + new < total:
             with self.session_factory() as session:
                 active = len(active_trial_jobs(session, sweep.id))
-            if asked >= total or active >= parallel or not self._hold(sweep.id):
-                return
-            trial = self._study(sweep, asked).ask()
+            if active >= parallel or not self._hold(sweep.id):
+                break
+            trial = self._study(sweep, asked + new).ask()
+            new += 1
             log.info("sweep %s: asked for trial %d", sweep.id, trial.number)
             if not self._launch(sweep, trial):
-                return
+                break
+        return new
 
     def _launch(self, sweep: Sweep, trial: Trial) -> bool:
         """Make the trial's job and row in one transaction and send its message; False if it must wait.
@@ -297,24 +310,30 @@ class SweepController:
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
             log.warning("job %s: could not send its message (%s); the reaper re-sends it", job_id, exc)
 
-    def _follow(self, sweep: Sweep, study: optuna.Study, frozen: FrozenTrial, row: SweepTrial) -> None:
-        """Report the trial's new intermediate values; settle and tell it if its job ended or it is pruned."""
+    def _follow(self, sweep: Sweep, study: optuna.Study, frozen: FrozenTrial, row: SweepTrial) -> bool:
+        """Report the trial's new intermediate values; settle and tell it if its job ended or it is pruned.
+
+        Returns whether it is still running. The pruner is asked only when a new
+        value was reported, as it would be inside an objective function.
+        """
         metric = sweep.config["metric"]
         with self.session_factory() as session:
             job = get_job_unscoped(session, row.job_id) if row.job_id else None
             points = list_metrics(session, row.job_id, name=f"eval/{metric}") if job is not None else []
         by_epoch = {p.epoch if p.epoch is not None else p.step: p.value for p in points}
-        trial = Trial(study, frozen._trial_id)
-        for epoch in sorted(by_epoch.keys() - frozen.intermediate_values.keys()):
-            trial.report(by_epoch[epoch], epoch)
+        new = sorted(by_epoch.keys() - frozen.intermediate_values.keys())
+        trial = Trial(study, frozen._trial_id) if new else None
+        for epoch in new:
+            trial.report(by_epoch[epoch], epoch)  # type: ignore[union-attr]
         state, value, error = self._outcome(job, metric)
-        if state is None and job is not None and job.status in ("queued", "running") and by_epoch and trial.should_prune():
-            state, value = "pruned", by_epoch[max(by_epoch)]
+        if state is None and trial is not None and job.status in ("queued", "running") and trial.should_prune():
+            state, value = "pruned", by_epoch[new[-1]]
         if state is None:
-            return
+            return True
         self._settle(sweep, frozen.number, state, row, value=value, error=error)
         self._tell(study, frozen.number, state, value)
         log.info("sweep %s: trial %d %s (%s %s)", sweep.id, frozen.number, state, metric, value)
+        return False
 
     @staticmethod
     def _outcome(job: Any, metric: str) -> tuple[str | None, float | None, dict[str, Any] | None]:
@@ -355,21 +374,28 @@ class SweepController:
 
     @staticmethod
     def _tell(study: optuna.Study, number: int, state: str, value: float | None) -> None:
-        """Tell the study how a trial ended; only ever for a trial it has as RUNNING."""
-        if state == "complete":
-            study.tell(number, value, skip_if_finished=True)
-        else:
-            study.tell(number, state=TELL_STATES[state], skip_if_finished=True)
+        """Tell the study how a trial ended; only ever for a trial it has as RUNNING.
 
-    def _conclude(self, sweep: Sweep, study: optuna.Study) -> None:
+        The grid sampler asks the study to stop once its grid is covered, which
+        outside ``study.optimize`` raises RuntimeError after the result is stored:
+        that is a tell that happened, not a failure.
+        """
+        try:
+            if state == "complete":
+                study.tell(number, value, skip_if_finished=True)
+            else:
+                study.tell(number, state=TELL_STATES[state], skip_if_finished=True)
+        except RuntimeError:
+            if study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+                raise
+
+    def _conclude(self, sweep: Sweep, asked: int, running: int) -> None:
         """Record the best trial; end the sweep once every trial is told, and give its lease up."""
-        trials = study.get_trials(deepcopy=False)
-        running = any(t.state == TrialState.RUNNING for t in trials)
         with self.session_factory() as session:
             best = best_trial(list_trials(session, sweep.id), sweep.config["direction"])
             if best != sweep.best:
                 set_best(session, sweep.id, best)
-            done = not running and (sweep.status == "cancelled" or len(trials) >= sweep.config["trials"])
+            done = not running and (sweep.status == "cancelled" or asked >= sweep.config["trials"])
             if done and sweep.status == "running":
                 counts = count_trials(session, sweep.id)
                 status = "succeeded" if best is not None else "failed"
