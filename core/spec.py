@@ -284,9 +284,24 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors += _block_errors(spec)
         errors += _engine_errors(spec)
     errors += _method_metric_errors(spec)
+    errors += _batching_errors(spec)
     if spec.train.batch_size < 2 * loss.min_per_class:
         errors.append({"field": "train.batch_size",
                        "message": f"{loss.name!r} needs at least {loss.min_per_class} samples per class in a batch; batch_size must be >= {2 * loss.min_per_class}"})
+    return errors
+
+
+def _batching_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """How batches are cut and spread over ranks: what the training loop would otherwise refuse mid-run."""
+    errors = []
+    per_class = spec.train.samples_per_class
+    if per_class is not None and spec.train.batch_size % per_class:
+        errors.append({"field": "train.samples_per_class",
+                       "message": f"a batch is whole groups of {per_class} same-class samples; "
+                                  f"train.batch_size ({spec.train.batch_size}) must be a multiple of it"})
+    if spec.resources.devices > 1 and _is_text_encoder(spec):
+        errors.append({"field": "resources.devices",
+                       "message": "text encoders train on one device; resources.devices must be 1"})
     return errors
 
 
@@ -386,6 +401,9 @@ def compatibility_errors(spec: JobSpec, *, task: str | None, input_rank: int) ->
     if input_rank == 0 or _is_text_encoder(spec):
         return text_pair_errors(spec, is_text=input_rank == 0)
     errors = _label_errors(spec, task) + _rank_errors(spec, input_rank)
+    if spec.train.samples_per_class is not None and task != "classification":
+        errors.append({"field": "train.samples_per_class",
+                       "message": f"class-balanced batches need class labels, but the dataset has {task or 'no labels'}"})
     if spec.mixup is not None:
         errors += _mixup_data_errors(spec, task, input_rank)
     return errors + _metric_task_errors(spec, task)

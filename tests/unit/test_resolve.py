@@ -151,3 +151,27 @@ def test_resolution_is_a_fixed_point_and_leaves_unknown_tasks_to_the_data() -> N
 def test_a_size_given_twice_is_refused() -> None:
     with pytest.raises(SpecError, match="dataset.params.size"):
         validate_spec({"dataset": {"name": "mnist1d", "size": 300, "params": {"size": 400}}})
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"dataset": {"name": "mnist1d"}, "train": {"batch_size": 100, "samples_per_class": 8}},
+     "train.samples_per_class", "must be a multiple of it"),
+    ({"dataset": {"name": "diabetes"}, "objective": {"loss": "ntxent"}, "train": {"batch_size": 64, "samples_per_class": 8}},
+     "train.samples_per_class", "need class labels"),
+])
+def test_batching_a_run_cannot_do_is_refused_at_validation(body: dict, field: str, words: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        validate_spec(body)
+    assert any(e["field"] == field and words in e["message"] for e in raised.value.errors), raised.value.errors
+    ok = {**body, "dataset": {"name": "mnist1d"}, "train": {"batch_size": 64, "samples_per_class": 8}}
+    ok.pop("objective", None)
+    validate_spec(ok)
+
+
+def test_a_text_job_on_several_devices_is_refused() -> None:
+    body = {"dataset": {"id": "ds_pairs"}, "model": {"encoder": "minilm", "embedding_dim": 384},
+            "objective": {"loss": "mnrl"}, "resources": {"devices": 2}}
+    with pytest.raises(SpecError) as raised:
+        validate_spec(body)
+    assert [e["field"] for e in raised.value.errors] == ["resources.devices"]
+    validate_spec({**body, "resources": {"devices": 1}})
