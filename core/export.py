@@ -252,15 +252,15 @@ embeddings = session.run(["embedding"], feed)[0]  # (2, {dim}), unit rows: dot p
 
 def write_onnx_bundle(path: Path, model: Path, text: TextEncoder, dim: int) -> dict[str, Any]:
     """A text encoder's ONNX download: the graph, the tokenizer that makes its inputs, and what they are."""
-    io = {
+    described = {
         "inputs": {name: {"dtype": "int64", "shape": ["batch", "tokens"]} for name in TEXT_INPUTS},
         "output": {"name": "embedding", "dtype": "float32", "shape": ["batch", dim], "l2_normalized": True},
         "tokenizer": {"file": "tokenizer.json", "max_length": text.max_length, "padding": "longest, id 0, mask 0"},
     }
     write_zip(path, {"model.onnx": model, "tokenizer.json": bundle_tokenizer(text),
-                     "inputs.json": json.dumps(io, indent=2).encode(),
+                     "inputs.json": json.dumps(described, indent=2).encode(),
                      "README.md": _onnx_bundle_readme(text, dim)})
-    return {"contents": ["model.onnx", "tokenizer.json", "inputs.json", "README.md"], "inputs": io}
+    return {"contents": ["model.onnx", "tokenizer.json", "inputs.json", "README.md"], "inputs": described}
 
 
 # The sentence-transformers layout: Transformer -> mean Pooling -> Normalize, as in all-MiniLM-L6-v2 itself.
