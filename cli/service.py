@@ -188,13 +188,13 @@ def cancel(job_id: str, url: Url = None, api_key: Key = None) -> None:
             _fail(exc)
 
 
-def download(job_id: str, fmt: str = typer.Option("onnx", "--format", help="safetensors, onnx or torchscript"),
-             dest: Optional[Path] = typer.Option(None, "--out", help="file to write"), url: Url = None, api_key: Key = None) -> None:
+def download(job_id: str, fmt: str = typer.Option("onnx", "--format", help="an export format, e.g. safetensors, onnx, onnx_int8"),
+             dest: Optional[Path] = typer.Option(None, "--out", help="file to write (default: the server's file name)"),
+             url: Url = None, api_key: Key = None) -> None:
     """Download the trained model (the sha256 is checked against the server's ETag)."""
-    suffix = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".torchscript.pt"}.get(fmt, "")
     with _client(url, api_key) as client:
         try:
-            print(client.download(job_id, fmt, dest or Path(f"{job_id}{suffix}")))
+            print(client.download(job_id, fmt, dest))
         except ApiError as exc:
             _fail(exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -154,15 +155,16 @@ class EmbedmixClient:
     def card(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/model/card")
 
-    def download(self, job_id: str, fmt: str, dest: str | Path) -> Path:
-        """Stream the model to `dest` and check its sha256 against the ETag before keeping it."""
-        dest = Path(dest)
-        tmp = dest.with_name(dest.name + ".part")
+    def download(self, job_id: str, fmt: str, dest: str | Path | None = None) -> Path:
+        """Stream the model to `dest` (default: the file name the server gives, in the current directory)
+        and check its sha256 against the ETag before keeping it."""
         digest = hashlib.sha256()
         with self.http.stream("GET", f"/v1/jobs/{job_id}/model", params={"format": fmt}) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 self._raise_for(resp)
+            dest = Path(dest) if dest is not None else Path(_attachment_name(resp.headers, f"{job_id}-{fmt}"))
+            tmp = dest.with_name(dest.name + ".part")
             etag = resp.headers.get("etag", "").strip('"')
             with open(tmp, "wb") as f:
                 for chunk in resp.iter_bytes():
@@ -232,3 +234,10 @@ class EmbedmixClient:
 
     def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+
+def _attachment_name(headers: httpx.Headers, fallback: str) -> str:
+    """The file name of a Content-Disposition attachment, as a bare name (never a path), else ``fallback``."""
+    match = re.search(r'filename="([^"]+)"', headers.get("content-disposition", ""))
+    name = Path(match.group(1)).name if match else ""
+    return name if name and name not in {".", ".."} else fallback

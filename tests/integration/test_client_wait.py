@@ -21,7 +21,9 @@ SPEC = {"name": "wait", "dataset": {"name": "mnist1d", "size": 300}, "model": {"
         "train": {"epochs": 3, "batch_size": 32, "device": "cpu"}, "eval": {"metrics": ["precision_at_1"]}}
 
 
-def test_wait_follows_a_job_to_its_end_and_reports_progress(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_wait_follows_a_job_to_its_end_and_reports_progress(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     database_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(database_url)
     settings = Settings(database_url=database_url, redis_url=redis_server.url, artifacts="db", work_dir=str(tmp_path))
@@ -39,6 +41,9 @@ def test_wait_follows_a_job_to_its_end_and_reports_progress(tmp_path: Path, redi
         worker.start()
         job = client.wait(job_id, on_progress=seen.append, poll_s=0.05)
         worker.join()
+        monkeypatch.chdir(tmp_path)
+        downloaded = client.download(job_id, "onnx")  # named as the server names it
+        assert downloaded == Path("wait-model.onnx") and downloaded.stat().st_size > 0
     assert job["status"] == "succeeded" and job["metrics"]["precision_at_1"] > 0
     assert seen[-1]["status"] == "succeeded"
     steps = [j["progress"]["step"] for j in seen]
