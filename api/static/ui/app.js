@@ -1,10 +1,11 @@
-// The dashboard's router: the URL fragment names the page (#/jobs, #/jobs/<id>, #/compare?ids=a,b, #/new).
+// The dashboard's router: the URL fragment names the page (#/jobs, #/jobs/<id>, #/compare?ids=a,b, #/new, #/sweeps/<id>).
 import { api, clearKey, getKey, setKey } from "./api.js";
 import { errorBox, h } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { jobPage } from "./job.js";
 import { comparePage } from "./compare.js";
 import { newJobPage } from "./new.js";
+import { sweepPage, sweepsPage } from "./sweep.js";
 
 const root = document.getElementById("app");
 let teardown = null; // the current page's cleanup (closes its live stream, stops its timers)
@@ -28,9 +29,10 @@ async function render() {
   }
   const page = h("div", { "data-page": name });
   root.replaceChildren(page);
-  const pages = { signin: signinPage, jobs: jobsPage, new: newJobPage, compare: comparePage };
+  const pages = { signin: signinPage, jobs: jobsPage, new: newJobPage, compare: comparePage, sweeps: sweepsPage };
   try {
     if (name === "jobs" && arg) teardown = await jobPage(page, arg);
+    else if (name === "sweeps" && arg) teardown = await sweepPage(page, arg);
     else if (pages[name]) teardown = await pages[name](page, params);
     else page.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs")));
   } catch (error) {
