@@ -413,4 +413,8 @@ SECTIONS: dict[str, dict[str, Entry]] = {
 
 def catalog_json() -> dict[str, list[dict[str, Any]]]:
     """The whole catalog as plain JSON, for the CLI and `GET /v1/catalog`."""
-    return {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}
+    sections = {section: [e.to_json() for e in entries.values()] for section, entries in SECTIONS.items()}
+    sections["exports"] = [
+        {"name": f.name, "summary": f.summary, "text_only": f.text_only} for f in EXPORT_FORMATS.values()
+    ]
+    return sections

@@ -1158,6 +1158,8 @@ def test_operations_endpoints_respond(client: TestClient, keys: Keys) -> None:
     assert catalog.status_code == 200
     assert {"datasets", "encoders", "losses", "mixups", "metrics"} <= set(catalog.json())
     assert any(entry["name"] == "metrix" for entry in catalog.json()["mixups"])
+    exports = {entry["name"]: entry["text_only"] for entry in catalog.json()["exports"]}  # the dashboard's format boxes
+    assert exports["onnx_int8"] is False and exports["sentence_transformers"] is True
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.delete("/v1/catalog"), 405, "method_not_allowed")
 

@@ -4,8 +4,6 @@ import { api, ApiError, apiAll, download, followStream } from "./api.js";
 import { formatNumber, lineChart, PALETTE, scatter } from "./charts.js";
 import { ACTIVE, errorBox, formatDuration, formatTime, h, jobDataset, jobDuration, jobMethod, statusBadge } from "./dom.js";
 
-const FORMATS = { safetensors: "model.safetensors", onnx: "model.onnx", torchscript: "model.torchscript.pt" };
-
 export async function jobPage(page, jobId) {
   let job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
   const series = new Map(); // name -> [[step, value], ...]
@@ -128,7 +126,7 @@ export async function jobPage(page, jobId) {
       return;
     }
     downloads.replaceChildren(...(job.spec.export.formats || []).map((f) => h("button", {
-      "data-format": f, onclick: () => download(`/v1/jobs/${job.id}/model?format=${f}`, FORMATS[f]).catch((e) => downloads.append(errorBox(e))),
+      "data-format": f, onclick: () => download(`/v1/jobs/${job.id}/model?format=${f}`, `${job.name}-${f}`).catch((e) => downloads.append(errorBox(e))),
     }, `Download ${f}`)));
     showCard();
     showMap();

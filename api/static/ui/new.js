@@ -12,7 +12,6 @@ const START = {
   eval: { metrics: ["precision_at_1", "map_at_r"] },
   export: { formats: ["safetensors", "onnx"] },
 };
-const FORMATS = ["safetensors", "onnx", "torchscript"];
 
 function getPath(obj, path) {
   return path.split(".").reduce((o, k) => (o && typeof o === "object" ? o[k] : undefined), obj);
@@ -130,6 +129,9 @@ export async function newJobPage(page) {
     const mixName = spec.mixup && spec.mixup.method;
     const mix = byName("mixups", mixName);
     const metrics = catalog.metrics.filter((m) => !task || !m.task || m.task === task).map((m) => m.name);
+    const encoder = byName("encoders", spec.model && spec.model.encoder);
+    const textEncoder = Boolean(encoder && encoder.extra && encoder.extra.input === "text");
+    const formats = catalog.exports.filter((f) => textEncoder || !f.text_only).map((f) => f.name);
     const mixOptions = [["", "none"], ...catalog.mixups.map((m) => [m.name, m.name])];
     const encoderSelect = select("model.encoder", catalog.encoders.map((e) => [e.name, e.name]), { rebuild: true });
     encoderSelect.addEventListener("change", () => { if (spec.model) delete spec.model.params; });
@@ -165,7 +167,7 @@ export async function newJobPage(page) {
           field("train.lr", "Learning rate", numberInput("train.lr")),
           field("train.seed", "Seed", numberInput("train.seed", { step: "1" })))),
       h("fieldset", {}, h("legend", {}, "Evaluation metrics"), checkboxes("eval.metrics", metrics)),
-      h("fieldset", {}, h("legend", {}, "Export formats"), checkboxes("export.formats", FORMATS)),
+      h("fieldset", {}, h("legend", {}, "Export formats"), checkboxes("export.formats", formats)),
       general,
       h("div", { class: "row" }, submit));
   }
