@@ -35,7 +35,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.ids import ARTIFACT_PREFIX, CHECKPOINT_PREFIX, DATASET_PREFIX, SWEEP_PREFIX, new_id, new_job_id
+from service.ids import (
+    ARTIFACT_PREFIX,
+    CHECKPOINT_PREFIX,
+    DATASET_PREFIX,
+    SWEEP_PREFIX,
+    new_id,
+    new_job_id,
+)
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
