@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core import catalog, losses, mixup
-from core.distributed import (GroupCallbacks, ShardedNet, average_gradients, class_balanced_order, class_groups,
+from core.distributed import (ShardedNet, average_gradients, class_balanced_order, class_groups,
                               current_ranks, sharded, synchronise_batchnorm)
 from core.errors import UnsupportedSpec
 from core.data import Dataset
@@ -24,7 +24,7 @@ from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
 from core.export import ExportInputs, array_export_inputs
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.loop import Callbacks, NullCallbacks, TrainingLoop, epoch_order, pick_device, seed_everything
+from core.loop import Callbacks, GroupCallbacks, NullCallbacks, TrainingLoop, epoch_order, pick_device, seed_everything
 from core.mixup import Batch
 from core.models import Encoder, build_net
 from core.spec import JobSpec

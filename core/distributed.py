@@ -33,16 +33,12 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from core.loop import Callbacks, Progress
-
 
 @dataclass(frozen=True)
 class Ranks:
@@ -299,35 +295,3 @@ def average_gradients(parameters: list[nn.Parameter], ranks: Ranks) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-# -- one voice for the group ----------------------------------------------------------------
-
-
-class GroupCallbacks:
-    """Rank 0 reports (metrics, progress, checkpoints) for the group; the others stay silent.
-
-    The stop request is rank 0's, broadcast every step, so a cancel reaches every
-    rank at the same step and the group stops together (rank 0 checkpoints).
-    """
-
-    def __init__(self, inner: Callbacks, ranks: Ranks):
-        self.inner, self.ranks = inner, ranks
-        self.lead = ranks.rank == 0
-
-    def on_progress(self, progress: Progress) -> None:
-        if self.lead:
-            self.inner.on_progress(progress)
-
-    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
-        if self.lead:
-            self.inner.on_metrics(step, epoch, values)
-
-    def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
-        if self.lead:
-            self.inner.on_checkpoint(state, step, epoch)
-
-    def should_stop(self) -> bool:
-        flag = torch.tensor([1 if self.lead and self.inner.should_stop() else 0])
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from core.distributed import current_ranks
+from core.distributed import Ranks, current_ranks
 from core.errors import UnsupportedSpec
 from core.export import ExportInputs
 from core.spec import JobSpec
@@ -261,3 +262,32 @@ class TrainingLoop(ABC):
             lr=self.opt.param_groups[0]["lr"], elapsed_s=elapsed,
             eta_s=(self.total_steps - self.step) / rate if rate else float("inf"), samples_per_s=rate * self.batch,
         ))
+
+
+class GroupCallbacks:
+    """Rank 0 reports (metrics, progress, checkpoints) for the group; the others stay silent.
+
+    The stop request is rank 0's, broadcast every step, so a cancel reaches every
+    rank at the same step and the group stops together (rank 0 checkpoints).
+    """
+
+    def __init__(self, inner: Callbacks, ranks: Ranks):
+        self.inner, self.ranks = inner, ranks
+        self.lead = ranks.rank == 0
+
+    def on_progress(self, progress: Progress) -> None:
+        if self.lead:
+            self.inner.on_progress(progress)
+
+    def on_metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if self.lead:
+            self.inner.on_metrics(step, epoch, values)
+
+    def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
+        if self.lead:
+            self.inner.on_checkpoint(state, step, epoch)
+
+    def should_stop(self) -> bool:
+        flag = torch.tensor([1 if self.lead and self.inner.should_stop() else 0])
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
