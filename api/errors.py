@@ -147,6 +147,7 @@ def _dotted(location: Sequence[Any]) -> str | None:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
+        _not_json(err, exc.body) if err.get("type") == "json_invalid" else
         {
             "field": _dotted(err.get("loc", ())) or "request",
             "message": str(err.get("msg", "invalid")),
@@ -161,6 +162,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         param=first["field"],
         details=details,
     )
+
+
+def _not_json(err: Mapping[str, Any], document: object) -> dict[str, str]:
+    """A body that does not parse, said in words: what the parser expected, and where (line, column)."""
+    loc = err.get("loc", ())
+    position = loc[-1] if loc and isinstance(loc[-1], int) else None
+    reason = str((err.get("ctx") or {}).get("error", "it does not parse"))
+    where = ""
+    if position is not None and isinstance(document, (str, bytes)):
+        text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        where = f" at line {line}, column {column}"
+    return {"field": "body", "message": f"the body is not valid JSON: {reason}{where}"}
 
 
 async def _invalid_cursor(request: Request, exc: Exception) -> JSONResponse:

@@ -92,3 +92,10 @@ def test_unknown_query_parameters_are_422_naming_them(client: TestClient, keys: 
     assert_error(client.get("/v1/catalog", params={"x": "1"}), 422, "invalid_request", "x")
     # probes stay lenient: load balancers add their own parameters
     assert client.get("/healthz", params={"probe": "lb"}).status_code == 200
+
+
+@on_sqlite
+def test_a_body_that_is_not_json_says_what_and_where_in_words(client: TestClient, keys: Keys) -> None:
+    error = assert_error(post_json(client, "/v1/jobs", '{"name": "x",\n "train": oops}', keys.alice), 422)
+    assert error["param"] == "body"  # was the byte offset, "22"
+    assert error["message"] == "body: the body is not valid JSON: Expecting value at line 2, column 11"
