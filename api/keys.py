@@ -1,5 +1,6 @@
 """``/v1/keys``: API keys, managed by admins.
 
+``GET /v1/keys`` lists the caller's keys (an admin: any owner's), prefixes only.
 ``POST /v1/keys`` (admin only) creates an owner with a first key, or adds a key
 to an existing owner; the plain key is in that response and nowhere else ever
 (only its hash is stored). ``DELETE /v1/keys/{id}`` revokes a key: an admin
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from api.deps import AdminOwner, CurrentOwner, RuntimeDep, SessionDep
 from api.errors import ApiError, not_found
-from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut, RowId
-from store import create_api_key, create_owner, get_owner, revoke_api_key
+from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut, Page, RowId
+from store import create_api_key, create_owner, get_owner, list_api_keys, revoke_api_key
 from store.models import ApiKey
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -47,6 +48,20 @@ def create_key(body: KeyCreateIn, admin: AdminOwner, session: SessionDep) -> Key
     key, plain = create_api_key(session, owner.id)
     session.commit()
     return KeyCreatedOut(**KeyOut.model_validate(key).model_dump(), key=plain)
+
+
+@router.get("", responses=_ERRORS)
+def list_keys(
+    owner: CurrentOwner,
+    session: SessionDep,
+    owner_id: Annotated[RowId | None, Query(description="an admin may list another owner's keys")] = None,
+) -> Page[KeyOut]:
+    """The caller's keys (prefixes only, revoked ones too), oldest first; an admin may name another owner."""
+    target = owner.id if owner_id is None else owner_id
+    if target != owner.id and (not owner.is_admin or get_owner(session, target) is None):
+        raise not_found("owner", str(target), param="owner_id")
+    keys = [KeyOut.model_validate(k) for k in list_api_keys(session, target)]
+    return Page(data=keys, has_more=False, next_cursor=None)
 
 
 @router.delete("/{key_id}", responses=_ERRORS)

@@ -265,14 +265,34 @@ def keys_create(name: str, admin: bool = typer.Option(False, "--admin"), url: Ur
             _fail(exc)
 
 
+@keys_app.command("list")
+@_reachable
+def keys_list(owner_id: Optional[int] = typer.Option(None, "--owner-id", help="another owner's keys (needs an admin key)"),
+              url: Url = None, api_key: Key = None) -> None:
+    """Your API keys (prefixes only), revoked ones too."""
+    with _client(url, api_key) as client:
+        try:
+            page = client.keys(owner_id=owner_id)
+        except ApiError as exc:
+            _fail(exc)
+    table = Table()
+    for col in ("id", "owner", "prefix", "created", "revoked"):
+        table.add_column(col)
+    for k in page["data"]:
+        table.add_row(str(k["id"]), str(k["owner_id"]), k["prefix"], str(k["created_at"])[:19], str(k["revoked_at"] or "")[:19])
+    out.print(table)
+
+
 @keys_app.command("revoke")
 @_reachable
 def keys_revoke(key_id: str, url: Url = None, api_key: Key = None) -> None:
+    """Revoke a key at once; it gets 401 from then on."""
     with _client(url, api_key) as client:
         try:
-            client.revoke_key(key_id)
+            key = client.revoke_key(key_id)
         except ApiError as exc:
             _fail(exc)
+    print(f"revoked key {key['id']} ({key['prefix']}...) of owner {key['owner_id']} at {key['revoked_at']}")
 
 
 def register(app: typer.Typer) -> None:

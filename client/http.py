@@ -199,8 +199,13 @@ class EmbedmixClient:
     def create_key(self, name: str, *, admin: bool = False) -> dict[str, Any]:
         return self._call("POST", "/v1/keys", json={"name": name, "admin": admin})
 
-    def revoke_key(self, key_id: int | str) -> None:
-        self._call("DELETE", f"/v1/keys/{key_id}")
+    def keys(self, *, owner_id: int | None = None) -> dict[str, Any]:
+        """Your keys (an admin: owner_id's), prefixes only."""
+        return self._call("GET", "/v1/keys", params={"owner_id": owner_id} if owner_id is not None else {})
+
+    def revoke_key(self, key_id: int | str) -> dict[str, Any]:
+        """Revoke a key; returns it with its revoked_at."""
+        return self._call("DELETE", f"/v1/keys/{key_id}")
 
     # -- sweeps ------------------------------------------------------------------
     def submit_sweep(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
