@@ -23,7 +23,7 @@ playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)"
 )
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # ReDoc lays out every operation before it shows one; slow on a loaded 2-core box
 
 
 @pytest.fixture(scope="module")
