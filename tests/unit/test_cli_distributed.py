@@ -27,10 +27,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _train(tmp: Path, name: str, devices: int, **train) -> subprocess.Popen:
+    """The CLI in a child; its output goes to a file (a pipe nobody reads would fill and stall a long run)."""
     spec = {**SPEC, "resources": {"devices": devices}, "train": {**SPEC["train"], **train}}
     (tmp / f"{name}.json").write_text(json.dumps(spec))
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "train", str(tmp / f"{name}.json"), "--out", str(tmp / name)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with (tmp / f"{name}.log").open("w") as log:
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "train", str(tmp / f"{name}.json"), "--out", str(tmp / name)],
+                                env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def _metrics(out: Path) -> list[tuple[str, int, float]]:
@@ -50,8 +52,8 @@ def _processes_naming(text: str) -> list[int]:
 
 def test_two_ranks_export_once_and_match_one_device(tmp_path):
     two, one = _train(tmp_path, "two", 2), _train(tmp_path, "one", 1)
-    for proc in (two, one):
-        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    for name, proc in (("two", two), ("one", one)):
+        assert proc.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
     cards = {n: json.loads((tmp_path / n / "card.json").read_text()) for n in ("one", "two")}
     assert cards["two"]["training"]["world_size"] == 2 and cards["one"]["training"]["world_size"] == 1
     assert (tmp_path / "two" / "checkpoint.pt").is_file()
@@ -66,7 +68,9 @@ def test_two_ranks_export_once_and_match_one_device(tmp_path):
 def test_sigterm_stops_every_rank(tmp_path):
     proc = _train(tmp_path, "long", 2, epochs=10_000)
     metrics = tmp_path / "long" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
     while not (metrics.is_file() and metrics.stat().st_size) and proc.poll() is None:
+        assert time.monotonic() < deadline, (tmp_path / "long.log").read_text()[-3000:]
         time.sleep(0.5)
     assert len(_processes_naming(str(tmp_path / "long"))) >= 3  # the CLI, the launcher's ranks
     proc.send_signal(signal.SIGTERM)
