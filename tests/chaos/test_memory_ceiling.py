@@ -21,11 +21,11 @@ from tests.chaos.conftest import ADMIN_KEY, SPEC, Stack, statuses
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 pytestmark = pytest.mark.slow
 BUDGET = 256 * 2**20
-# 600k x 128 floats: ~0.6 GB of float64 while blobs are generated, far over the worker's budget
+# 400k x 128 floats: ~0.4 GB of float64 while blobs are generated, well over the worker's budget
 # and far under the API's idea of a worker (8 GiB), so admission lets it through.
 TOO_BIG = {
     "name": "too-big",
-    "dataset": {"name": "blobs", "size": 600_000, "params": {"num_features": 128, "num_classes": 4}},
+    "dataset": {"name": "blobs", "size": 400_000, "params": {"num_features": 128, "num_classes": 4}},
     "model": {"encoder": "mlp", "width": 32, "embedding_dim": 8},
     "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "max_attempts": 3},
     "eval": {"metrics": ["precision_at_1"]},
@@ -63,6 +63,7 @@ def test_a_job_past_the_workers_ceiling_fails_out_of_memory_once_and_the_worker_
     assert health and set(health) == {200}
     assert worker.alive()
 
-    after = httpx.post(f"{stack.api_url}/v1/jobs", json=SPEC, headers=AUTH, timeout=30).json()["id"]
+    small = {**SPEC, "dataset": {"name": "mnist1d", "size": 300}, "train": {**SPEC["train"], "epochs": 1}}
+    after = httpx.post(f"{stack.api_url}/v1/jobs", json=small, headers=AUTH, timeout=30).json()["id"]
     stack.wait_status(after, "succeeded")
     assert worker.alive()
