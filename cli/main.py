@@ -118,7 +118,7 @@ def train(
     from core.data import load_dataset
     from core.errors import DataError, Diverged, SpecError, UnsupportedSpec
     from core.export import export
-    from core.launch import in_launched_rank, join_group, leave_group, rank_command, run_ranks
+    from core.launch import in_launched_rank, join_group, launched_rank, leave_group, rank_command, run_ranks
     from core.train import pick_device, train as run_training
 
     spec = _load(spec_path)
@@ -130,7 +130,7 @@ def train(
     ckpt = out / "checkpoint.pt"
     if resume and not ckpt.is_file():
         _fail(f"--resume: {ckpt} does not exist")
-    if not resume:
+    if not resume and launched_rank() == 0:  # rank 0 writes the outputs; another rank's unlink would lose its lines
         (out / "metrics.jsonl").unlink(missing_ok=True)
     try:
         data = load_dataset(spec)

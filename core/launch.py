@@ -30,6 +30,11 @@ def in_launched_rank() -> bool:
     return LAUNCHED_ENV in os.environ
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher numbered it (0 when it was not launched): known before the group is joined."""
+    return int(os.environ.get("RANK", "0")) if in_launched_rank() else 0
+
+
 def rank_command(world_size: int, module: str, args: list[str]) -> list[str]:
     """The launcher's argv for `python -m module *args` on `world_size` ranks (an argv list: no shell)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",

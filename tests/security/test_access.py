@@ -102,8 +102,10 @@ def test_every_route_refuses_no_key_a_revoked_key_and_another_owners_key(
         if operation_path_params(path):
             assert response.status_code == 404, (where, "bob", text)
             assert_error(response, 404, "not_found")
-        elif path == "/v1/keys":
+        elif (method, path) == ("POST", "/v1/keys"):
             assert_error(response, 403, "forbidden")
+        elif (method, path) == ("GET", "/v1/keys"):  # bob's own keys, never alice's
+            assert response.status_code == 200 and {k["owner_id"] for k in response.json()["data"]} == {keys.bob_id}
         elif path == "/v1/embeddings":
             assert_error(response, 404, "not_found")
         else:

@@ -243,7 +243,7 @@ def test_spec_error_is_a_value_error():
 
 def test_catalog_json_round_trips_and_lists_every_section():
     data = catalog.catalog_json()
-    assert set(data) == {"datasets", "encoders", "losses", "mixups", "metrics"}
+    assert set(data) == {"datasets", "encoders", "losses", "mixups", "metrics", "exports"}
     again = json.loads(json.dumps(data))
     assert again == data
     for section, table in catalog.SECTIONS.items():
