@@ -67,15 +67,22 @@ def test_two_ranks_export_once_and_match_one_device(tmp_path):
 
 def test_sigterm_stops_every_rank(tmp_path):
     proc = _train(tmp_path, "long", 2, epochs=10_000)
-    metrics = tmp_path / "long" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.is_file() and metrics.stat().st_size) and proc.poll() is None:
-        assert time.monotonic() < deadline, (tmp_path / "long.log").read_text()[-3000:]
-        time.sleep(0.5)
-    assert len(_processes_naming(str(tmp_path / "long"))) >= 3  # the CLI, the launcher's ranks
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
-    deadline = time.monotonic() + 30
-    while _processes_naming(str(tmp_path / "long")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _processes_naming(str(tmp_path / "long")) == []
+    try:
+        metrics = tmp_path / "long" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and metrics.stat().st_size) and proc.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "long.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert len(_processes_naming(str(tmp_path / "long"))) >= 3  # the CLI, the launcher's ranks
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+        deadline = time.monotonic() + 30
+        while _processes_naming(str(tmp_path / "long")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_naming(str(tmp_path / "long")) == []
+    finally:  # a failed check must not leave a 10,000-epoch run on the machine
+        for pid in _processes_naming(str(tmp_path / "long")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
