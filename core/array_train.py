@@ -24,7 +24,8 @@ from core.data.augment import augment
 from core.evaluate import USES_TRAIN, evaluate
 from core.export import ExportInputs, array_export_inputs
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.loop import Callbacks, GroupCallbacks, NullCallbacks, TrainingLoop, epoch_order, pick_device, seed_everything
+from core.loop import (Callbacks, GroupCallbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order,
+                       load_init_weights, pick_device, seed_everything)
 from core.mixup import Batch
 from core.models import Encoder, build_net
 from core.spec import JobSpec
@@ -102,7 +103,8 @@ class ArrayTrainer(TrainingLoop):
     ranks (`core.distributed`), so the run is the one-device computation.
     """
 
-    def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None):
+    def __init__(self, spec: JobSpec, data: Dataset, callbacks: Callbacks | None = None, device: torch.device | None = None,
+                 init_weights: InitWeights | None = None):
         self.spec, self.data = spec, data
         self.ranks = current_ranks()
         self.cb = callbacks or NullCallbacks()
@@ -111,6 +113,8 @@ class ArrayTrainer(TrainingLoop):
         self.device = device or pick_device(spec)
         seed_everything(spec.train.seed)
         self.net = build_net(spec.model, data.x_train).to(self.device)
+        if init_weights is not None:
+            load_init_weights(self.net.encoder, init_weights)
         if self.ranks.distributed and spec.resources.sync_batchnorm:
             synchronise_batchnorm(self.net)
         out_dim = spec.model.projection_dim or spec.model.embedding_dim

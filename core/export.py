@@ -48,9 +48,10 @@ from torch import nn
 
 from core.catalog import EXPORT_FORMATS
 from core.data import Dataset, TextPairs
+from core.errors import SpecError
 from core.models import Encoder, Standardize, build_encoder
 from core.models.text_encoder import TextEncoder
-from core.spec import JobSpec, ModelSpec, resolve_model
+from core.spec import INIT_FROM_FIELD, JobSpec, ModelSpec, resolve_model
 
 FILENAMES = {name: f.file for name, f in EXPORT_FORMATS.items()}
 CONFIG_KEY = "embedmix"
@@ -119,6 +120,22 @@ def save_safetensors(inputs: ExportInputs, path: Path) -> None:
     """Weights plus the config needed to rebuild the module, in the file's metadata (no pickle)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in inputs.weights.state_dict().items()}
     save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(inputs.config)})
+
+
+def read_encoder_weights(source: Path | bytes) -> dict[str, torch.Tensor]:
+    """An exported encoder's tensors (its safetensors file, or that file's bytes): what a run starts from.
+
+    The file holds the encoder's own state dict (`save_safetensors`), so the keys need no mapping.
+    safetensors parses no code, so a file from anywhere is safe to read; one that is not a
+    safetensors file is a SpecError on that field.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return load(source) if isinstance(source, bytes) else load_file(str(source))
+    except (SafetensorError, OSError) as exc:
+        raise SpecError([{"field": INIT_FROM_FIELD, "message": f"cannot read the starting weights: {exc}"}]) from None
 
 
 def load_safetensors(path: str | Path) -> Encoder | TextEncoder:

@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from core.distributed import Ranks, current_ranks
-from core.errors import UnsupportedSpec
+from core.errors import SpecError, UnsupportedSpec
 from core.export import ExportInputs
-from core.spec import JobSpec
+from core.spec import INIT_FROM_FIELD, JobSpec
 from core.step import TrainStep
 
 CHECKPOINT_FORMAT = 1
@@ -106,6 +106,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+InitWeights = dict[str, torch.Tensor]
+
+
+def load_init_weights(encoder: nn.Module, weights: InitWeights) -> None:
+    """Start ``encoder`` from exactly ``weights`` (its full state dict), or say which key does not fit.
+
+    Called before the optimizer, the mixing method and any momentum copy exist, so
+    everything built from the encoder afterwards starts from these weights too. A
+    partial or reshaped match is refused rather than half-loaded: a run that
+    silently trained some layers from scratch would not be the run asked for.
+    """
+    own = encoder.state_dict()
+    problem = _first_misfit(own, weights)
+    if problem is not None:
+        raise SpecError([{"field": INIT_FROM_FIELD, "message": f"the starting weights do not fit this model: {problem}"}])
+    encoder.load_state_dict(weights, strict=True)
+
+
+def _first_misfit(own: dict[str, torch.Tensor], weights: InitWeights) -> str | None:
+    """The first key (in the model's order, then the weights') whose tensor is missing, extra or of another shape."""
+    for key, tensor in own.items():
+        given = weights.get(key)
+        if not isinstance(given, torch.Tensor):
+            return f"{key!r} is missing from them"
+        if given.shape != tensor.shape:
+            return f"{key!r} has shape {tuple(given.shape)} there and {tuple(tensor.shape)} here"
+    extra = next((key for key in weights if key not in own), None)
+    return None if extra is None else f"they hold {extra!r}, which this model does not have"
 
 
 class TrainingLoop(ABC):

@@ -59,6 +59,30 @@ class DatasetSpec(Strict):
         return self
 
 
+INIT_FROM_FIELD = "model.init_from"  # the field errors about a run's starting weights name
+
+
+class InitFromSpec(Strict):
+    """Where a run's encoder starts: exactly one of a finished job's trained encoder or an exported file.
+
+    The weights are loaded as they are (strictly: every tensor, with its shape), so
+    the model must have the same architecture and input shape as the one that made them.
+    """
+
+    job: str | None = Field(None, min_length=1, max_length=64,
+                            description="a succeeded job of the same owner in the service (job_...), whose "
+                                        "exported safetensors encoder the run starts from")
+    path: str | None = Field(None, min_length=1, max_length=4096,
+                             description="an exported encoder .safetensors file, for the local `embedmix train` only")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFromSpec:
+        given = [k for k in ("job", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of job or path (got {given or 'none'})")
+        return self
+
+
 class ModelSpec(Strict):
     encoder: str = "mlp"
     embedding_dim: int = Field(128, ge=2, le=8192)
@@ -67,6 +91,9 @@ class ModelSpec(Strict):
     params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
     projection_dim: int | None = Field(None, ge=2, le=8192, description="training-only projection head; None for none")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_from: InitFromSpec | None = Field(None, description="start the encoder from these trained weights (the same "
+                                                             "architecture and input shape); None: a fresh encoder "
+                                                             "(or a text encoder's pretrained weights)")
 
 
 class ObjectiveSpec(Strict):

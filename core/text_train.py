@@ -29,7 +29,8 @@ from core.data.text_pairs import TextPairs
 from core.evaluate import evaluate
 from core.export import ExportInputs, text_export_inputs
 from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.loop import Callbacks, NullCallbacks, TrainingLoop, epoch_order, pick_device, seed_everything
+from core.loop import (Callbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order, load_init_weights,
+                       pick_device, seed_everything)
 from core.models.text_encoder import TextEncoder, Tokens
 from core.spec import JobSpec
 
@@ -59,12 +60,16 @@ class TextTrainer(TrainingLoop):
     """One text run's state; `run()` trains from the current step to the end or a stop."""
 
     def __init__(self, spec: JobSpec, data: TextPairs, callbacks: Callbacks | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, init_weights: InitWeights | None = None) -> None:
         self.spec, self.data = spec, data
         self.cb = callbacks or NullCallbacks()
         self.device = device or pick_device(spec)
         seed_everything(spec.train.seed)
-        self.encoder = TextEncoder(max_length=int(spec.model.params["max_length"])).to(self.device)
+        # starting weights replace every pretrained one, so the pretrained file is not read for them
+        self.encoder = TextEncoder(max_length=int(spec.model.params["max_length"]),
+                                   pretrained=init_weights is None).to(self.device)
+        if init_weights is not None:
+            load_init_weights(self.encoder, init_weights)
         self.encoder.bert.embeddings.word_embeddings.weight.requires_grad_(False)
         self.loss = losses.build(spec.objective.loss, embedding_dim=self.encoder.embedding_dim,
                                  **spec.objective.params).to(self.device)
