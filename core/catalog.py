@@ -282,14 +282,21 @@ MIXUPS: dict[str, Entry] = {
               labels="class", paper="Yun et al., CutMix (2019)",
               common=(_alpha(1.0), _level("input")), extra={"losses": _PAIR_LOSSES + _CLASS_LOSSES, "input_rank": [3]}),
         Entry("metrix", "mixup", "Metric Mix: mix a positive with a negative of an anchor; the mixed pair weights the positive term by lambda, the negative by 1 - lambda. Total = clean + weight * mixed.",
-              (_s("mix", "pos_neg", ("pos_neg", "anchor_neg"), "mix a positive with a negative, or the anchor itself with a negative"),),
+              (_s("mix", "pos_neg", ("pos_neg", "anchor_neg", "alternate"),
+                  "mix a positive with a negative, the anchor itself with a negative, or alternate: a fair coin per "
+                  "step picks one of the two (the official billpsomas/metrix train.py, random.randint(0, 1) each step)"),),
               labels="class", min_per_class=2,
               paper="Venkataramanan et al., It Takes Two to Tango: Mixup for Deep Metric Learning (ICLR 2022)", source="billpsomas/metrix",
               common=(_alpha(2.0), _level("feature", "input", "embedding"), _weight(0.4)),
               extra={"losses": ["contrastive", "multi_similarity", "proxy_anchor"]}),
         Entry("supremix", "mixup", "Supervised contrastive regression with mix-neg (anchor-inclusive) and mix-pos (anchor-exclusive) pairs and a distance-magnified denominator.",
               (_f("neg_beta_a", 2.0, 0.01, 100.0), _f("neg_beta_b", 8.0, 0.01, 100.0), _i("window", 5, 1, 1000),
-               _f("temperature", 0.3, 0.001, 10.0)),
+               _f("temperature", 0.3, 0.001, 10.0),
+               _b("mixed_pairs", True, "false: the same loss without mix-neg and mix-pos, the un-mixed baseline "
+                                      "(the authors' --contrastive_method supcon with the same L1_inv weights)"),
+               _s("pos_pairs", "paired", ("paired", "all"),
+                  "mix-pos per (anchor, j): one k drawn (paired), or every k (all, as the authors' mixing_func "
+                  "enumerates them; their separate max-shift of mixture logits is not reproduced)")),
               labels="target", views=2, paper="Wu et al., Mixup Your Own Pairs (2023)",
               common=(_level("embedding"),), extra={"losses": ["supcon"]}),
         Entry("decoupled_mixup", "mixup", "Mixup soft cross-entropy plus the decoupled regulariser (each mixed class's CE with the other removed).",

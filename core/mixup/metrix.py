@@ -24,6 +24,12 @@ Which (anchor, mixed) pairs count (`mix`):
   triple set (a, p, n) restricted to one sampled negative per positive p, which
   keeps the cost O(B x B) instead of O(B^3).
 * "anchor_neg": m_u mixes the anchor itself with its negative: the pair (u, m_u).
+* "alternate": each step one of the two, a fair coin drawn from the step's
+  generator before lambda (the official billpsomas/metrix train.py draws
+  `random.randint(0, 1)` per step, 0 = pos-neg, 1 = anchor-neg, for the
+  contrastive loss at every level; its multi-similarity code mixes pos-neg only,
+  and its embedding-level contrastive code weights anchor-neg steps 0.3 instead
+  of 0.4, which is not reproduced: both kinds use `spec.mixup.weight`).
 
 Relative to its anchor a mixed point has label lambda, and the pair contributes
 lambda * rho+(s) + (1 - lambda) * rho-(s):
@@ -66,7 +72,7 @@ from torch import Tensor, nn
 from core.losses import ContrastiveLoss, MultiSimilarityLoss, PairWeights, ProxyAnchorLoss
 from core.mixup.base import Batch, MixingMethod
 from core.mixup.mixing import (feature_start, forward_chunks, hidden_chunks, mix, nearest_distance, negative_partners,
-                               sample_beta, views_of)
+                               randint, sample_beta, views_of)
 from core.models import Encoder, TrainingNet
 from core.spec import JobSpec
 
@@ -105,15 +111,29 @@ class Metrix(MixingMethod):
             mixed = mix(clean[u], clean[v], lam)
         return clean, mixed
 
-    def active_pairs(self, labels: Tensor, u: Tensor) -> Tensor:
+    def step_kind(self, gen: torch.Generator) -> str:
+        """The step's pairs: the spec's kind, or for "alternate" a fair coin from `gen` (the official 50/50)."""
+        if self.mix_kind != "alternate":
+            return self.mix_kind
+        return ("pos_neg", "anchor_neg")[randint(2, gen)]
+
+    def _kind(self, kind: str | None) -> str:
+        """`kind` when given; otherwise the spec's fixed kind (an alternating run must say which step it replays)."""
+        kind = kind or self.mix_kind
+        if kind == "alternate":
+            raise ValueError("mixup.params.mix 'alternate' picks a kind per step; pass kind='pos_neg' or 'anchor_neg'")
+        return kind
+
+    def active_pairs(self, labels: Tensor, u: Tensor, kind: str | None = None) -> Tensor:
         """(B, M) 0/1: which clean anchor a is paired with mixed point m (built from u_m)."""
         rows = torch.arange(len(labels), device=labels.device).reshape(-1, 1)
-        if self.mix_kind == "anchor_neg":
+        if self._kind(kind) == "anchor_neg":
             return (rows == u.reshape(1, -1)).float()
         same = labels.reshape(-1, 1) == labels[u].reshape(1, -1)
         return (same & (rows != u.reshape(1, -1))).float()
 
-    def mixed_term(self, clean: Tensor, labels: Tensor, mixed: Tensor, u: Tensor, v: Tensor, lam: Tensor) -> Tensor:
+    def mixed_term(self, clean: Tensor, labels: Tensor, mixed: Tensor, u: Tensor, v: Tensor, lam: Tensor,
+                   kind: str | None = None) -> Tensor:
         """The generalised loss of the mixed pairs: lambda on the positive term, 1 - lambda on the negative term."""
         if len(u) == 0:
             return clean.sum() * 0.0
@@ -121,7 +141,7 @@ class Metrix(MixingMethod):
         if isinstance(self.base_loss, ProxyAnchorLoss):
             onehot = F.one_hot(labels.long(), self.base_loss.num_classes).to(mixed.dtype)
             return self.base_loss(mixed, mix(onehot[u], onehot[v], lam))
-        active = self.active_pairs(labels, u).to(clean.dtype)
+        active = self.active_pairs(labels, u, kind).to(clean.dtype)
         zero = torch.zeros_like(active)
         if isinstance(self.base_loss, ContrastiveLoss):
             pos = self.base_loss(clean, weights=PairWeights(active, zero), ref=mixed)
@@ -129,17 +149,19 @@ class Metrix(MixingMethod):
             return lam * pos + (1 - lam) * neg
         return self._mixed_ms(clean, weights=PairWeights(lam * active, (1 - lam) * active), ref=mixed)
 
-    def loss_parts(self, net: TrainingNet, x: Tensor, labels: Tensor, lam: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """(clean loss, mixed term) for given lambda and pairs: replayable, so tests can set lambda = 1."""
+    def loss_parts(self, net: TrainingNet, x: Tensor, labels: Tensor, lam: Tensor, u: Tensor, v: Tensor,
+                   kind: str | None = None) -> tuple[Tensor, Tensor]:
+        """(clean loss, mixed term) for given lambda, pairs and kind: replayable, so tests can set lambda = 1."""
         clean, mixed = self.encode(net, x, u, v, lam)
-        return self.base_loss(clean, labels), self.mixed_term(clean, labels, mixed, u, v, lam)
+        return self.base_loss(clean, labels), self.mixed_term(clean, labels, mixed, u, v, lam, kind)
 
     def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
         x = views_of(batch, self.views)
         labels = batch.y.repeat(self.views) if self.views > 1 else batch.y
+        kind = self.step_kind(batch.gen)
         lam = sample_beta(self.alpha, self.alpha, (), batch.gen).to(x.device)
         u, v = negative_partners(labels, batch.gen)
-        clean, mixed = self.loss_parts(net, x, labels, lam, u, v)
+        clean, mixed = self.loss_parts(net, x, labels, lam, u, v, kind)
         return clean + self.weight * mixed
 
     # -- utilization -------------------------------------------------------------
