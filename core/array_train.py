@@ -134,6 +134,8 @@ class ArrayTrainer(TrainingLoop):
         self.method = mixup.build(spec, self.loss, num_classes=data.num_classes, embedding_dim=out_dim)
         if self.method is not None:
             self.method.to(self.device)
+        if hasattr(self.method, "use_outliers"):  # MixOE's real outlier pool (held-out classes), kept where the data is
+            self.method.use_outliers(data.outliers, self.x.device)
         params = list(self.net.parameters()) + list(self.loss.parameters())
         params += list(self.method.parameters()) if self.method is not None else []
         reduce = partial(average_gradients, ranks=self.ranks) if self.ranks.distributed else None

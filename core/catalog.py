@@ -326,7 +326,14 @@ MIXUPS: dict[str, Entry] = {
               labels="none", views=2, paper="Bandara et al., Guarding Barlow Twins Against Overfitting with Mixed Samples (2023)",
               source="wgcban/mix-bt", common=(_alpha(1.0), _level("input"), _weight(1.0)), extra={"losses": ["barlow_twins"]}),
         Entry("mixoe", "mixup", "Mixture Outlier Exposure: mix inputs with outliers; target lambda onehot + (1 - lambda) uniform.",
-              (_s("mix", "mixup", ("mixup", "cutmix")), _s("outliers", "noise", ("noise", "shuffled"), "how outliers are made from the data"),),
+              (_s("mix", "mixup", ("mixup", "cutmix")),
+               _s("outliers", "noise", ("noise", "shuffled", "holdout"),
+                  "how outliers are made from the data; holdout: real samples of held-out classes (outlier_classes), "
+                  "their training rows mixed in, their test rows the OOD test set (the official code fine-tunes with "
+                  "a real outlier set, WebVision)"),
+               _i("outlier_classes", 0, 0, 100_000,
+                  "with outliers holdout: how many classes, the largest class ids, are held out of the "
+                  "in-distribution train and test sets as outliers (0 otherwise)")),
               labels="class", paper="Zhang et al., Mixture Outlier Exposure (WACV 2023)", source="zjysteven/MixOE",
               common=(_alpha(1.0), _level("input"), _weight(5.0)), extra={"losses": ["cross_entropy"]}),
     ]

@@ -309,6 +309,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
         errors += _block_errors(spec)
+        errors += _paired_param_errors(spec)
         errors += _engine_errors(spec)
     errors += _method_metric_errors(spec)
     errors += _batching_errors(spec)
@@ -362,6 +363,43 @@ def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
     if mix.views == 2 and spec.objective.views != 2:
         errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
     return errors
+
+
+def _paired_param_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """Method parameters that mean something only with another one's value: refused, never ignored."""
+    p = spec.mixup.params
+    errors = []
+    if p.get("mixed_pairs") is False and p.get("pos_pairs") == "all":
+        errors.append({"field": "mixup.params.pos_pairs",
+                       "message": "chooses which mix-pos pairs are made; with mixed_pairs false none are: remove it"})
+    classes = p.get("outlier_classes", 0)
+    if type(classes) is not int:
+        return errors  # _check_params reports it
+    field = "mixup.params.outlier_classes"
+    if p.get("outliers") != "holdout":
+        if classes:
+            errors.append({"field": field, "message": "is only used with outliers 'holdout'; remove it or set outliers to 'holdout'"})
+        return errors
+    if classes == 0:  # a negative count is _check_params' to report
+        errors.append({"field": field, "message": "outliers 'holdout' needs outlier_classes >= 1: how many classes "
+                                                  "(the largest class ids) are held out of training as the outlier set"})
+    known = _builtin_class_count(spec.dataset)
+    if known is not None and classes > known - 2:
+        errors.append({"field": field, "message": f"{spec.dataset.name!r} has {known} classes; holding out {classes} "
+                                                  f"leaves fewer than 2 to train on (at most {known - 2})"})
+    if spec.dataset.split.kind == "classes":
+        errors.append({"field": "dataset.split.kind",
+                       "message": "outliers 'holdout' scores the head on its own classes' test rows; split kind 'classes' "
+                                  "tests on classes the head never saw: use 'random' or 'given'"})
+    return errors
+
+
+def _builtin_class_count(ds: DatasetSpec) -> int | None:
+    """The number of classes of a built-in dataset, where the catalog or its parameters say it; None otherwise."""
+    if ds.name is None:
+        return None
+    count = ds.params.get("num_classes", catalog.DATASETS[ds.name].extra.get("num_classes"))
+    return None if count is None else int(count)
 
 
 # The blocks core.models.encoders builds, which a mixing method's `block` parameter indexes:

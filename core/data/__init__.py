@@ -17,9 +17,9 @@ import torch
 from core import catalog
 from core.data.arrays import check_features, check_rows, labels_to_indices
 from core.data.builtin import load_builtin
-from core.data.dataset import Dataset
+from core.data.dataset import Dataset, Outliers
 from core.data.files import read_file
-from core.data.split import split
+from core.data.split import hold_out_outliers, split
 from core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
 from core.errors import DataError, SpecError
 from core.spec import JobSpec, compatibility_errors
@@ -55,15 +55,31 @@ def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Data
     if errors:
         raise SpecError(errors)
     arrays, desc = split(raw, task, spec.dataset.split, spec.train.seed)
+    outliers = None
+    if _outlier_count(spec):
+        arrays, held, held_desc = hold_out_outliers(arrays, _outlier_count(spec), names)
+        desc |= held_desc
+        outliers = Outliers(held_desc["outlier_classes"], _as_x(held["x_train"]), _as_x(held["x_test"]))
     _check_class_counts(arrays["y_train"], task, spec)
     as_y = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
     return Dataset(
-        x_train=torch.from_numpy(np.ascontiguousarray(arrays["x_train"], dtype=np.float32)),
+        x_train=_as_x(arrays["x_train"]),
         y_train=as_y(arrays["y_train"]),
-        x_test=torch.from_numpy(np.ascontiguousarray(arrays["x_test"], dtype=np.float32)),
+        x_test=_as_x(arrays["x_test"]),
         y_test=as_y(arrays["y_test"]),
-        task=task, source=source, class_names=names, split=desc,
+        task=task, source=source, class_names=names, split=desc, outliers=outliers,
     )
+
+
+def _as_x(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _outlier_count(spec: JobSpec) -> int:
+    """How many classes the run holds out of its data as a real outlier set (MixOE's outliers 'holdout'); 0 for none."""
+    if spec.mixup is None or spec.mixup.params.get("outliers") != "holdout":
+        return 0
+    return int(spec.mixup.params["outlier_classes"])
 
 
 def _check_class_counts(y_train: np.ndarray | None, task: str | None, spec: JobSpec) -> None:

@@ -11,6 +11,20 @@ Task = Literal["classification", "regression"]
 
 
 @dataclass
+class Outliers:
+    """Rows of classes held out of the in-distribution data as a real outlier set (MixOE's outliers 'holdout').
+
+    `classes` are their class indices (the largest of the data's); `x_train` (their
+    training-split rows) is the pool mixed in training, `x_test` (their test-split
+    rows) the out-of-distribution test set. None of these rows is in x_train / x_test.
+    """
+
+    classes: list[int]
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+
+
+@dataclass
 class Dataset:
     """Train and test arrays as CPU tensors, plus what the model card must record about them.
 
@@ -26,6 +40,7 @@ class Dataset:
     source: str
     class_names: list[str] | None = None
     split: dict[str, Any] = field(default_factory=dict)
+    outliers: Outliers | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

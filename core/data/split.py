@@ -72,3 +72,39 @@ def split(raw: dict[str, Any], task: Task | None, spec: SplitSpec, seed: int) ->
     arrays = {"x_train": x[~test], "x_test": x[test],
               "y_train": None if y is None else y[~test], "y_test": None if y is None else y[test]}
     return arrays, desc
+
+
+OUTLIER_FIELD = "mixup.params.outlier_classes"
+
+
+def hold_out_outliers(arrays: dict[str, np.ndarray], count: int, class_names: list[str] | None = None
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Take the `count` largest class ids out of a split as a real outlier set (MixOE's outliers 'holdout').
+
+    Returns the in-distribution arrays (the outlier classes' rows removed from both
+    sides), the outlier rows ({"x_train": pool, "x_test": OOD test set}) and what
+    the model card records. The largest ids are taken so that the in-distribution
+    classes keep their ids and the classifier head is sized to them alone, with no
+    relabelling.
+    """
+    present = np.unique(np.concatenate([arrays["y_train"], arrays["y_test"]]))
+    if count > len(present) - 2:
+        raise DataError(f"{OUTLIER_FIELD}: {count} of the data's {len(present)} classes leaves fewer than 2 "
+                        "in-distribution classes to train on; hold out fewer")
+    held = present[len(present) - count:]
+    out_train, out_test = np.isin(arrays["y_train"], held), np.isin(arrays["y_test"], held)
+    for rows, side in ((out_train, "training"), (out_test, "test")):
+        if not rows.any():
+            raise DataError(f"{OUTLIER_FIELD}: the outlier classes {held.tolist()} have no rows in the {side} split; "
+                            "hold out other classes or use a split that gives them rows on both sides")
+        if rows.all():
+            raise DataError(f"{OUTLIER_FIELD}: the {side} split holds only the outlier classes {held.tolist()}; "
+                            "hold out fewer classes or use a split with in-distribution rows on both sides")
+    inside = arrays | {"x_train": arrays["x_train"][~out_train], "y_train": arrays["y_train"][~out_train],
+                    "x_test": arrays["x_test"][~out_test], "y_test": arrays["y_test"][~out_test]}
+    outliers = {"x_train": arrays["x_train"][out_train], "x_test": arrays["x_test"][out_test]}
+    desc: dict[str, Any] = {"outlier_classes": held.tolist(), "outlier_train_rows": int(out_train.sum()),
+                            "outlier_test_rows": int(out_test.sum())}
+    if class_names is not None:
+        desc["outlier_class_names"] = [class_names[c] for c in held.tolist()]
+    return inside, outliers, desc

@@ -38,18 +38,30 @@ MixOE (Zhang et al. 2023; zjysteven/MixOE)
     input with an outlier, target lam onehot + (1 - lam) uniform, lam ~ Beta(alpha,
     alpha). "mixup" mixes whole inputs; "cutmix" pastes an outlier box (images) or
     segment (sequences, vectors) into the input and recomputes lam from the area
-    kept, as MixOE does. No outlier set is uploaded, so outliers are made from
-    the data, in the preprocessed input space:
+    kept, as MixOE does. Outliers (`params.outliers`), in the preprocessed input
+    space:
       "noise": Gaussian noise with the per-feature (per element) mean and standard
         deviation of the inputs they are made from (the training batch; the test
         set at evaluation);
       "shuffled": inputs of the batch in a random order, each with its features
         (all elements of the sample) randomly permuted: the marginal values of
-        real data without their structure.
-    Evaluation: the test set is in-distribution, outliers made the same way from
-    the test inputs with a generator seeded by train.seed are out-of-distribution;
-    AUROC of max-softmax (in-distribution positive) and the TNR on outliers at the
+        real data without their structure;
+      "holdout": real samples of classes held out of the in-distribution data:
+        `params.outlier_classes` = K takes the K largest class ids out of both
+        sides of the split (`core.data.split.hold_out_outliers`; the model card's
+        split lists them), so the head has the in-distribution classes only, with
+        their own ids. Each step draws B rows uniformly, with replacement, from
+        the held-out classes' training rows (the official code takes the next
+        batch of a shuffled loader over its outlier set, WebVision, whose classes
+        are not the test's OOD classes; here the OOD test classes are the same
+        classes' test rows). Outliers are not augmented.
+    Evaluation: the test set is in-distribution; out-of-distribution are, for
+    "holdout", the held-out classes' test rows, otherwise outliers made the same
+    way from the test inputs with a generator seeded by train.seed. AUROC of
+    max-softmax (in-distribution positive) and the TNR on outliers at the
     threshold where 95% of the test set is accepted (ROC point with TPR >= 0.95).
+    With weight 0 a "holdout" run trains plain cross-entropy on the same
+    in-distribution rows and is scored on the same OOD rows: the baseline.
 
 weight = 0 computes neither mixing nor its forward pass and draws nothing, so a
 RankMixup or MixOE run with weight 0 trains exactly as plain cross-entropy.
@@ -62,6 +74,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
+from core.data.dataset import Outliers
 from core.mixup.base import Batch, MixingMethod
 from core.mixup.mixing import cutmix_region, mix, partners, paste, sample_lambda_float
 from core.models import Encoder, TrainingNet
@@ -140,6 +153,12 @@ def mndcg_term(raw_logits: Tensor, mixed_logits: Tensor, relevance: Tensor) -> T
     return (1.0 - ndcg).mean()
 
 
+@torch.no_grad()
+def preprocessed(encoder: Encoder, x: Tensor, device: torch.device, chunk: int = 1024) -> Tensor:
+    """Raw rows through the encoder's preprocessing, on `device`, in chunks."""
+    return torch.cat([encoder.preprocess(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])
+
+
 def make_outliers(x: Tensor, kind: str, gen: torch.Generator) -> Tensor:
     """Outliers shaped like `x` (preprocessed inputs): "noise" or "shuffled" (see the module docstring)."""
     if kind == "noise":
@@ -191,7 +210,7 @@ class _ClassifierMethod(MixingMethod):
 
     @torch.no_grad()
     def _preprocessed_test(self, encoder: Encoder, data, device: torch.device) -> Tensor:
-        return torch.cat([encoder.preprocess(data.x_test[i:i + 1024].to(device)) for i in range(0, len(data.x_test), 1024)])
+        return preprocessed(encoder, data.x_test, device)
 
     def extra_metrics(self, encoder: Encoder, data, device: torch.device) -> dict[str, float]:
         if data.y_test is None or len(data.y_test) == 0:
@@ -205,13 +224,13 @@ class _ClassifierMethod(MixingMethod):
             y = data.y_test.cpu()
             values = {"accuracy": float((probs.argmax(dim=1) == y).double().mean()),
                       "ece": expected_calibration_error(probs, y)}
-            values |= self._more_metrics(encoder, h, probs)
+            values |= self._more_metrics(encoder, h, probs, data, device)
         finally:
             for m, was in modes:
                 m.train(was)
         return values
 
-    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor) -> dict[str, float]:
+    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor, data, device: torch.device) -> dict[str, float]:
         return {}
 
 
@@ -273,11 +292,30 @@ class MixOE(_ClassifierMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         self.mix_op = str(self.params["mix"])
         self.outliers = str(self.params["outliers"])
+        self._pool: Tensor | None = None
 
-    def mixed_batch(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, float]:
+    def use_outliers(self, outliers: Outliers | None, device: torch.device) -> None:
+        """Keep the held-out classes' training rows (raw inputs) on `device` as the pool of 'holdout' outliers."""
+        if self.outliers != "holdout":
+            return
+        if outliers is None:
+            raise ValueError("mixup.params.outliers: 'holdout' mixes rows of held-out classes, and the data has none; "
+                             "load it with core.data.load_dataset from a spec that sets outlier_classes")
+        self._pool = outliers.x_train.to(device)
+
+    def outlier_rows(self, x: Tensor, gen: torch.Generator, net: TrainingNet | None) -> Tensor:
+        """len(x) preprocessed outliers: made from x, or ('holdout') drawn with replacement from the pool."""
+        if self.outliers != "holdout":
+            return make_outliers(x, self.outliers, gen)
+        if self._pool is None or net is None:
+            raise RuntimeError("MixOE 'holdout' draws from its outlier pool: call use_outliers first and pass the net")
+        idx = torch.randint(len(self._pool), (len(x),), generator=gen, device=gen.device).to(self._pool.device)
+        return net.encoder.preprocess(self._pool[idx].to(x.device))
+
+    def mixed_batch(self, x: Tensor, gen: torch.Generator, net: TrainingNet | None = None) -> tuple[Tensor, float]:
         """(mixture of x with outliers, lambda actually applied); draws lam, then outliers, then the box."""
         lam = sample_lambda_float(self.alpha, gen)
-        out = make_outliers(x, self.outliers, gen)
+        out = self.outlier_rows(x, gen, net)
         if self.mix_op == "cutmix":
             return paste(x, out, cutmix_region(x, lam, gen))
         return mix(x, out, lam), lam
@@ -288,14 +326,20 @@ class MixOE(_ClassifierMethod):
         ce = F.cross_entropy(self.logits(net, x), y)
         if self.weight == 0:
             return ce
-        mixed_x, lam = self.mixed_batch(x, batch.gen)
+        mixed_x, lam = self.mixed_batch(x, batch.gen, net)
         target = lam * F.one_hot(y, self.num_classes).float() + (1.0 - lam) / self.num_classes
         logp = F.log_softmax(self.logits(net, mixed_x), dim=1)
         return ce + self.weight * -(target * logp).sum(dim=1).mean()
 
-    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor) -> dict[str, float]:
-        gen = torch.Generator().manual_seed(self.spec.train.seed)
-        outliers = make_outliers(h.cpu(), self.outliers, gen).to(h.device)
+    def _more_metrics(self, encoder: Encoder, h: Tensor, probs: Tensor, data, device: torch.device) -> dict[str, float]:
+        if self.outliers == "holdout":
+            if data.outliers is None:
+                raise ValueError("mixup.params.outliers: 'holdout' is scored on the held-out classes' test rows; "
+                                 "the data has none")
+            outliers = preprocessed(encoder, data.outliers.x_test, device)
+        else:
+            gen = torch.Generator().manual_seed(self.spec.train.seed)
+            outliers = make_outliers(h.cpu(), self.outliers, gen).to(h.device)
         out_probs = self._probs(encoder, outliers)
         return ood_scores(probs.max(dim=1).values, out_probs.max(dim=1).values)
 
