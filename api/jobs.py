@@ -22,6 +22,10 @@ Choices the contract left open:
   epochs, batch size, model width or dataset rows are 422 naming the field, and
   so is a spec whose estimated peak memory (``core.cost``) is over what a
   worker offers (``worker_memory_bytes``), naming the field that shrinks it.
+* ``model.init_from.job``: a succeeded job of the caller's with a safetensors
+  model of the same architecture and input shape, else 422 naming the field;
+  another owner's job is "no such job of yours", as a missing one. A job others
+  start from cannot be deleted while they are queued or running (409 ``job_in_use``).
 """
 
 from __future__ import annotations
@@ -56,15 +60,19 @@ from api.schemas import (
     ascii_int,
 )
 from api.storage_quota import check_storage_quota
+from core import catalog
 from core.cost import DataShape, builtin_shape, describe_bytes, estimate
 from core.errors import SpecError
+from core.export import WEIGHTS_FORMAT
 from core.spec import (
     EXAMPLE_SPEC,
+    INIT_FROM_FIELD,
     JobSpec,
     compatibility_errors,
     resolve_for_task,
     validate_spec,
 )
+from service.ids import ID_LENGTH, JOB_PREFIX, is_job_id
 from service.settings import Settings
 from store import (
     ActiveJobLimit,
@@ -78,8 +86,9 @@ from store import (
     list_metrics,
     request_cancel,
 )
+from store.jobs import get_job
 from store.models import JOB_STATUSES, Job
-from store.storage import JobNotFinished, delete_finished_job
+from store.storage import JobInUse, JobNotFinished, delete_finished_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -91,6 +100,7 @@ MAX_METRIC_PAGE = 1000
 MetricPageSize = ascii_int(1, MAX_METRIC_PAGE)
 UNCANCELLABLE = ("succeeded", "failed")
 JOB_MEDIA_TYPE = "application/json"  # GET /v1/jobs/{id}, from the route or api.poll
+INIT_JOB_FIELD = f"{INIT_FROM_FIELD}.job"
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -157,6 +167,7 @@ def submit_job(
         session.commit()
         return _replay(job, body_hash, response)
     _check_dataset_kept(session, owner.id, spec)
+    _check_init_source_kept(session, owner.id, spec)
     session.commit()
     runtime.queue.enqueue(job.id)
     return JobOut.of(job)
@@ -191,6 +202,18 @@ def _check_dataset_kept(session: Session, owner_id: int, spec: JobSpec) -> None:
         raise invalid_spec([{"field": "dataset.id", "message": f"dataset {spec.dataset.id!r} was deleted"}])
 
 
+def _check_init_source_kept(session: Session, owner_id: int, spec: JobSpec) -> None:
+    """The job the run starts from is still there once the new job's row is written (422 if a delete won the race).
+
+    The same two cases as :func:`_check_dataset_kept`: PostgreSQL's share lock from
+    :func:`_init_from_errors` already keeps it, SQLite's write lock orders this read.
+    """
+    source = spec.model.init_from
+    if source is not None and source.job is not None and get_job(session, owner_id, source.job) is None:
+        session.rollback()
+        raise invalid_spec([{"field": INIT_JOB_FIELD, "message": f"job {source.job} was deleted"}])
+
+
 def accept_spec(session: Session, owner_id: int, body: dict[str, Any], settings: Settings) -> JobSpec:
     """The validated spec, with an uploaded dataset checked against what its upload found; else 422."""
     try:
@@ -214,10 +237,65 @@ def accept_spec(session: Session, owner_id: int, body: dict[str, Any], settings:
         shape = builtin_shape(spec)
     else:
         spec, shape = _bind_upload(session, owner_id, spec, settings.max_dataset_rows)
-    errors = admission_errors(spec, shape, settings.worker_memory_bytes)
+    errors = _init_from_errors(session, owner_id, spec, shape)
+    errors += admission_errors(spec, shape, settings.worker_memory_bytes)
     if errors:
         raise invalid_spec(errors)
     return spec
+
+
+def _init_from_errors(session: Session, owner_id: int, spec: JobSpec, shape: DataShape) -> list[dict[str, str]]:
+    """``model.init_from``: a succeeded job of the caller's with a safetensors model of this architecture.
+
+    Another owner's job reads as no job at all, as on every other route. The source
+    row is read with a share lock (``for_job``), so a delete of it cannot slip
+    between this check and the commit (see ``store.storage.delete_finished_job``).
+    """
+    source = spec.model.init_from
+    if source is None:
+        return []
+    if source.path is not None:
+        return [{"field": f"{INIT_FROM_FIELD}.path",
+                 "message": "local files are read by the CLI only; start from a job of yours with model.init_from.job"}]
+    job_id = source.job or ""
+    if not is_job_id(job_id):
+        return [{"field": INIT_JOB_FIELD,
+                 "message": f"{job_id!r} is not a job id ({JOB_PREFIX} followed by {ID_LENGTH} letters or digits)"}]
+    job = get_job(session, owner_id, job_id, for_job=True)
+    if job is None:
+        return [{"field": INIT_JOB_FIELD, "message": f"no such job of yours: {job_id}"}]
+    if job.status != "succeeded":
+        return [{"field": INIT_JOB_FIELD,
+                 "message": f"job {job_id} is {job.status}; a run can start only from a job that has succeeded"}]
+    if WEIGHTS_FORMAT not in (job.model_artifacts or {}):
+        return [{"field": INIT_JOB_FIELD,
+                 "message": f"job {job_id} exported no {WEIGHTS_FORMAT} model (see its export.formats), "
+                            "which is what a run starts from"}]
+    return _architecture_errors(job, spec, shape)
+
+
+def _architecture_errors(source: Job, spec: JobSpec, shape: DataShape) -> list[dict[str, str]]:
+    """The source job's encoder against this spec's, so a misfit is a 422 here rather than a failure on the worker.
+
+    A text encoder's architecture is fixed (its max_length only cuts texts), so
+    only the encoder's name counts there; the input shape is what the source's
+    model card recorded.
+    """
+    theirs = source.spec.get("model", {})
+    ours = spec.model.model_dump(mode="json")
+    text = catalog.ENCODERS[spec.model.encoder].extra.get("input") == "text"
+    fields = ["encoder"] if text else ["encoder", "width", "embedding_dim", "params"]
+    for name in fields:
+        if theirs.get(name) != ours[name]:
+            return [{"field": INIT_JOB_FIELD,
+                     "message": f"job {source.id} trained model.{name} {theirs.get(name)!r}, this spec asks for "
+                                f"{ours[name]!r}; its weights fit only the same architecture"}]
+    their_shape = ((source.card or {}).get("input") or {}).get("shape")
+    if their_shape is not None and list(their_shape) != list(shape.input_shape):
+        return [{"field": INIT_JOB_FIELD,
+                 "message": f"job {source.id} was trained on inputs of shape {list(their_shape)}, this dataset's "
+                            f"are {list(shape.input_shape)}; its weights fit only the same input shape"}]
+    return []
 
 
 def admission_errors(spec: JobSpec, shape: DataShape, worker_memory: int) -> list[dict[str, str]]:
@@ -412,6 +490,14 @@ def delete_job(job: OwnedJob, session: SessionDep, runtime: RuntimeDep) -> None:
         session.rollback()
         raise ApiError(
             409, "invalid_state", f"job {job.id} is {exc.status}; cancel it and wait for it to stop first"
+        ) from None
+    except JobInUse as exc:
+        session.rollback()
+        raise ApiError(
+            409,
+            "job_in_use",
+            f"unfinished jobs {exc.job_ids} start from job {job.id}'s model; cancel them or wait",
+            param="job_id",
         ) from None
     session.commit()
 

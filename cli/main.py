@@ -105,6 +105,23 @@ class _CliCallbacks:
         return False
 
 
+def _init_weights(spec) -> dict[str, Any] | None:
+    """The exported encoder file `model.init_from.path` names, read as the state dict the run starts from."""
+    from core.errors import SpecError
+    from core.export import read_encoder_weights
+
+    source = spec.model.init_from
+    if source is None:
+        return None
+    path = Path(source.path)
+    if not path.is_file():
+        _fail(f"model.init_from.path: {path}: no such file")
+    try:
+        return read_encoder_weights(path)
+    except SpecError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def train(
     spec_path: Path = typer.Argument(..., help="job spec (JSON)"),
@@ -122,6 +139,9 @@ def train(
     from core.train import pick_device, train as run_training
 
     spec = _load(spec_path)
+    if spec.model.init_from is not None and spec.model.init_from.job is not None:
+        _fail("model.init_from.job names a job in the service (submit the spec there); locally, start from an "
+              "exported encoder file with model.init_from.path (`embedmix download JOB_ID --format safetensors` fetches one)")
     if spec.resources.devices > 1 and not in_launched_rank():
         args = ["train", str(spec_path), "--out", str(out), *(["--resume"] if resume else []),
                 *(["--device", device] if device else [])]
@@ -138,6 +158,7 @@ def train(
         _fail("; ".join(f"{e['field']}: {e['message']}" for e in exc.errors))
     except DataError as exc:
         _fail(str(exc))
+    init_weights = None if resume else _init_weights(spec)  # a checkpoint already holds the weights
     summary = data.describe()  # arrays or text pairs alike
     console.print(f"data: {summary['source']} train {summary['train_rows']} test {summary['test_rows']} "
                   f"input {summary['input_shape']}")
@@ -148,8 +169,8 @@ def train(
         try:
             ranks = join_group(torch.device(device) if device else pick_device(spec))
             result = run_training(spec, data, callbacks, resume=ckpt.read_bytes() if resume else None,
-                                  device=torch.device(device) if device else None)
-        except (UnsupportedSpec, Diverged) as exc:
+                                  init_weights=init_weights, device=torch.device(device) if device else None)
+        except (UnsupportedSpec, Diverged, SpecError) as exc:
             _fail(str(exc))
         finally:
             leave_group()

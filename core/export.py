@@ -122,6 +122,9 @@ def save_safetensors(inputs: ExportInputs, path: Path) -> None:
     save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(inputs.config)})
 
 
+WEIGHTS_FORMAT = "safetensors"  # the export a run can start from (model.init_from), read by read_encoder_weights
+
+
 def read_encoder_weights(source: Path | bytes) -> dict[str, torch.Tensor]:
     """An exported encoder's tensors (its safetensors file, or that file's bytes): what a run starts from.
 

@@ -143,9 +143,30 @@ def count_active_jobs(session: Session, owner_id: int) -> int:
     return session.scalars(query).one()
 
 
-def get_job(session: Session, owner_id: int, job_id: str) -> Job | None:
-    """The owner's job, or None if it does not exist or belongs to someone else (both are 404)."""
-    return session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).first()
+def get_job(session: Session, owner_id: int, job_id: str, *, for_job: bool = False) -> Job | None:
+    """The owner's job, or None if it does not exist or belongs to someone else (both are 404).
+
+    ``for_job`` is the read of a submission that will start from this job's model
+    (``model.init_from``): on PostgreSQL it holds a share lock until the submission
+    commits, so a delete of the job waits for it and then sees the new job.
+    """
+    query = select(Job).where(Job.id == job_id, Job.owner_id == owner_id)
+    if for_job:
+        query = query.with_for_update(read=True)
+    return session.scalars(query).first()
+
+
+MAX_STARTERS_NAMED = 5  # a refused delete names this many of the jobs that start from it
+
+
+def active_jobs_starting_from(session: Session, owner_id: int, job_id: str) -> list[str]:
+    """Ids of the owner's queued or running jobs whose spec starts from job ``job_id``'s model."""
+    query = select(Job.id).where(
+        Job.owner_id == owner_id,
+        Job.status.in_(ACTIVE_STATUSES),
+        Job.spec["model"]["init_from"]["job"].as_string() == job_id,
+    )
+    return list(session.scalars(query.order_by(Job.id).limit(MAX_STARTERS_NAMED)))
 
 
 # Built once: constructing a select and computing its cache key on every poll costs a fifth of the read.

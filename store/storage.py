@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store.artifacts import ArtifactStore
+from store.jobs import active_jobs_starting_from
 from store.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job
 
 
@@ -40,11 +41,22 @@ class JobNotFinished(Exception):
         self.status = status
 
 
+class JobInUse(Exception):
+    """Queued or running jobs start from this job's model (``model.init_from``; HTTP 409)."""
+
+    def __init__(self, job_ids: list[str]) -> None:
+        super().__init__(f"jobs {', '.join(job_ids)} start from this job's model")
+        self.job_ids = job_ids
+
+
 def delete_finished_job(session: Session, job: Job, artifacts: ArtifactStore) -> None:
     """Remove a finished job: its row (events, metrics and checkpoint rows go with it) and every byte it stored.
 
     The rows go first and the bytes after, as a checkpoint's are pruned: a
     crash in between leaves an unreferenced blob, never a row whose bytes are gone.
+    Raises :class:`JobInUse` (the caller rolls back) while an active job starts from
+    its model; as for a dataset in use (``store.datasets.delete_dataset``), the check
+    comes after the delete is flushed, when this transaction holds the row's lock.
     """
     if job.status not in TERMINAL_STATUSES:
         raise JobNotFinished(job.status)
@@ -55,6 +67,9 @@ def delete_finished_job(session: Session, job: Job, artifacts: ArtifactStore) ->
     session.execute(Checkpoint.__table__.delete().where(Checkpoint.job_id == job.id))
     session.delete(job)
     session.flush()
+    starters = active_jobs_starting_from(session, job.owner_id, job.id)
+    if starters:
+        raise JobInUse(starters)
     for artifact_id in artifact_ids:
         artifacts.delete(session, artifact_id)
 

@@ -60,6 +60,7 @@ from worker.events import (
     status_event,
     warning_event,
 )
+from worker.init_weights import source_weights
 from worker.lease import Lease
 from worker.memory_ceiling import memory_ceiling
 from worker.projection import make_projection, projection_event, store_projection
@@ -156,11 +157,20 @@ def _train_and_finish(
     with _ceiling(context, device), tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
         data = _load_data(context, job, spec, Path(scratch))
         resume = _resume_point(context, job)
+        # a checkpoint holds the weights the run had reached, so a resumed run needs no starting weights
+        init_weights = source_weights(context, job.owner_id, spec) if resume is None else None
         record(context.session_factory, job.job_id, _start_event(job, spec, device, resume))
         # A cadence the spec asks for is kept exactly; the per-epoch default is rate-limited.
         min_interval = context.settings.checkpoint_min_interval_s if spec.train.checkpoint_every_steps is None else 0.0
         with StoreCallbacks(context, lease, shutdown=shutdown, checkpoint_min_interval_s=min_interval) as callbacks:
-            result = train(spec, data, callbacks, resume=resume.state if resume else None, device=device)
+            result = train(
+                spec,
+                data,
+                callbacks,
+                resume=resume.state if resume else None,
+                init_weights=init_weights,
+                device=device,
+            )
             callbacks.wait_for_checkpoints()
             _flush_before_ending(callbacks, lease)
         if result.stopped:
@@ -235,8 +245,13 @@ def _resume_point(context: WorkerContext, job: ClaimedJob) -> ResumePoint | None
 
 
 def _start_event(job: ClaimedJob, spec: JobSpec, device: torch.device, resume: ResumePoint | None) -> NewEvent:
-    """One line saying where training starts: from scratch, from pretrained weights or from which checkpoint, on which device."""
+    """One line saying where training starts: from scratch, from pretrained weights, from another job's model
+    or from which checkpoint, on which device."""
     where = _device_name(device)
+    source = spec.model.init_from
+    if resume is None and source is not None:
+        message = f"training from the model of job {source.job} on {where}"
+        return log_event(job.job_id, job.run_key, "start", message, device=where, init_from=source.job)
     if resume is None:
         pretrained = catalog.ENCODERS[spec.model.encoder].extra.get("pretrained")
         start = f"fine-tuning {pretrained}" if pretrained else "training from scratch"

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
+from cli.main import app as cli_app
 from core.data import TextPairs, load_dataset
 from core.errors import SpecError
 from core.export import export, read_encoder_weights
 from core.spec import validate_spec
 from core.text_train import TextTrainer
 from core.train import NullCallbacks, train, trainer_for
+from store.sweeps import apply_params
 
 
 def _spec(**over):
@@ -158,3 +161,46 @@ def test_a_text_encoder_starts_from_the_given_weights(tmp_path: Path):
     first = TextTrainer(spec, data)
     weights = {k: v + 0.5 if v.is_floating_point() else v for k, v in first.encoder.state_dict().items()}
     _assert_same(TextTrainer(spec, data, init_weights=weights).encoder.state_dict(), weights)
+
+
+def test_sweep_trials_keep_the_starting_weights():
+    """A trial's spec is the sweep's resolved spec with its parameters set: init_from goes through unchanged."""
+    spec = _spec(model={"init_from": {"job": "job_" + "b" * 20}})
+    trial = validate_spec(apply_params(spec.model_dump(mode="json"), {"train.lr": 0.05}))
+    assert trial.model.init_from == spec.model.init_from and trial.train.lr == 0.05
+
+
+def _cli_train(spec: dict, tmp_path: Path, out: str) -> Result:
+    """`embedmix train` in this process (typer's runner), so the test pays no interpreter start-up."""
+    path = tmp_path / f"{out}.json"
+    path.write_text(json.dumps(spec))
+    return CliRunner().invoke(cli_app, ["train", str(path), "--out", str(tmp_path / out)])
+
+
+CLI_SPEC = {
+    "name": "cli-init",
+    "dataset": {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 12}},
+    "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
+    "objective": {"loss": "supcon"},
+    "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "seed": 1, "device": "cpu"},
+    "eval": {"metrics": ["precision_at_1"], "every_epochs": 0},
+    "export": {"formats": ["safetensors"]},
+}
+
+
+def test_local_train_starts_from_an_exported_file_and_refuses_a_job_id(source, tmp_path: Path):
+    spec = _spec()
+    data = load_dataset(spec)
+    source_dir = tmp_path / "source"
+    card = export(train(spec, data, init_weights=source), data, source_dir)
+    source_file = source_dir / card["files"]["safetensors"]["file"]
+    tuned = {**CLI_SPEC, "model": {**CLI_SPEC["model"], "init_from": {"path": str(source_file)}}}
+    done = _cli_train(tuned, tmp_path, "tuned")
+    assert done.exit_code == 0, done.output
+    expected = train(validate_spec(tuned), data, init_weights=read_encoder_weights(source_file)).encoder.state_dict()
+    _assert_same(read_encoder_weights(tmp_path / "tuned" / "model.safetensors"), expected)
+
+    by_job = {**CLI_SPEC, "model": {**CLI_SPEC["model"], "init_from": {"job": "job_" + "c" * 20}}}
+    refused = _cli_train(by_job, tmp_path, "by-job")
+    assert refused.exit_code == 2 and "model.init_from.job names a job in the service" in " ".join(refused.output.split())
+    assert not (tmp_path / "by-job").exists(), "refused before anything is written"
