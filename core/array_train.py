@@ -141,6 +141,12 @@ class ArrayTrainer(TrainingLoop):
         reduce = partial(average_gradients, ranks=self.ranks) if self.ranks.distributed else None
         self._start(params, clipped=list(self.net.parameters()), reduce_gradients=reduce)
         self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
+        # Handed over once: the run's generator to a loss that draws (decoupled_softmax's sampled positives),
+        # the training set to a method that draws partners from it (C-Mixup's train_set pool).
+        if hasattr(self.loss, "use_generator"):
+            self.loss.use_generator(self.gen)
+        if hasattr(self.method, "use_train_set"):
+            self.method.use_train_set(self.y, lambda idx: self._fetch(idx)[0])
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.net
         if spec.train.compile:
             self.forward = CompiledForward(self.net, self._compile_failed)

@@ -189,7 +189,11 @@ LOSSES: dict[str, Entry] = {
               (_f("margin", 28.6, 0.0, 90.0, "degrees"), _f("scale", 64.0, 1.0, 256.0)),
               labels="class", needs_num_classes=True, paper="Deng et al., ArcFace (2019)", source=f"{_PML} ArcFaceLoss"),
         Entry("barlow_twins", "loss", "Redundancy reduction between two views' standardised embeddings.",
-              (_f("lambda_offdiag", 0.0051, 0.0, 10.0),),
+              (_f("lambda_offdiag", 0.0051, 0.0, 10.0),
+               _s("standardise", "biased_eps", ("biased_eps", "unbiased"),
+                  "per-dimension standardisation over the batch: biased variance + 1e-5 (facebookresearch/barlowtwins "
+                  "main.py, BatchNorm1d without affine) or the unbiased std without eps (wgcban/mix-bt main.py, "
+                  "out.std(dim=0)); mixed_barlow_twins's regulariser standardises the same way")),
               labels="none", views=2, paper="Zbontar et al., Barlow Twins (2021)", source="facebookresearch/barlowtwins"),
         Entry("cross_entropy", "loss", "Linear classification head on the embedding, softmax cross-entropy (the base of classification mixing runs).",
               labels="class", needs_num_classes=True),
@@ -200,7 +204,11 @@ LOSSES: dict[str, Entry] = {
               labels="none", views=2, paper="Henderson et al., Efficient Natural Language Response Suggestion (2017)",
               source="sentence-transformers MultipleNegativesRankingLoss"),
         Entry("decoupled_softmax", "loss", "DEXML's decoupled softmax: other positives leave each positive's denominator.",
-              (_f("temperature", 0.05, 0.001, 10.0),),
+              (_f("temperature", 0.05, 0.001, 10.0),
+               _s("positives", "all", ("all", "sampled"),
+                  "all: every positive, averaged per anchor; sampled: one positive per anchor drawn each step from "
+                  "the run's generator, as nilesh2797/DEXML's shipped configs (loss_sample: True; losses.py draws "
+                  "torch.multinomial over the positives and gives the others -100 logits)")),
               labels="class", min_per_class=2, paper="Gupta et al., DEXML (2024)", source="nilesh2797/DEXML losses.py",
               extra={"grad_cache": "row_blocked"}),
         Entry("conr", "loss", "ConR for imbalanced regression: the MSE head plus beta * a contrastive regulariser over two views; "
@@ -300,7 +308,11 @@ MIXUPS: dict[str, Entry] = {
               labels="target", views=2, paper="Wu et al., Mixup Your Own Pairs (2023)",
               common=(_level("embedding"),), extra={"losses": ["supcon"]}),
         Entry("decoupled_mixup", "mixup", "Mixup soft cross-entropy plus the decoupled regulariser (each mixed class's CE with the other removed).",
-              (_f("eta", 0.1, 0.0, 10.0), _s("mode", "both", ("both", "more", "less"))),
+              (_f("eta", 0.1, 0.0, 10.0), _s("mode", "both", ("both", "more", "less")),
+               _s("reduction", "all_rows", ("all_rows", "openmixup"),
+                  "all_rows: the mean over the batch, what openmixup's ClsMixupHead gets (it passes avg_factor = "
+                  "batch size); openmixup: mean over mixed rows + mean over the other rows, what "
+                  "soft_mix_cross_entropy (openmixup/models/losses/cross_entropy_loss.py) computes without avg_factor")),
               labels="class", paper="Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
               source="Westlake-AI/openmixup", common=(_alpha(1.0), _level("input", "manifold"), _weight(1.0)),
               extra={"losses": ["cross_entropy"]}),
@@ -314,11 +326,18 @@ MIXUPS: dict[str, Entry] = {
               labels="none", views=2, paper="Kalantidis et al., Hard Negative Mixing for Contrastive Learning (NeurIPS 2020)",
               common=(_level("embedding"),), extra={"losses": ["ntxent"]}),
         Entry("c_mixup", "mixup", "C-Mixup: partner j of i drawn with P(j|i) ~ exp(-|y_i - y_j|^2 / (2 sigma^2)); MSE on the mixed target.",
-              (_f("sigma", 1.0, 1e-6, 1e6, "kernel bandwidth in target units"),),
+              (_f("sigma", 1.0, 1e-6, 1e6, "kernel bandwidth in target units"),
+               _s("partner_pool", "train_set", ("train_set", "batch"),
+                  "where partners come from: every training row (huaxiuyao/C-Mixup's default, src/algorithm.py "
+                  "get_mixup_sample_rate over all of y_train) or the batch's rows (its batch_type 1)")),
               labels="target", paper="Yao et al., C-Mixup (NeurIPS 2022)", source="huaxiuyao/C-Mixup",
               common=(_alpha(2.0), _level("input", "manifold")), extra={"losses": ["mse"]}),
         Entry("rankmixup", "mixup", "RankMixup: raw samples must be more confident than mixed ones (MRL) or ranked by NDCG (M-NDCG).",
-              (_s("mode", "mrl", ("mrl", "mndcg")), _f("margin", 2.0, 0.0, 100.0), _i("n_mixed", 3, 1, 16)),
+              (_s("mode", "mrl", ("mrl", "mndcg")), _f("margin", 2.0, 0.0, 100.0), _i("n_mixed", 3, 1, 16),
+               _s("mrl_rows", "zero", ("zero", "rescale"),
+                  "MRL's same-class pairs: zero, their terms are 0 in the batch mean; rescale, every row's term "
+                  "averaged and times the share of mixed pairs, as cvlab-yonsei/RankMixup "
+                  "calibrate/losses/rankmixup.py RankMixup_MRL (its mask broadcasts over the batch)")),
               labels="class", paper="Noh et al., RankMixup (ICCV 2023)", source="cvlab-yonsei/RankMixup",
               common=(_alpha(1.0), _level("input"), _weight(0.1)), extra={"losses": ["cross_entropy"]}),
         Entry("mixed_barlow_twins", "mixup", "Mixed Barlow Twins: the cross-correlation of a mixed view must interpolate the views' (l_reg * l_BT * ||C(M,.) - lambda C(A,.) - (1-lambda) C(B',.)||^2).",

@@ -11,7 +11,8 @@ are averaged:
   positives leave the denominator); mean over all positive pairs, as PML's
   NTXentLoss.
 * decoupled_softmax: the same per-pair term, averaged per anchor over its
-  positives and then over anchors with a positive (DEXML).
+  positives and then over anchors with a positive (DEXML); or, with
+  positives "sampled", the term of one positive per anchor drawn each step.
 
 The per-pair term -log(e^{z_ip} / (e^{z_ip} + sum_n e^{z_in})) is computed as
 softplus(LSE_i - z_ip) with LSE_i one logsumexp per anchor over its negatives,
@@ -30,11 +31,15 @@ from torch import Tensor
 
 from .pairs import PairLoss, PairWeights, cosine_matrix, weighted_logsumexp
 
+# softplus(x) is returned as x above this: log(1 + e^x) - x = e^-x is then under 5e-18, below float64's
+# resolution (torch's default threshold of 20 leaves an error of 2e-9, visible at temperature 0.05).
+SOFTPLUS_THRESHOLD = 40.0
+
 
 def decoupled_pair_terms(logits: Tensor, weights: PairWeights) -> Tensor:
     """(B, N) matrix of -log(e^{z_ij} / (e^{z_ij} + sum_n w_in e^{z_in})): reference j against i's negatives only."""
     neg_lse = weighted_logsumexp(logits, weights.neg)
-    return F.softplus(neg_lse[:, None] - logits)
+    return F.softplus(neg_lse[:, None] - logits, threshold=SOFTPLUS_THRESHOLD)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -106,17 +111,72 @@ class NTXentLoss(SoftmaxPairLoss):
         return (weights.pos * terms).sum(), weights.pos.sum()
 
 
+def sample_positives(pos: Tensor, gen: torch.Generator) -> Tensor:
+    """One positive column per anchor, drawn with probability pos[i, j] / sum_j pos[i, j]; -1 where i has none.
+
+    DEXML's `torch.multinomial(target_vals, 1)` (losses.py, `loss_sample`): uniform
+    over the positives of hard labels, by label weight for soft ones. Drawn on the
+    generator's device.
+    """
+    present = pos.sum(dim=1) > 0
+    chosen = torch.full((len(pos),), -1, dtype=torch.long, device=pos.device)
+    if present.any():
+        rows = pos[present].detach().to(device=gen.device, dtype=torch.float64)
+        chosen[present] = torch.multinomial(rows, 1, generator=gen).squeeze(1).to(pos.device)
+    return chosen
+
+
+def keep_positive(weights: PairWeights, chosen: Tensor) -> PairWeights:
+    """The weights with each anchor's positives replaced by its chosen one (weight 1); negatives unchanged.
+
+    The other positives then neither count as positives nor (with hard labels,
+    whose positives have negative weight 0) enter the denominator, as DEXML's
+    -100 logits for the positives it did not sample.
+    """
+    present = chosen >= 0
+    pos = torch.zeros_like(weights.pos)
+    rows = present.nonzero(as_tuple=True)[0]
+    pos[rows, chosen[rows]] = 1.0
+    return PairWeights(pos, weights.neg)
+
+
 class DecoupledSoftmaxLoss(SoftmaxPairLoss):
     """DEXML's decoupled softmax (Gupta et al. 2024): other positives leave each positive's denominator.
 
     loss_i = -(1/|P_i|) sum_p log(e^{z_ip} / (e^{z_ip} + sum_{n not in P_i} e^{z_in})),
     averaged over the anchors that have a positive. With one positive per anchor
     this is exactly SupCon / InfoNCE.
+
+    `positives` "all" (default) averages over every positive, as above; "sampled"
+    keeps one positive per anchor, drawn anew each call (`sample_positives`), as
+    nilesh2797/DEXML's shipped configs do (`loss_sample: True`): loss_i is then the
+    term of that positive alone. DEXML divides by all queries, every one of which
+    has a label; here the mean stays over the anchors that have a positive. The
+    draws come from the run's generator (`use_generator`; the trainer hands it
+    over), so a run and its resume draw the same positives. With
+    `train.grad_cache_chunk` each row block draws its own anchors' positives: the
+    same distribution, a different sequence from the uncached run.
     """
 
     name = "decoupled_softmax"
 
+    def __init__(self, temperature: float, positives: str) -> None:
+        super().__init__(temperature)
+        if positives not in ("all", "sampled"):
+            raise ValueError(f"decoupled_softmax: unknown positives {positives!r}; use 'all' or 'sampled'")
+        self.positives = positives
+        self.generator: torch.Generator | None = None
+
+    def use_generator(self, gen: torch.Generator) -> None:
+        """The generator "sampled" draws positives from: the run's, so the draws replay with the run."""
+        self.generator = gen
+
     def pair_sums(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> tuple[Tensor, Tensor]:
+        if self.positives == "sampled":
+            if self.generator is None:
+                raise RuntimeError("decoupled_softmax: positives 'sampled' draws from the run's generator; "
+                                   "call use_generator(gen) first (the trainers do)")
+            weights = keep_positive(weights, sample_positives(weights.pos, self.generator))
         logits = cosine_matrix(anchors, refs) / self.temperature
         terms = decoupled_pair_terms(logits, weights)
         pos_total = weights.pos.sum(dim=1)

@@ -11,8 +11,9 @@ of the views' cross-correlations:
         + ||C(M, B) - (lam C(A, B) + (1 - lam) C(B', B))||_F^2,
 
 C(X, Y) = Z_X^T Z_Y / n on embeddings standardised per dimension over the batch
-(the same standardisation as the barlow_twins loss; standardising B[perm] equals
-permuting standardised B). Nothing is detached (as mix-bt). The total is
+(the barlow_twins loss's own standardisation, its `objective.params.standardise`:
+"biased_eps" by default, "unbiased" is mix-bt's main.py; standardising B[perm]
+equals permuting standardised B). Nothing is detached (as mix-bt). The total is
 
     barlow_twins(Z_A, Z_B) + weight * l_reg * l_BT * reg,
 
@@ -38,9 +39,11 @@ def cross_correlation(za: Tensor, zb: Tensor) -> Tensor:
     return za.T @ zb / za.shape[0]
 
 
-def mixed_barlow_regulariser(z_a: Tensor, z_b: Tensor, z_m: Tensor, perm: Tensor, lam: float) -> Tensor:
-    """The mix-bt regulariser (without the l_reg * l_BT factor) from raw embeddings of A, B and the mixed view."""
-    a, b, m = standardise(z_a), standardise(z_b), standardise(z_m)
+def mixed_barlow_regulariser(z_a: Tensor, z_b: Tensor, z_m: Tensor, perm: Tensor, lam: float,
+                             standardisation: str = "biased_eps") -> Tensor:
+    """The mix-bt regulariser (without the l_reg * l_BT factor) from raw embeddings of A, B and the mixed view,
+    standardised as the barlow_twins loss's `standardise` says."""
+    a, b, m = (standardise(z, standardisation) for z in (z_a, z_b, z_m))
     b_perm = b[perm]
     target_a = lam * cross_correlation(a, a) + (1.0 - lam) * cross_correlation(b_perm, a)
     target_b = lam * cross_correlation(a, b) + (1.0 - lam) * cross_correlation(b_perm, b)
@@ -66,7 +69,7 @@ class MixedBarlowTwins(MixingMethod):
         z_a, z_b = net(x_a).float(), net(x_b).float()
         base = self.base_loss(z_a, z_b)
         z_m = net(mix(x_a, x_b[perm], lam)).float()
-        return base, mixed_barlow_regulariser(z_a, z_b, z_m, perm, lam)
+        return base, mixed_barlow_regulariser(z_a, z_b, z_m, perm, lam, self.base_loss.standardise)
 
     def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
         x_a, x_b = batch.view(), batch.view()

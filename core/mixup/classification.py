@@ -17,15 +17,32 @@ Decoupled Mixup (Liu et al. 2023; Westlake-AI/openmixup `soft_mix_cross_entropy`
     the class with lam_i < 0.5 (lam = 0.5: class b), "more" only the other one.
     Same-class pairs and lam within 1e-3 of 0 or 1 are not mixed samples
     (openmixup's `mask_one`): they get the soft-CE alone, which is then plain CE.
-    eta = 0 (or weight = 0) is plain mixup cross-entropy. The loss is the mean
-    over the batch.
+    `params.reduction` says how the per-sample losses are averaged:
+      "all_rows" (default): the mean over the batch. This is what openmixup's
+        shipped path computes: ClsMixupHead.loss passes avg_factor = batch size
+        to `soft_mix_cross_entropy`, which divides the mixed rows' sum and the
+        other rows' sum each by it and adds them;
+      "openmixup": the mean over the mixed rows plus the mean over the other rows,
+        which is what `soft_mix_cross_entropy` (openmixup/models/losses/
+        cross_entropy_loss.py) computes when called without avg_factor. A group
+        with no rows adds 0.
+    eta = 0 (or weight = 0) with "all_rows" is plain mixup cross-entropy.
+    Two quirks of `soft_mix_cross_entropy` are not reproduced: it reads the mixed
+    lambdas from the first mixed row in class order and pairs eta_weight with
+    them, so where that row's class a has the larger index the two eta weights
+    swap for the whole batch; and at lam = 0.5 exactly it drops the regulariser.
 
 RankMixup (Noh et al. 2023; cvlab-yonsei/RankMixup)
     CE on the raw batch (no mixed-label CE) plus weight (default 0.1) times:
-    MRL: mean over the batch of relu(max logit(mixed) - max logit(raw) + margin)
-      with one mixed copy (the reference's num_mixup = 1 for MRL); pairs of the
-      same class (target one-hot) contribute 0 but stay in the mean, as the
-      reference.
+    MRL: relu(max logit(mixed) - max logit(raw) + margin) per sample, with one
+      mixed copy (the reference's num_mixup = 1 for MRL), averaged as
+      `params.mrl_rows` says:
+        "zero" (default): the mean over the batch with the pairs of the same class
+          (target one-hot) contributing 0;
+        "rescale": the mean over the batch of every sample's term, same-class
+          pairs included, times the share of pairs that are mixed; this is what
+          calibrate/losses/rankmixup.py's RankMixup_MRL computes, its (B,) mask
+          times (B, 1) terms broadcasting to a (B, B) matrix whose mean factors so.
     M-NDCG: n_mixed mixed copies, each its own lam and permutation, in one
       forward pass. Per sample the raw input has relevance 1 and rank 1, the
       copies follow sorted by relevance max(lam, 1 - lam) (1 for same-class
@@ -111,15 +128,15 @@ def ood_scores(in_scores: Tensor, out_scores: Tensor) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- losses
 def decoupled_mixup_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, *, eta: float, mode: str,
-                         weight: float = 1.0) -> Tensor:
-    """Mixup soft-CE plus the decoupled regulariser (see the module docstring), mean over the batch."""
+                         weight: float = 1.0, reduction: str = "all_rows") -> Tensor:
+    """Mixup soft-CE plus the decoupled regulariser, averaged as `reduction` says (see the module docstring)."""
     c = logits.shape[1]
     logp = F.log_softmax(logits, dim=1)
     target = mix(F.one_hot(y_a, c).to(logits.dtype), F.one_hot(y_b, c).to(logits.dtype), lam)
     loss = -(target * logp).sum(dim=1)
-    if eta == 0 or weight == 0:
-        return loss.mean()
     mixed = (y_a != y_b) & (MIXED_EPS < lam < 1 - MIXED_EPS)
+    if eta == 0 or weight == 0:
+        return reduce_rows(loss, mixed, reduction)
     z_a = logits.gather(1, y_a[:, None]).squeeze(1)
     z_b = logits.gather(1, y_b[:, None]).squeeze(1)
     ce_a = torch.logsumexp(logits.scatter(1, y_b[:, None], float("-inf")), dim=1) - z_a  # b left out
@@ -131,13 +148,31 @@ def decoupled_mixup_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, *
     else:
         eta_a, eta_b = 0.0, eta * (1 - lam)
     reg = torch.where(mixed, eta_a * ce_a + eta_b * ce_b, 0.0)
-    return (loss + weight * reg).mean()
+    return reduce_rows(loss + weight * reg, mixed, reduction)
 
 
-def mrl_term(raw_logits: Tensor, mixed_logits: Tensor, mixed: Tensor, margin: float) -> Tensor:
-    """RankMixup MRL: mean of relu(max logit(mixed) - max logit(raw) + margin), 0 where the pair is not mixed."""
-    diff = mixed_logits.max(dim=1).values - raw_logits.max(dim=1).values
-    return torch.where(mixed, F.relu(diff + margin), 0.0).mean()
+def reduce_rows(per_row: Tensor, mixed: Tensor, reduction: str) -> Tensor:
+    """Decoupled Mixup's reduction: "all_rows", the mean; "openmixup", mean over mixed rows + mean over the rest."""
+    if reduction == "all_rows":
+        return per_row.mean()
+    if reduction == "openmixup":
+        total = per_row.new_zeros(())
+        for rows in (mixed, ~mixed):
+            if rows.any():
+                total = total + per_row[rows].mean()
+        return total
+    raise ValueError(f"decoupled_mixup: unknown reduction {reduction!r}; use 'all_rows' or 'openmixup'")
+
+
+def mrl_term(raw_logits: Tensor, mixed_logits: Tensor, mixed: Tensor, margin: float, rows: str = "zero") -> Tensor:
+    """RankMixup MRL: relu(max logit(mixed) - max logit(raw) + margin) per row, averaged as `rows` says:
+    "zero", 0 where the pair is not mixed; "rescale", every row's term times the share of mixed pairs."""
+    terms = F.relu(mixed_logits.max(dim=1).values - raw_logits.max(dim=1).values + margin)
+    if rows == "zero":
+        return torch.where(mixed, terms, 0.0).mean()
+    if rows == "rescale":
+        return terms.mean() * mixed.to(terms.dtype).mean()
+    raise ValueError(f"rankmixup: unknown mrl_rows {rows!r}; use 'zero' or 'rescale'")
 
 
 def mndcg_term(raw_logits: Tensor, mixed_logits: Tensor, relevance: Tensor) -> Tensor:
@@ -239,6 +274,7 @@ class DecoupledMixup(_ClassifierMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         self.eta = float(self.params["eta"])
         self.mode = str(self.params["mode"])
+        self.reduction = str(self.params["reduction"])
 
     def draw(self, gen: torch.Generator, n: int, blocks: int) -> tuple[float, Tensor, int]:
         """lambda, partners, and (manifold) the block index to mix before (0 = the input)."""
@@ -254,7 +290,8 @@ class DecoupledMixup(_ClassifierMethod):
         perm = perm.to(x.device)
         h = net.encoder.hidden(x, 0, start)
         logits = self.logits(net, mix(h, h[perm], lam), start)
-        return decoupled_mixup_loss(logits, batch.y, batch.y[perm], lam, eta=self.eta, mode=self.mode, weight=self.weight)
+        return decoupled_mixup_loss(logits, batch.y, batch.y[perm], lam, eta=self.eta, mode=self.mode, weight=self.weight,
+                                    reduction=self.reduction)
 
 
 class RankMixup(_ClassifierMethod):
@@ -262,6 +299,7 @@ class RankMixup(_ClassifierMethod):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
         self.mode = str(self.params["mode"])
         self.margin = float(self.params["margin"])
+        self.mrl_rows = str(self.params["mrl_rows"])
         self.copies = 1 if self.mode == "mrl" else int(self.params["n_mixed"])
 
     def draw(self, gen: torch.Generator, n: int) -> list[tuple[float, Tensor]]:
@@ -279,7 +317,7 @@ class RankMixup(_ClassifierMethod):
         mixed = self.logits(net, mixed_x).view(len(draws), len(x), -1)
         same = torch.stack([(y == y[perm.to(y.device)]) | (lam in (0.0, 1.0)) for lam, perm in draws], dim=1)  # (B, n)
         if self.mode == "mrl":
-            term = mrl_term(raw, mixed[0], ~same[:, 0], self.margin)
+            term = mrl_term(raw, mixed[0], ~same[:, 0], self.margin, self.mrl_rows)
         else:
             rel = torch.tensor([max(lam, 1.0 - lam) for lam, _ in draws], device=raw.device, dtype=raw.dtype)
             relevance = torch.where(same, 1.0, rel.expand(len(x), -1))

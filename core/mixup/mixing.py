@@ -79,22 +79,25 @@ def partners(n: int, gen: torch.Generator, kind: str = "permutation") -> Tensor:
     raise ValueError(f"mixup.params.partner: unknown partner kind {kind!r}; use 'permutation' or 'flip'")
 
 
-def kernel_probs(y: Tensor, sigma: float) -> Tensor:
-    """C-Mixup's sampling matrix: P[i, j] proportional to exp(-|y_i - y_j|^2 / (2 sigma^2)), self included.
+def kernel_probs(y: Tensor, sigma: float, pool: Tensor | None = None) -> Tensor:
+    """C-Mixup's sampling matrix: P[i, j] proportional to exp(-|y_i - pool_j|^2 / (2 sigma^2)).
 
-    Rows sum to 1; computed as a softmax of the log-kernel, so a tiny sigma cannot
-    underflow a row to all zeros (the row then puts its mass on the nearest targets,
-    at least on i itself).
+    `pool` holds the candidates' targets (N rows; default: y itself, self included),
+    so the matrix is (len(y), N) float64. Rows sum to 1; computed as a softmax of
+    the log-kernel, so a tiny sigma cannot underflow a row to all zeros (the row
+    then puts its mass on the nearest targets, at least on i itself when the pool
+    holds it).
     """
     y = y.reshape(len(y), -1).double()
-    logits = -torch.cdist(y, y).pow(2) / (2.0 * float(sigma) ** 2)
+    ref = y if pool is None else pool.reshape(len(pool), -1).to(device=y.device, dtype=torch.float64)
+    logits = -torch.cdist(y, ref).pow(2) / (2.0 * float(sigma) ** 2)
     weights = (logits - logits.amax(dim=1, keepdim=True)).exp()  # not torch.softmax: its float64 CPU kernel is slow
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def kernel_partners(y: Tensor, sigma: float, gen: torch.Generator) -> Tensor:
-    """One partner j per sample i drawn with P(j | i) = kernel_probs(y, sigma)[i, j]."""
-    probs = kernel_probs(y, sigma).to(gen.device)
+def kernel_partners(y: Tensor, sigma: float, gen: torch.Generator, pool: Tensor | None = None) -> Tensor:
+    """One partner j (a row of `pool`, default y) per sample i drawn with P(j | i) = kernel_probs(y, sigma, pool)[i, j]."""
+    probs = kernel_probs(y, sigma, pool).to(gen.device)
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(y.device)
 
 

@@ -260,8 +260,10 @@ REGRESSION = {"name": "diabetes"}
 
 
 def cmix_spec(level="input", sigma=20.0):
+    """The in-batch pool: these tests drive the method without a trainer (the train_set pool: test_faithfulness)."""
     return make_spec(dataset=REGRESSION, objective={"loss": "mse"}, eval={"metrics": ["rmse"]},
-                     mixup={"method": "c_mixup", "alpha": 2.0, "level": level, "params": {"sigma": sigma}})
+                     mixup={"method": "c_mixup", "alpha": 2.0, "level": level,
+                            "params": {"sigma": sigma, "partner_pool": "batch"}})
 
 
 def test_c_mixup_partners_follow_the_kernel():
