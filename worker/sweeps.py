@@ -330,7 +330,7 @@ class SweepController:
             state, value = "pruned", by_epoch[new[-1]]
         if state is None:
             return True
-        self._settle(sweep, frozen.number, state, row, value=value, error=error)
+        state, value, error = self._settle(sweep, frozen.number, state, row, value=value, error=error)
         self._tell(study, frozen.number, state, value)
         log.info("sweep %s: trial %d %s (%s %s)", sweep.id, frozen.number, state, metric, value)
         return False
@@ -361,16 +361,23 @@ class SweepController:
         params: dict[str, Any] | None = None,
         value: float | None = None,
         error: dict[str, Any] | None = None,
-    ) -> None:
-        """Write the trial's final state (a pruned trial's job is cancelled in the same transaction)."""
+    ) -> tuple[str, float | None, dict[str, Any] | None]:
+        """Write the trial's final state and return it (a pruned trial's job is cancelled in the same transaction).
+
+        A job can finish between the pruner's look and the cancel; the cancel then
+        finds it ended, and the trial ends as its job did rather than as pruned.
+        """
         with self.session_factory() as session:
             if row is None:
                 add_trial(session, sweep.id, number, params or {}, job_id=None, state=state, error=error)
             else:
-                settle_trial(session, sweep.id, number, state, value=value, error=error)
                 if state == "pruned" and row.job_id is not None:
-                    request_cancel(session, sweep.owner_id, row.job_id)
+                    job = request_cancel(session, sweep.owner_id, row.job_id)
+                    if job is None or job.status not in ("cancelled", "cancelling"):
+                        state, value, error = self._outcome(job, sweep.config["metric"])
+                settle_trial(session, sweep.id, number, state, value=value, error=error)
             session.commit()
+        return state, value, error
 
     @staticmethod
     def _tell(study: optuna.Study, number: int, state: str, value: float | None) -> None:
