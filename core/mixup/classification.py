@@ -117,6 +117,12 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = ECE_
     return float(total)
 
 
+def confidence_gap(probs: Tensor, labels: Tensor) -> float:
+    """Mean max-softmax confidence minus accuracy: > 0 over-confident, < 0 under-confident (what ECE's bins hide)."""
+    conf, pred = probs.max(dim=1)
+    return float(conf.double().mean() - (pred == labels).double().mean())
+
+
 def ood_scores(in_scores: Tensor, out_scores: Tensor) -> dict[str, float]:
     """AUROC and TNR at 95% TPR of scores where in-distribution is the positive class."""
     y = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).numpy()
@@ -258,7 +264,7 @@ class _ClassifierMethod(MixingMethod):
             probs = self._probs(encoder, h)
             y = data.y_test.cpu()
             values = {"accuracy": float((probs.argmax(dim=1) == y).double().mean()),
-                      "ece": expected_calibration_error(probs, y)}
+                      "ece": expected_calibration_error(probs, y), "confidence_gap": confidence_gap(probs, y)}
             values |= self._more_metrics(encoder, h, probs, data, device)
         finally:
             for m, was in modes:
