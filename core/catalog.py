@@ -382,6 +382,9 @@ METRICS: dict[str, Entry] = {
               task="classification", extra={"from_methods": ["decoupled_mixup", "rankmixup", "mixoe"]}),
         Entry("ece", "metric", "Expected calibration error of the head, 15 bins.", labels="class", task="classification",
               extra={"from_methods": ["rankmixup", "decoupled_mixup", "mixoe"]}),
+        Entry("confidence_gap", "metric", "Mean max-softmax confidence of the head minus its accuracy: > 0 is "
+              "over-confident, < 0 under-confident.", labels="class", task="classification",
+              extra={"from_methods": ["rankmixup", "decoupled_mixup", "mixoe"]}),
         Entry("auroc", "metric", "Out-of-distribution AUROC of max-softmax scores (in-distribution vs outliers).", labels="class",
               task="classification", extra={"from_methods": ["mixoe"]}),
         Entry("tnr_at_95_tpr", "metric", "True negative rate on outliers at 95% true positive rate.", labels="class",
