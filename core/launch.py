@@ -9,6 +9,7 @@ left running. Only rank 0's output reaches the console.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,21 @@ from core.distributed import Ranks, current_ranks
 LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"
 # How long the ranks get to stop on SIGTERM before they are killed.
 STOP_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
+# Loaded at import, not in a fork's preexec_fn (where loading a library is unsafe).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send `signum` to this process when its parent (pid `parent`) dies, even by SIGKILL (Linux).
+
+    Usable as a preexec_fn and in a child itself; if the parent is already gone
+    the signal would never come, so the process leaves at once.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def in_launched_rank() -> bool:

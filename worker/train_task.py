@@ -25,7 +25,6 @@ import math
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -33,12 +32,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
 from core import catalog
 from core.cost import describe_bytes
 from core.data import Dataset, load_dataset
-from core.errors import INTERNAL_ERROR, OUT_OF_MEMORY, SpecError, failure_code
+from core.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from core.export import export
 from core.spec import JobSpec, validate_spec
 from core.train import TrainResult, pick_device, train
@@ -63,7 +63,29 @@ from worker.events import (
 from worker.init_weights import source_weights
 from worker.lease import Lease
 from worker.memory_ceiling import memory_ceiling
-from worker.projection import make_projection, projection_event, store_projection
+from worker.projection import (
+    PROJECTION,
+    Projection,
+    make_projection,
+    projection_event,
+    store_projection,
+)
+from worker.ranks import (
+    EXPORT,
+    INIT_WEIGHTS_FILE,
+    RANK_LOST,
+    RESUME_FILE,
+    Failure,
+    RankFailed,
+    RankLost,
+    RankRelay,
+    RanksOutcome,
+    RunDir,
+    device_name,
+    failure_of,
+    run_info,
+    run_ranks,
+)
 
 log = logging.getLogger("embedmix.worker")
 
@@ -153,13 +175,15 @@ def _train_and_finish(
 ) -> str | None:
     """Load, train from the newest good checkpoint, then end the job as the run's outcome says."""
     spec = validate_spec(job.spec)
+    if spec.resources.devices > 1:
+        return _train_on_ranks(context, lease, job, spec, shutdown, enqueue)
     device = pick_device(spec)
     with _ceiling(context, device), tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
         data = _load_data(context, job, spec, Path(scratch))
         resume = _resume_point(context, job)
         # a checkpoint holds the weights the run had reached, so a resumed run needs no starting weights
         init_weights = source_weights(context, job.owner_id, spec) if resume is None else None
-        record(context.session_factory, job.job_id, _start_event(job, spec, device, resume))
+        record(context.session_factory, job.job_id, _start_event(job, spec, device_name(device), resume))
         # A cadence the spec asks for is kept exactly; the per-epoch default is rate-limited.
         min_interval = context.settings.checkpoint_min_interval_s if spec.train.checkpoint_every_steps is None else 0.0
         with StoreCallbacks(context, lease, shutdown=shutdown, checkpoint_min_interval_s=min_interval) as callbacks:
@@ -177,6 +201,116 @@ def _train_and_finish(
             return _end_stopped(context, lease, job, callbacks.stop_reason(), result, enqueue)
         info = _training_info(job, device, result, resume)
         return _succeed(context, lease, job, spec, data, result, Path(scratch) / "export", info)
+
+
+def _train_on_ranks(
+    context: WorkerContext,
+    lease: Lease,
+    job: ClaimedJob,
+    spec: JobSpec,
+    shutdown: threading.Event,
+    enqueue: Enqueue | None,
+) -> str | None:
+    """``resources.devices`` > 1: the ranks train in child processes (worker.ranks); this process keeps the job.
+
+    The store sees what a one-device run writes: the same callbacks take rank
+    0's metrics and checkpoints, the same endings end the job. A rank that dies
+    without an error loses the attempt (see :func:`_rank_lost`).
+    """
+    with tempfile.TemporaryDirectory(prefix="embedmix-", dir=_work_dir(context)) as scratch:
+        run = RunDir(Path(scratch))
+        resume = _plan_ranks(context, job, spec, run)
+        min_interval = context.settings.checkpoint_min_interval_s if spec.train.checkpoint_every_steps is None else 0.0
+
+        def started(where: str) -> None:
+            record(context.session_factory, job.job_id, _start_event(job, spec, where, resume))
+
+        with StoreCallbacks(context, lease, shutdown=shutdown, checkpoint_min_interval_s=min_interval) as callbacks:
+            try:
+                outcome: RanksOutcome | None = run_ranks(spec.resources.devices, run, RankRelay(run, callbacks, started))
+                lost = None
+            except RankLost as exc:
+                outcome, lost = None, str(exc)
+            callbacks.wait_for_checkpoints()
+            _flush_before_ending(callbacks, lease)
+        if outcome is None:
+            return _rank_lost(context, lease, job, lost or "", enqueue)
+        if outcome.stopped:
+            return _end_stopped(context, lease, job, callbacks.stop_reason(), outcome, enqueue)
+        return _succeed_on_ranks(context, lease, job, run, outcome)
+
+
+def _plan_ranks(context: WorkerContext, job: ClaimedJob, spec: JobSpec, run: RunDir) -> ResumePoint | None:
+    """Write what the ranks start from into the run directory; returns the checkpoint they resume from.
+
+    The dataset is read here once (its summary goes to the timeline, a bad file
+    fails the job before any rank starts) and dropped: each rank reads its own copy.
+    """
+    file_path = dataset_file(context.session_factory, context.artifacts, job.owner_id, spec, run.path)
+    _read_data(context, job, spec, file_path)
+    resume = _resume_point(context, job)
+    init_weights = source_weights(context, job.owner_id, spec) if resume is None else None
+    if resume is not None:
+        (run.path / RESUME_FILE).write_bytes(resume.state)
+    if init_weights is not None:
+        save_file(init_weights, str(run.path / INIT_WEIGHTS_FILE))
+    run.write_plan({
+        "spec": job.spec,
+        "dataset_file": str(file_path) if file_path is not None else None,
+        "resume": resume is not None,
+        "init_weights": init_weights is not None,
+        "memory_bytes": context.settings.worker_memory_bytes,
+        "training": _attempt_info(job, resume),
+    })
+    return resume
+
+
+def _succeed_on_ranks(
+    context: WorkerContext, lease: Lease, job: ClaimedJob, run: RunDir, outcome: RanksOutcome
+) -> str | None:
+    """End the job as succeeded with what rank 0 exported (the model files, the card, the map)."""
+    assert outcome.card is not None  # rank 0 exports whenever the run was not stopped
+    projection = None
+    if outcome.projection is not None:
+        entry = outcome.projection
+        body = (run.path / entry["file"]).read_bytes()
+        projection = Projection(body, entry["points"], entry["methods"], entry["seconds"])
+    elif outcome.projection_error is not None:
+        record(context.session_factory, job.job_id,
+               warning_event(job.job_id, job.run_key, PROJECTION, outcome.projection_error))
+    return _store_success(context, lease, job, outcome.step, outcome.epoch, outcome.metrics, outcome.card,
+                          projection, run.path / EXPORT)
+
+
+def _rank_lost(context: WorkerContext, lease: Lease, job: ClaimedJob, reason: str, enqueue: Enqueue | None) -> str | None:
+    """A rank died without an error: the attempt is lost as if the worker had vanished, without waiting for the reaper.
+
+    A job being cancelled ends cancelled; one with attempts left goes back to
+    the queue (its next attempt resumes from the newest checkpoint); the last
+    attempt fails the job with ``rank_lost``.
+    """
+    with context.session_factory() as session:
+        row = get_job_unscoped(session, job.job_id)
+        assert row is not None  # a leased job is not deleted
+        status, attempts, max_attempts = row.status, row.attempts, row.max_attempts
+    log.warning("job %s: %s", job.job_id, reason)
+    if status == "cancelling":
+        event = status_event(job.job_id, "cancelled", "cancelled (a training rank died while cancelling)", key="final")
+        return "cancelled" if _finalize(context, lease, ["cancelling"], "cancelled", [event]) else None
+    if attempts >= max_attempts:
+        text = f"{reason}; all {max_attempts} attempts are used"
+        return _fail_with(context, lease, job, Failure(-1, RANK_LOST, "RankLost", text, None, "", time.time()))
+    key = f"{job.run_key}:rank-lost"
+    events = [
+        status_event(job.job_id, "queued", f"{reason}; re-queued after attempt {attempts} of {max_attempts}",
+                     key=key, reason=RANK_LOST, attempt=attempts),
+        NewEvent(type=ENQUEUED, message="message re-sent: a training rank died", data={"reason": RANK_LOST},
+                 dedup_key=f"{job.job_id}:{key}:enqueued"),
+    ]
+    if not _finalize(context, lease, ["running"], "queued", events):
+        return None
+    _send_again(job.job_id, enqueue)
+    return "queued"
 
 
 def _ceiling(context: WorkerContext, device: torch.device) -> AbstractContextManager[None]:
@@ -212,6 +346,11 @@ def _work_dir(context: WorkerContext) -> Path | None:
 def _load_data(context: WorkerContext, job: ClaimedJob, spec: JobSpec, scratch: Path) -> Dataset:
     """The job's dataset, built in or copied from its upload, with a summary in the timeline."""
     file_path = dataset_file(context.session_factory, context.artifacts, job.owner_id, spec, scratch)
+    return _read_data(context, job, spec, file_path)
+
+
+def _read_data(context: WorkerContext, job: ClaimedJob, spec: JobSpec, file_path: Path | None) -> Dataset:
+    """Read the dataset (its upload at ``file_path``, if any) and put its summary in the timeline."""
     data = load_dataset(spec, file_path=file_path)
     summary = {k: v for k, v in data.describe().items() if k != "class_names"}
     classes = summary["num_classes"] or "no"
@@ -244,10 +383,9 @@ def _resume_point(context: WorkerContext, job: ClaimedJob) -> ResumePoint | None
     return load_resume_point(context.session_factory, context.artifacts, job.job_id, report)
 
 
-def _start_event(job: ClaimedJob, spec: JobSpec, device: torch.device, resume: ResumePoint | None) -> NewEvent:
+def _start_event(job: ClaimedJob, spec: JobSpec, where: str, resume: ResumePoint | None) -> NewEvent:
     """One line saying where training starts: from scratch, from pretrained weights, from another job's model
-    or from which checkpoint, on which device."""
-    where = _device_name(device)
+    or from which checkpoint, on which device (``where``, as `worker.ranks.device_name` names it)."""
     source = spec.model.init_from
     if resume is None and source is not None:
         message = f"training from the model of job {source.job} on {where}"
@@ -267,25 +405,16 @@ def _start_event(job: ClaimedJob, spec: JobSpec, device: torch.device, resume: R
     )
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def _training_info(
     job: ClaimedJob, device: torch.device, result: TrainResult, resume: ResumePoint | None
 ) -> dict[str, Any]:
     """What the model card records about how this model was trained."""
-    return {
-        "job_id": job.job_id,
-        "attempt": job.attempt,
-        "device": _device_name(device),
-        "steps": result.step,
-        "epochs": result.epoch,
-        "seconds_last_attempt": round(result.seconds, 3),
-        "resumed_from_step": resume.step if resume else None,
-    }
+    return {**_attempt_info(job, resume), **run_info(device_name(device), result.step, result.epoch, result.seconds)}
+
+
+def _attempt_info(job: ClaimedJob, resume: ResumePoint | None) -> dict[str, Any]:
+    """The model card's part about the attempt that trained the model (the run's own part is `worker.ranks.run_info`)."""
+    return {"job_id": job.job_id, "attempt": job.attempt, "resumed_from_step": resume.step if resume else None}
 
 
 def _end_stopped(
@@ -293,7 +422,7 @@ def _end_stopped(
     lease: Lease,
     job: ClaimedJob,
     reason: StopReason | None,
-    result: TrainResult,
+    result: TrainResult | RanksOutcome,
     enqueue: Enqueue | None,
 ) -> str | None:
     """End a run the loop stopped early; the engine has saved a checkpoint (unless the lease was lost)."""
@@ -314,7 +443,7 @@ def _end_stopped(
     return "cancelled" if done else None
 
 
-def _hand_back(context: WorkerContext, lease: Lease, job: ClaimedJob, result: TrainResult) -> bool:
+def _hand_back(context: WorkerContext, lease: Lease, job: ClaimedJob, result: TrainResult | RanksOutcome) -> bool:
     """Return a running job to the queue because this worker is stopping; False if it is being cancelled.
 
     The attempt is given back too (``attempts - 1``): a worker that was asked
@@ -373,13 +502,28 @@ def _succeed(
     projection = make_projection(
         context, job.job_id, job.run_key, result.encoder, data, pick_device(spec), spec.train.seed
     )
+    return _store_success(context, lease, job, result.step, result.epoch, metrics, card, projection, out_dir)
+
+
+def _store_success(
+    context: WorkerContext,
+    lease: Lease,
+    job: ClaimedJob,
+    step: int,
+    epoch: int,
+    metrics: dict[str, float],
+    card: dict[str, Any],
+    projection: Projection | None,
+    out_dir: Path,
+) -> str | None:
+    """End the job as succeeded: the exported files in ``out_dir`` and the map stored by the ending's transaction."""
     summary = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
     events = [projection_event(job.job_id, job.run_key, projection)] if projection is not None else []
     events.append(
         status_event(
             job.job_id,
             "succeeded",
-            f"succeeded at step {result.step}" + (f": {summary}" if summary else ""),
+            f"succeeded at step {step}" + (f": {summary}" if summary else ""),
             key="final",
             metrics=metrics,
         )
@@ -399,8 +543,8 @@ def _succeed(
         events,
         outputs=outputs,
         metrics=metrics,
-        step=result.step,
-        epoch=result.epoch,
+        step=step,
+        epoch=epoch,
         card=card,
     )
     return "succeeded" if done else None
@@ -457,19 +601,28 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
     The code is the engine's (``core.errors.failure_code``): an error the user
     can act on says which, anything else is our fault and reads as internal_error.
     """
-    code = failure_code(exc)
-    error: dict[str, Any] = {"code": code, "message": _error_message(code, exc, context.settings)}
-    if isinstance(exc, SpecError):
-        error["errors"] = exc.errors
+    failure = exc.error if isinstance(exc, RankFailed) else failure_of(exc)
+    if failure.code == INTERNAL_ERROR and failure.rank < 0:
+        log.exception("job %s: internal error", job.job_id)
+    return _fail_with(context, lease, job, failure)
+
+
+def _fail_with(context: WorkerContext, lease: Lease, job: ClaimedJob, failure: Failure) -> str | None:
+    """Mark the job failed with ``failure`` (an exception of this process or the one a rank reported)."""
+    code = failure.code
+    error: dict[str, Any] = {"code": code, "message": _error_message(code, failure.kind, failure.text, context.settings)}
+    if failure.errors is not None:
+        error["errors"] = failure.errors
     events = [status_event(job.job_id, "failed", f"failed: {error['message']}", key="final", code=code)]
     if code == INTERNAL_ERROR:
-        log.exception("job %s: internal error", job.job_id)
+        if failure.rank >= 0:
+            log.error("job %s: internal error in rank %d:\n%s", job.job_id, failure.rank, failure.traceback)
         events.append(
             NewEvent(
                 type=TRACEBACK,
                 message=f"internal error: {error['message']}",
                 level="error",
-                data={"traceback": "".join(traceback.format_exception(exc))},
+                data={"traceback": failure.traceback},
                 dedup_key=f"{job.job_id}:{job.run_key}:traceback",
             )
         )
@@ -479,19 +632,19 @@ def _fail(context: WorkerContext, lease: Lease, job: ClaimedJob, exc: Exception)
     return "failed" if _finalize(context, lease, ["running", "cancelling"], "failed", events, error=error) else None
 
 
-def _error_message(code: str, exc: Exception, settings: Settings) -> str:
-    """User errors keep their (helpful) message; internal ones say only what kind of error it was."""
+def _error_message(code: str, kind: str, text: str, settings: Settings) -> str:
+    """User errors keep their (helpful) message; internal ones say only what kind of error (``kind``) it was."""
     if code == OUT_OF_MEMORY:
-        first_line = (str(exc).splitlines() or [""])[0][:MAX_INTERNAL_MESSAGE]
+        first_line = (text.splitlines() or [""])[0][:MAX_INTERNAL_MESSAGE]
         return (
             f"the job ran out of memory ({first_line}); a job may use "
             f"{describe_bytes(settings.worker_memory_bytes)} on this service's workers: "
             "shrink train.batch_size, dataset.size or model.width"
         )
     if code != INTERNAL_ERROR:
-        return str(exc)[:MAX_ERROR_MESSAGE]
-    first_line = (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first_line}"[:MAX_INTERNAL_MESSAGE]
+        return text[:MAX_ERROR_MESSAGE]
+    first_line = (text.splitlines() or [""])[0]
+    return f"{kind}: {first_line}"[:MAX_INTERNAL_MESSAGE]
 
 
 def _finalize(
