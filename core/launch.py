@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -64,7 +65,9 @@ def run_ranks(command: list[str]) -> int:
     SIGTERM, then SIGKILL after STOP_GRACE_S. SIGTERM is turned into an exception
     meanwhile, since its default action would exit without stopping the ranks.
     """
-    proc = subprocess.Popen(command, start_new_session=True)
+    # The preexec_fn only calls prctl, through a library loaded before the fork (_LIBC).
+    proc = subprocess.Popen(command, start_new_session=True,
+                            preexec_fn=partial(die_with_parent, os.getpid()))  # noqa: PLW1509
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return proc.wait()
@@ -88,9 +91,13 @@ def _stop_session(proc: subprocess.Popen) -> None:
 
 
 def join_group(device: torch.device) -> Ranks:
-    """In a launched rank: join its process group (nccl on CUDA, each rank on its own GPU; gloo otherwise)."""
+    """In a launched rank: join its process group (nccl on CUDA, each rank on its own GPU; gloo otherwise).
+
+    From here on the rank dies with its launcher, however the launcher ends.
+    """
     if not in_launched_rank():
         return Ranks()
+    die_with_parent(os.getppid())  # torch starts each rank in a session of its own: no rank outlives its launcher
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -328,7 +328,6 @@ def rank_main(path: Path) -> None:
     """One rank's life: join the group, train, and (rank 0) report and export; any error goes to its file."""
     from core.launch import launched_rank
 
-    die_with_parent(os.getppid())
     run, rank = RunDir(path), launched_rank()
     try:
         _train_rank(run, rank)
@@ -352,11 +351,11 @@ def _train_rank(run: RunDir, rank: int) -> None:
     device = pick_device(spec)
     ceiling = memory_ceiling(plan["memory_bytes"]) if device.type == "cpu" else nullcontext()
     with ceiling:
-        data = load_dataset(spec, file_path=plan["dataset_file"])
-        resume = (run.path / RESUME_FILE).read_bytes() if plan["resume"] else None
-        init_weights = load_file(str(run.path / INIT_WEIGHTS_FILE)) if plan["init_weights"] else None
         ranks = join_group(device)
         try:
+            data = load_dataset(spec, file_path=plan["dataset_file"])
+            resume = (run.path / RESUME_FILE).read_bytes() if plan["resume"] else None
+            init_weights = load_file(str(run.path / INIT_WEIGHTS_FILE)) if plan["init_weights"] else None
             lead = ranks.rank == 0
             callbacks = ReportingCallbacks(run) if lead else NullCallbacks()
             if lead:
