@@ -245,6 +245,24 @@ LOSSES: dict[str, Entry] = {
                     "Automatic Temperature Individualization (ICML 2023)",
               source="Optimization-AI/LibAUC libauc/losses/contrastive.py GCLoss_v1",
               extra={"ordered": ["tau_min", "tau_init", "tau_max"], "sample_index": True}),
+        Entry("amcl", "loss", "AMCL: several projection heads on the trunk (training only; the export is the trunk), "
+              "each pair's temperature from a small network shared by the heads, regularised by "
+              "beta ((d/2) log tau + 1/tau); the heads' contrastive losses are summed. One head with a fixed "
+              "temperature (adaptive false) is NT-Xent.",
+              (_i("heads", 3, 1, 16, "projection heads"),
+               _i("head_dim", 128, 2, 8192, "output size d of each head"),
+               _i("head_hidden", 512, 1, 8192, "hidden units of each head"),
+               _f("beta", 1e-4, 0.0, 10.0, "weight of the temperature regulariser"),
+               _f("tau_min", 1e-5, 1e-6, 10.0, "lowest adaptive temperature"),
+               _f("tau_max", 2.0, 1e-6, 10.0, "highest adaptive temperature"),
+               _i("temperature_hidden", 128, 1, 8192, "hidden units of the temperature network"),
+               _i("top_k", 0, 0, 65_536, "0: every negative in a log-sum-exp (the likelihood); k: the official "
+                                         "code's approximation by the k most similar negatives"),
+               Param("adaptive", "bool", True, help="false: every pair has the fixed temperature, no network"),
+               _f("temperature", 0.5, 0.001, 10.0, "the fixed temperature when adaptive is false")),
+              labels="none", views=2,
+              paper="Wang, Koniusz, Gedeon & Zheng, Adaptive Multi-head Contrastive Learning (ECCV 2024)",
+              source="LeiWangR/cl amcl/losses.py AMCLNTXentLoss", extra={"ordered": ["tau_min", "tau_max"]}),
     ]
 }
 
@@ -268,7 +286,8 @@ def _weight(default: float) -> Param:
 
 # `common` lists the fields of spec.mixup shared by all methods (alpha, level, weight) that a
 # method uses, with its defaults; `params` are each method's own. extra["losses"] lists the
-# objective losses a method can be combined with.
+# objective losses a method can be combined with. Every method also takes spec.mixup.until
+# ({"epoch": E} or {"fraction": f}): mixing stops there and the run trains on the plain objective.
 MIXUPS: dict[str, Entry] = {
     e.name: e
     for e in [

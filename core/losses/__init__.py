@@ -15,9 +15,10 @@ attributes `two_view` and `labels` (as in the catalog) and accepts:
 * `loss(view_a, view_b, index)`: losses with per-sample state (isogclr, its
   class attribute `indexed` set), `index` the rows' training-set indices.
 
-Class-weight losses and the heads (cross_entropy, mse, conr) own learnable
-parameters: add `loss.parameters()` to the optimizer; isogclr's per-sample
-temperatures are buffers (saved in `state_dict`, updated by the loss itself). Nothing here depends on
+Class-weight losses, the heads (cross_entropy, mse, conr) and amcl (its
+projection heads and temperature network) own learnable parameters: add
+`loss.parameters()` to the optimizer; isogclr's per-sample temperatures
+are buffers (saved in `state_dict`, updated by the loss itself). Nothing here depends on
 pytorch-metric-learning; it is only the test oracle and the benchmark peer.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from ..catalog import LOSSES
+from .amcl import AMCLLoss
 from .barlow_twins import BarlowTwinsLoss
 from .cacr import CACRLoss
 from .conr import ConRLoss
@@ -58,6 +60,7 @@ LOSS_CLASSES: dict[str, type[nn.Module]] = {
     "conr": ConRLoss,
     "cacr": CACRLoss,
     "isogclr": ISogCLRLoss,
+    "amcl": AMCLLoss,
 }
 
 
@@ -102,6 +105,7 @@ def _sizes(name: str, cls: type[nn.Module], **sizes: int | None) -> dict[str, in
 
 __all__ = [
     "LOSS_CLASSES",
+    "AMCLLoss",
     "ArcFaceLoss",
     "BarlowTwinsLoss",
     "CACRLoss",
