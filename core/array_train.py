@@ -230,7 +230,7 @@ class ArrayTrainer(TrainingLoop):
     def batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
         x, y = self._fetch(idx)
         x = self.net.encoder.preprocess(x)
-        if self.method is not None:
+        if self.method is not None and self.mixing():
             batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
             with self.autocast:
                 return self.method.batch_loss(self.method_net, batch).float()
@@ -262,7 +262,7 @@ class ArrayTrainer(TrainingLoop):
                                lambda z: embedding_loss_grad(self.loss, z, labels, chunk))
 
     def after_step(self) -> None:
-        if self.method is not None:
+        if self.method is not None and self.mixing():
             self.method.after_step(self.net)
 
     def evaluate(self) -> dict[str, float]:

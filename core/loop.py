@@ -10,11 +10,13 @@ uninterrupted run would have taken (bit-exact on CPU).
 from __future__ import annotations
 
 import io
+import math
 import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +31,8 @@ from core.spec import INIT_FROM_FIELD, JobSpec
 from core.step import TrainStep
 
 CHECKPOINT_FORMAT = 1
+# The metric point (value 1) a run reports at the step where mixing stops (spec.mixup.until), once per run.
+MIXING_STOPPED = "train/mixup_stopped"
 
 
 @dataclass
@@ -108,6 +112,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def mixing_stop_step(spec: JobSpec, steps_per_epoch: int, total_steps: int) -> int | None:
+    """The first step that trains unmixed under `spec.mixup.until`; None when nothing stops mixing.
+
+    A function of the spec and the run's length alone, so a resumed run knows from its step
+    counter which side of the switch it is on: no state to checkpoint.
+    """
+    until = spec.mixup.until if spec.mixup is not None else None
+    if until is None:
+        return None
+    if until.epoch is not None:
+        return until.epoch * steps_per_epoch
+    # mix while step < fraction x total steps, the fraction read as written (0.3 x 10 is 3, not 3.0000000000000004)
+    return math.ceil(Fraction(str(until.fraction)) * total_steps)
+
+
 InitWeights = dict[str, torch.Tensor]
 
 
@@ -164,6 +183,7 @@ class TrainingLoop(ABC):
         self.step = 0
         self.last_loss = float("nan")
         self.history: list[dict[str, Any]] = []
+        self.mixing_stop = mixing_stop_step(self.spec, self.steps_per_epoch, self.total_steps)
 
     # -- what a modality supplies --------------------------------------------------
     @abstractmethod
@@ -176,6 +196,10 @@ class TrainingLoop(ABC):
 
     def after_step(self) -> None:
         """Called after each optimizer step (a mixing method's momentum update)."""
+
+    def mixing(self) -> bool:
+        """Whether the step being taken uses the mixing method: until `spec.mixup.until`, then the plain loss."""
+        return self.mixing_stop is None or self.step < self.mixing_stop
 
     @abstractmethod
     def evaluate(self) -> dict[str, float]: ...
@@ -236,6 +260,8 @@ class TrainingLoop(ABC):
                                 lambda chunk: self.cached_loss(idx, chunk))
         self.after_step()
         self.step += 1
+        if self.step == self.mixing_stop and self.step < self.total_steps:
+            self.cb.on_metrics(self.step, self.step // self.steps_per_epoch, {MIXING_STOPPED: 1.0})
         return value
 
     def _report_eval(self, epoch: int) -> dict[str, float]:

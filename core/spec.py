@@ -105,6 +105,21 @@ class ObjectiveSpec(Strict):
 _COMMON = "None: the method's default (GET /v1/catalog); refused where the method does not use it"
 
 
+class MixupUntilSpec(Strict):
+    """When mixing stops ("The Benefits of Mixup for Feature Learning": early-stopped mixup): exactly one of
+    an epoch or a fraction of the run's steps. From then on the run trains on the objective's plain loss."""
+
+    epoch: int | None = Field(None, ge=1, le=10_000, description="mix during the first `epoch` epochs; below train.epochs")
+    fraction: float | None = Field(None, gt=0.0, lt=1.0, description="mix while the step is below fraction x total steps")
+
+    @model_validator(mode="after")
+    def _one_point(self) -> MixupUntilSpec:
+        given = [k for k in ("epoch", "fraction") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of epoch or fraction (got {given or 'none'})")
+        return self
+
+
 class MixupSpec(Strict):
     """The mixing method; `alpha`, `level` and `weight` are common fields that only some methods use."""
 
@@ -113,6 +128,8 @@ class MixupSpec(Strict):
     level: Literal["input", "manifold", "feature", "embedding"] | None = Field(None, description=_COMMON)
     weight: float | None = Field(None, ge=0.0, le=100.0, description=_COMMON)
     params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=16)
+    until: MixupUntilSpec | None = Field(None, description="stop mixing at an epoch or a fraction of training and "
+                                                           "train unmixed after it; None: mix throughout")
 
 
 class AugmentSpec(Strict):
@@ -362,6 +379,11 @@ def _mixup_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"field": "mixup.level", "message": f"{mix.name!r} mixes at {levels}, not {spec.mixup.level!r}"})
     if mix.views == 2 and spec.objective.views != 2:
         errors.append({"field": "mixup.method", "message": f"{mix.name!r} works on two views of each sample; use objective.views = 2"})
+    until = spec.mixup.until
+    if until is not None and until.epoch is not None and until.epoch >= spec.train.epochs:
+        errors.append({"field": "mixup.until.epoch",
+                       "message": f"the run has {spec.train.epochs} epochs, so mixing until epoch {until.epoch} never stops; "
+                                  f"choose an epoch below {spec.train.epochs}, or leave until out to mix throughout"})
     return errors
 
 

@@ -66,7 +66,8 @@ def test_every_method_resolves_to_its_catalog_defaults(method: str) -> None:
     mix = catalog.MIXUPS[method]
     spec = validate_spec(method_body(method))
     resolved = spec.mixup.model_dump()
-    assert resolved == {"method": method, **dict.fromkeys(COMMON), **mix.common_defaults(), "params": mix.defaults()}
+    assert resolved == {"method": method, **dict.fromkeys(COMMON), **mix.common_defaults(), "params": mix.defaults(),
+                        "until": None}  # mixup.until has no default: a run mixes throughout unless told
     assert spec.mixup.level in (mix.levels() or (None,))
 
 
