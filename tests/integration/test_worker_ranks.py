@@ -2,7 +2,8 @@
 
 One API and one worker process serve the whole module (their start is most
 of what a test here would cost); each test submits its own job and waits for
-it to end, so the next test finds the worker idle. Faults are injected for
+it to end, so the next test finds the worker idle. The last test stops that
+worker (SIGTERM) and starts another. Faults are injected for
 real (SIGKILL of one rank) and the ranks are found as the worker's
 descendants: torch's launcher and the `worker.ranks` processes under it.
 """
@@ -26,6 +27,7 @@ from tests.chaos.conftest import ADMIN_KEY, Stack, owner_pid, statuses
 from tests.conftest import PostgresServer, RedisServer, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+pytestmark = pytest.mark.slow  # service processes and two training ranks: tens of seconds in all
 RANK_MODULE = "worker.ranks"
 
 # 240 training rows / batch 32 = 7 steps an epoch, a checkpoint every 3 steps.
@@ -195,3 +197,24 @@ def test_cancel_stops_both_ranks_at_a_checkpoint(stack: Stack) -> None:
     assert max(c.step for c in stack.checkpoints(job_id)) == job.step  # rank 0 checkpointed where the group stopped
     assert statuses(stack.events(job_id)) == ["running", "cancelled"]
     assert not _worker_tree(stack)
+
+
+def test_sigterm_of_the_worker_checkpoints_and_hands_the_job_back(stack: Stack) -> None:
+    job_id = _submit(stack, KILL_SPEC)
+    stack.wait_checkpoint(job_id)
+    ranks = _ranks(stack, job_id)
+    (worker,) = [p for p in stack.processes if p.pid == owner_pid(stack.job(job_id))]
+    try:
+        assert worker.terminate() == 0  # a warm shutdown: the ranks stop, the job goes back to the queue
+        assert _gone(ranks)
+        stack.start("worker-2")
+        job = stack.wait_status(job_id, "succeeded")
+    finally:
+        _kill(ranks)
+    assert job.attempts == 1  # a worker asked to stop did not fail
+    events = stack.events(job_id)
+    assert statuses(events) == ["running", "queued", "running", "succeeded"]
+    (handback,) = [e for e in events if e.type == "status" and e.data.get("reason") == "worker_shutdown"]
+    assert 0 < handback.data["step"] < job.total_steps
+    assert _resumed_from(stack, job_id) == [handback.data["step"]]  # rank 0 checkpointed where the group stopped
+    stack.assert_metrics_once(job_id)
