@@ -192,11 +192,16 @@ def _save(
 def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[str, Any]:
     """What a job needs to know about the data without reading it again (see ``DatasetInfo``)."""
     task, class_names, num_classes = None, None, None
+    class_counts, test_class_counts = None, None
     if raw.get("y") is not None:
         labels = [raw["y"], raw["y_test"]] if raw.get("y_test") is not None else [raw["y"]]
         indices, task, class_names = labels_to_indices(np.concatenate(labels), f"{path.name}: y")
         if task == "classification":
             num_classes = int(indices.max()) + 1
+            n = len(raw["y"])
+            class_counts = np.bincount(indices[:n], minlength=num_classes).tolist()
+            if raw.get("y_test") is not None:
+                test_class_counts = np.bincount(indices[n:], minlength=num_classes).tolist()
     for name in class_names or ():
         if problem := unstorable(name):
             raise DataError(f"{path.name}: the label {name[:50]!r} {problem}")
@@ -205,6 +210,8 @@ def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[
         "input_shape": [int(d) for d in raw["x"].shape[1:]],
         "num_classes": num_classes,
         "class_names": class_names,
+        "class_counts": class_counts,
+        "test_class_counts": test_class_counts,
         "has_test": raw.get("x_test") is not None,
         "train_rows": len(raw["x"]),
         "test_rows": len(raw["x_test"]) if raw.get("x_test") is not None else 0,

@@ -62,6 +62,8 @@ from api.schemas import (
 from api.storage_quota import check_storage_quota
 from core import catalog
 from core.cost import DataShape, builtin_shape, describe_bytes, estimate
+from core.data import class_count_problem
+from core.data.split import empty_split_message, plan_split
 from core.errors import SpecError
 from core.export import WEIGHTS_FORMAT
 from core.spec import (
@@ -373,6 +375,8 @@ def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) 
         )
     errors += compatibility_errors(spec, task=info["task"], input_rank=len(info["input_shape"]))
     errors += _split_errors(spec, info)
+    if not errors:
+        errors += _size_errors(spec, info)
     if errors:
         raise invalid_spec(errors)
     spec = resolve_for_task(spec, info["task"])  # the metrics a spec leaves to the data, now that its task is known
@@ -407,6 +411,42 @@ def _split_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
             }
         ]
     return []
+
+
+_SPLIT_FIELD = {"random": "dataset.split.test_fraction", "classes": "dataset.split.holdout_classes",
+                "given": "dataset.split.kind"}
+
+
+def _size_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
+    """The data-size problems an upload's counts show before any worker reads it: a split
+    with an empty side, or classes with fewer training rows than a pair loss needs in a batch.
+
+    A batch_size above the training rows is not one: the engine batches min(batch_size, rows).
+    Uploads counted before the service kept class counts are checked by the worker alone.
+    """
+    split = spec.dataset.split
+    if info["task"] == "classification" and info.get("class_counts") is None:
+        return []
+    plan = plan_split(split, info.get("class_counts"), info.get("test_class_counts"),
+                      info["train_rows"], info["test_rows"])
+    if plan.train_rows == 0 or plan.test_rows == 0:
+        if split.kind == "random":
+            counts = None if plan.train_per_class is None else [
+                k for k in _pooled(info) if k]
+            message = empty_split_message(counts, info["train_rows"] + info["test_rows"], split.test_fraction,
+                                          plan.train_rows == 0)
+        else:
+            message = f"the split leaves the {'train' if plan.train_rows == 0 else 'test'} set empty"
+        return [{"field": _SPLIT_FIELD[split.kind], "message": message}]
+    if plan.train_per_class is not None and (problem := class_count_problem(plan.train_per_class, spec)):
+        return [{"field": "objective.loss", "message": problem}]
+    return []
+
+
+def _pooled(info: dict[str, Any]) -> list[int]:
+    """Rows per class over the whole file (its own test rows included), as a random split pools them."""
+    test = info.get("test_class_counts") or [0] * len(info["class_counts"])
+    return [a + b for a, b in zip(info["class_counts"], test)]
 
 
 def invalid_spec(errors: list[dict[str, str]]) -> ApiError:

@@ -164,6 +164,11 @@ class DatasetInfo(BaseModel):
     has_test: bool = Field(
         description="the file has its own test rows (usable with split kind 'given')"
     )
+    class_counts: list[int] | None = Field(
+        None, description="rows per class index (class_names order) outside the file's own test rows; null without "
+        "class labels, and for datasets uploaded before the service counted them"
+    )
+    test_class_counts: list[int] | None = Field(None, description="rows per class index in the file's own test rows")
     train_rows: int
     test_rows: int
     label_column: str | None = Field(description="the table column used as labels (csv, parquet)")

@@ -24,7 +24,8 @@ from core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
 from core.errors import DataError, SpecError
 from core.spec import JobSpec, compatibility_errors
 
-__all__ = ["DataError", "Dataset", "TextPairs", "load_dataset", "dataset_from_arrays", "text_pairs_for"]
+__all__ = ["DataError", "Dataset", "TextPairs", "class_count_problem", "dataset_from_arrays", "load_dataset",
+           "text_pairs_for"]
 
 
 def _labels(raw: dict[str, Any], where: str):
@@ -83,17 +84,26 @@ def _outlier_count(spec: JobSpec) -> int:
 
 
 def _check_class_counts(y_train: np.ndarray | None, task: str | None, spec: JobSpec) -> None:
+    if task == "classification" and (problem := class_count_problem(Counter(y_train.tolist()), spec)):
+        raise DataError(problem)
+
+
+def class_count_problem(train_per_class: dict[int, int], spec: JobSpec) -> str | None:
+    """Why the spec's loss cannot train on classes of these training sizes, or None.
+
+    The worker checks the split it made; the service checks an upload's counts at submit.
+    """
     loss = catalog.LOSSES[spec.objective.loss]
-    if task != "classification" or spec.objective.views == 2:
-        return  # a second view makes every sample its own positive
+    if spec.objective.views == 2:
+        return None  # a second view makes every sample its own positive
     need = loss.min_per_class
-    counts = Counter(y_train.tolist())
-    small = sorted(c for c, k in counts.items() if k < need)
+    small = sorted(c for c, k in train_per_class.items() if 0 < k < need)
     if small:
-        raise DataError(f"classes {small[:10]} have fewer than {need} training samples; {loss.name!r} needs at least {need} per class "
-                        "(drop them, gather more, or train with objective.views = 2)")
-    if len(counts) < 2 and loss.labels == "class":
-        raise DataError(f"the training set has a single class; {loss.name!r} needs at least two")
+        return (f"classes {small[:10]} have fewer than {need} training samples; {loss.name!r} needs at least {need} "
+                "per class (drop them, gather more, or train with objective.views = 2)")
+    if sum(k > 0 for k in train_per_class.values()) < 2 and loss.labels == "class":
+        return f"the training set has a single class; {loss.name!r} needs at least two"
+    return None
 
 
 def text_pairs_for(path: Path, spec: JobSpec, source: str) -> TextPairs:

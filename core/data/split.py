@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,11 @@ import numpy as np
 from core.data.dataset import Task
 from core.errors import DataError
 from core.spec import SplitSpec
+
+
+def test_share(rows: int, fraction: float) -> int:
+    """How many of `rows` (one class's, or all of unlabelled data's) a random split puts in the test set."""
+    return int(round(fraction * rows))
 
 
 def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: float, seed: int):
@@ -19,25 +25,57 @@ def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: fl
         for c in np.unique(y):
             idx = np.flatnonzero(y == c)
             rng.shuffle(idx)
-            k = int(round(fraction * len(idx)))
-            test[idx[:k]] = True
+            test[idx[:test_share(len(idx), fraction)]] = True
     else:
         test = np.zeros(n, dtype=bool)
-        test[rng.permutation(n)[: int(round(fraction * n))]] = True
+        test[rng.permutation(n)[:test_share(n, fraction)]] = True
     if test.all() or not test.any():
-        raise DataError(_empty_split_message(y if task == "classification" else None, n, fraction, test.all()))
+        counts = np.unique(y, return_counts=True)[1].tolist() if task == "classification" else None
+        raise DataError(empty_split_message(counts, n, fraction, test.all()))
     return test
 
 
-def _empty_split_message(y: np.ndarray | None, n: int, fraction: float, all_test: bool) -> str:
+def empty_split_message(class_counts: list[int] | None, n: int, fraction: float, all_test: bool) -> str:
     """Why a random split left one side empty, in the data's own numbers (classes, rows, fraction)."""
     empty = "train" if all_test else "test"
-    if y is None:
+    if class_counts is None:
         return f"a test_fraction of {fraction} of {n} rows leaves the {empty} set empty; change test_fraction or add rows"
-    classes, counts = np.unique(y, return_counts=True)
     return (f"the split is stratified: each class puts round({fraction} x its rows) in the test set, and "
-            f"{len(classes)} classes over {n} rows (at most {int(counts.max())} per class) "
+            f"{len(class_counts)} classes over {n} rows (at most {max(class_counts)} per class) "
             f"leave the {empty} set empty; use fewer classes, more rows or another test_fraction")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """The sizes `split` would give, worked out from the data's counts alone (no row is read)."""
+
+    train_per_class: dict[int, int] | None  # classification: training rows per class id; else None
+    train_rows: int
+    test_rows: int
+
+
+def plan_split(spec: SplitSpec, class_counts: list[int] | None, test_class_counts: list[int] | None,
+               rows: int, test_rows: int) -> SplitPlan:
+    """What `split` makes of a file with these counts: `class_counts` over its rows and
+    `test_class_counts` over its own test rows (both None for data without class labels).
+
+    The service uses it to refuse a job whose split cannot work before any worker reads the file.
+    """
+    if spec.kind == "given":
+        per_class = None if class_counts is None else dict(enumerate(class_counts))
+        return SplitPlan(per_class, rows, test_rows)
+    n = rows + test_rows
+    if class_counts is None:
+        test = test_share(n, spec.test_fraction)
+        return SplitPlan(None, n - test, test)
+    pooled = [k + (test_class_counts[c] if test_class_counts else 0) for c, k in enumerate(class_counts)]
+    if spec.kind == "classes":
+        held = set(spec.holdout_classes or [])
+        test = sum(k for c, k in enumerate(pooled) if c in held)
+        return SplitPlan({c: k for c, k in enumerate(pooled) if c not in held}, n - test, test)
+    per_class = {c: k - test_share(k, spec.test_fraction) for c, k in enumerate(pooled) if k}
+    train = sum(per_class.values())
+    return SplitPlan(per_class, train, n - train)
 
 
 def split(raw: dict[str, Any], task: Task | None, spec: SplitSpec, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

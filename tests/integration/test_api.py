@@ -829,6 +829,8 @@ def test_npz_and_csv_uploads_are_validated_listed_used_and_deleted(
         "input_shape": [8],
         "num_classes": 3,
         "class_names": None,
+        "class_counts": [20, 20, 20],
+        "test_class_counts": None,
         "has_test": False,
         "train_rows": 60,
         "test_rows": 0,
