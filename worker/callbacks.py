@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from core.loop import MIXING_STOPPED
 from core.train import Progress
 from store.db import DATABASE_DOWN
 from store.jobs import get_job_status, update_progress
 from store.metrics import MetricPoint, upsert_metrics
 from worker.checkpoints import CheckpointWriter
 from worker.context import WorkerContext
-from worker.events import record, warning_event
+from worker.events import log_event, record, warning_event
 from worker.lease import Lease
 
 log = logging.getLogger("embedmix.worker")
@@ -89,7 +90,24 @@ class StoreCallbacks:
             self._points.append(MetricPoint(name=name, step=step, epoch=epoch, value=float(value)))
             if name.startswith(EVAL_PREFIX):
                 self.latest_eval[name.removeprefix(EVAL_PREFIX)] = float(value)
+            if name == MIXING_STOPPED:
+                self._tell_mixing_stopped(step, epoch)
         self._flush_if_due()
+
+    def _tell_mixing_stopped(self, step: int, epoch: int) -> None:
+        """The switch of ``mixup.until`` on the job's timeline, where a user reading events looks for it."""
+        record(
+            self.context.session_factory,
+            self.job_id,
+            log_event(
+                self.job_id,
+                self.lease.run_key,
+                "mixup-stopped",
+                f"mixing stopped at step {step} (epoch {epoch}) as mixup.until asks; training goes on unmixed",
+                step=step,
+                epoch=epoch,
+            ),
+        )
 
     def on_checkpoint(self, state: bytes, step: int, epoch: int) -> None:
         """Flush what came before (the checkpoint must not be ahead of the series), then hand the

@@ -51,7 +51,7 @@ def test_validate_the_job_and_its_model_card_show_one_resolved_spec(
 ) -> None:
     shown = _validated_by_the_cli(tmp_path, SPEC)
     metrix = catalog.MIXUPS["metrix"]
-    assert shown["mixup"] == {"method": "metrix", **metrix.common_defaults(), "params": metrix.defaults()}
+    assert shown["mixup"] == {"method": "metrix", **metrix.common_defaults(), "params": metrix.defaults(), "until": None}
     assert shown["mixup"]["alpha"] == 2.0 and shown["mixup"]["weight"] == 0.4 and shown["mixup"]["level"] == "feature"
     assert shown["objective"]["params"] == catalog.LOSSES["multi_similarity"].defaults()
     assert shown["model"]["width"] == 256 and shown["model"]["params"] == {"depth": 2}

@@ -655,6 +655,22 @@ def test_internal_error_keeps_the_traceback_in_an_event(context: WorkerContext) 
     assert tracebacks[0].data["traceback"].startswith("Traceback (most recent call last)")
 
 
+def test_the_switch_of_mixup_until_is_on_the_timeline_once(context: WorkerContext) -> None:
+    """Mixing until epoch 1 of 2: one log event says where it stopped, at the metric point's step."""
+    sf = context.session_factory
+    spec = {**SPEC, "mixup": {"method": "input", "until": {"epoch": 1}}}
+    job_id = submit(sf, spec)
+
+    assert run_job(job_id, context) == "succeeded"
+
+    stopped = [e for e in events_of(sf, job_id) if "mixing stopped" in e.message]
+    assert len(stopped) == 1 and stopped[0].type == "log", stopped
+    assert stopped[0].data == {"step": 7, "epoch": 1}  # 240 rows / batch 32 = 7 full steps an epoch
+    with sf() as session:
+        (point,) = list_metrics(session, job_id, name="train/mixup_stopped")
+    assert (point.step, point.epoch) == (7, 1)
+
+
 # -- the reaper -------------------------------------------------------------------------------
 
 
