@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -49,8 +49,24 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
+from safetensors.torch import load_file
 
-from core.launch import die_with_parent, rank_command
+from core.data import load_dataset
+from core.errors import INTERNAL_ERROR, SpecError, failure_code
+from core.export import export
+from core.launch import (
+    STOP_GRACE_S,
+    die_with_parent,
+    join_group,
+    launched_rank,
+    leave_group,
+    rank_command,
+)
+from core.projection import project_test_set
+from core.spec import validate_spec
+from core.train import Callbacks, NullCallbacks, Progress, pick_device, train
+from worker.memory_ceiling import memory_ceiling
 
 log = logging.getLogger("embedmix.worker")
 
@@ -59,7 +75,6 @@ RESUME_FILE, INIT_WEIGHTS_FILE, PROJECTION_FILE = "resume.pt", "init.safetensors
 RANK_LOST = "rank_lost"  # the error code of a job whose ranks kept dying until its attempts ran out
 POLL_S = 0.1  # how often the parent reads the reports and the stop request while the ranks run
 PROGRESS_EVERY_S = 0.2  # rank 0 writes a progress line at most this often (the store keeps the newest only)
-STOP_GRACE_S = 10.0  # how long a launcher gets to end its ranks on SIGTERM before the tree is killed
 
 
 class RankLost(RuntimeError):
@@ -83,10 +98,16 @@ class Failure:
     time: float
 
 
+class RankFailed(Exception):
+    """A rank ended with an error; ``error`` is the one the job fails with."""
+
+    def __init__(self, error: Failure) -> None:
+        super().__init__(error.text)
+        self.error = error
+
+
 def failure_of(exc: BaseException, rank: int = -1) -> Failure:
     """What a job records of ``exc``; the code is the engine's (``core.errors.failure_code``)."""
-    from core.errors import SpecError, failure_code
-
     return Failure(rank=rank, code=failure_code(exc), kind=type(exc).__name__, text=str(exc),
                    errors=exc.errors if isinstance(exc, SpecError) else None,
                    traceback="".join(traceback.format_exception(exc)), time=time.time())
@@ -172,7 +193,7 @@ class RanksOutcome:
 class RankRelay:
     """Relays rank 0's reports to the task's callbacks and the task's stop request to the ranks."""
 
-    def __init__(self, run: RunDir, callbacks: Any, on_started: Any) -> None:
+    def __init__(self, run: RunDir, callbacks: Callbacks, on_started: Callable[[str], None]) -> None:
         self.run, self.callbacks, self.on_started = run, callbacks, on_started
         self.outcome: RanksOutcome | None = None
         self._stopping = False
@@ -186,8 +207,6 @@ class RankRelay:
             self.run.request_stop()
 
     def _dispatch(self, report: dict[str, Any]) -> None:
-        from core.train import Progress
-
         kind = report.pop("kind")
         if kind == "started":
             self.on_started(report["device"])
@@ -208,35 +227,33 @@ def run_ranks(world_size: int, run: RunDir, relay: RankRelay) -> RanksOutcome:
     :class:`RankLost` when a rank ended without one. Whatever ends the wait,
     nothing of the launcher's tree is left running.
     """
-    with _launched(rank_command(world_size, "worker.ranks", [str(run.path)])) as launcher:
+    with _launched(rank_command(world_size, "worker.ranks", [str(run.path)]), run) as launcher:
         while launcher.poll() is None:
             relay.poll()
             time.sleep(POLL_S)
         relay.poll()
-        code = launcher.returncode
-    if code == 0 and relay.outcome is not None:
-        return relay.outcome
-    errors = run.errors()
-    if len(errors) == world_size or any(e.code != "internal_error" for e in errors):
-        raise RankFailed(_telling(errors))
-    raise RankLost(f"a training rank ended without an error (launcher exit status {code})")
+    return group_outcome(launcher.returncode, relay.outcome, run.errors(), world_size)
 
 
-class RankFailed(Exception):
-    """A rank ended with an error; ``error`` is the one the job fails with."""
+def group_outcome(
+    exit_code: int, outcome: RanksOutcome | None, errors: list[Failure], world_size: int
+) -> RanksOutcome:
+    """What the group's end means: rank 0's outcome, an error to fail with, or a lost rank.
 
-    def __init__(self, error: Failure) -> None:
-        super().__init__(error.text)
-        self.error = error
-
-
-def _telling(errors: list[Failure]) -> Failure:
-    """The error to fail with: the first one a user can act on, else the first one (the others followed from it)."""
-    return next((e for e in errors if e.code != "internal_error"), errors[0])
+    An error a user can act on (a code other than internal_error) is the job's,
+    whichever rank reported it; when every rank reported an internal error, the
+    first one is the cause (the rest are its peers' broken collectives). A rank
+    that reported nothing was killed or crashed: the attempt is lost.
+    """
+    if exit_code == 0 and outcome is not None:
+        return outcome
+    if len(errors) == world_size or any(e.code != INTERNAL_ERROR for e in errors):
+        raise RankFailed(next((e for e in errors if e.code != INTERNAL_ERROR), errors[0]))
+    raise RankLost(f"a training rank ended without an error (launcher exit status {exit_code})")
 
 
 @contextmanager
-def _launched(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+def _launched(command: list[str], run: RunDir) -> Iterator[subprocess.Popen[bytes]]:
     """The launcher, in a session of its own and dying with this thread; torn down with its ranks on the way out."""
     # The preexec_fn only calls prctl, through a library loaded before the fork (core.launch._LIBC).
     launcher = subprocess.Popen(
@@ -245,19 +262,16 @@ def _launched(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield launcher
     finally:
-        _tear_down(launcher)
+        _tear_down(launcher, run)
 
 
-def _tear_down(launcher: subprocess.Popen[bytes]) -> None:
-    """Stop the launcher (SIGTERM: it stops its ranks), then kill whatever of its tree is still alive.
+def _tear_down(launcher: subprocess.Popen[bytes], run: RunDir) -> None:
+    """Stop the launcher (SIGTERM: it stops its ranks), then kill whatever of the run is still alive.
 
-    torch starts each rank in a session of its own, so the ranks are found as
-    the launcher's descendants, before it exits and they are re-parented.
+    torch starts each rank in a session of its own, so what is left is found by
+    its command line, which names the run directory: no unrelated process (a
+    reused pid) matches it.
     """
-    try:
-        tree = psutil.Process(launcher.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
     if launcher.poll() is None:
         launcher.terminate()
         try:
@@ -265,12 +279,13 @@ def _tear_down(launcher: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             launcher.kill()
             launcher.wait()
-    for process in tree:
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(run.path) in (p.info["cmdline"] or [])]
+    for process in left:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(tree, timeout=STOP_GRACE_S)
+    psutil.wait_procs(left, timeout=STOP_GRACE_S)
 
 
 # -- a rank -------------------------------------------------------------------------------------
@@ -279,13 +294,13 @@ def _tear_down(launcher: subprocess.Popen[bytes]) -> None:
 class ReportingCallbacks:
     """Rank 0's `core.loop.Callbacks`: every report goes to the parent as a line of the run directory."""
 
-    def __init__(self, run: RunDir, clock: Any = time.monotonic) -> None:
+    def __init__(self, run: RunDir, clock: Callable[[], float] = time.monotonic) -> None:
         self.run, self.clock = run, clock
         self._progress: dict[str, Any] | None = None
         self._last_progress = -math.inf
         self._checkpoints = 0  # names each checkpoint's file: a stop can checkpoint the step a periodic one just did
 
-    def on_progress(self, progress: Any) -> None:
+    def on_progress(self, progress: Progress) -> None:
         self._progress = dict(vars(progress))
         if self.clock() - self._last_progress >= PROGRESS_EVERY_S:
             self.flush_progress()
@@ -316,9 +331,7 @@ def run_info(where: str, step: int, epoch: int, seconds: float) -> dict[str, Any
     return {"device": where, "steps": step, "epochs": epoch, "seconds_last_attempt": round(seconds, 3)}
 
 
-def device_name(device: Any) -> str:
-    import torch
-
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
@@ -326,8 +339,6 @@ def device_name(device: Any) -> str:
 
 def rank_main(path: Path) -> None:
     """One rank's life: join the group, train, and (rank 0) report and export; any error goes to its file."""
-    from core.launch import launched_rank
-
     run, rank = RunDir(path), launched_rank()
     try:
         _train_rank(run, rank)
@@ -337,15 +348,6 @@ def rank_main(path: Path) -> None:
 
 
 def _train_rank(run: RunDir, rank: int) -> None:
-    from safetensors.torch import load_file
-
-    from core.data import load_dataset
-    from core.export import export
-    from core.launch import join_group, leave_group
-    from core.spec import validate_spec
-    from core.train import NullCallbacks, pick_device, train
-    from worker.memory_ceiling import memory_ceiling
-
     plan = run.plan()
     spec = validate_spec(plan["spec"])
     device = pick_device(spec)
@@ -378,8 +380,6 @@ def _train_rank(run: RunDir, rank: int) -> None:
 
 def _projection(run: RunDir, encoder: Any, data: Any, device: Any, seed: int) -> dict[str, Any]:
     """The embedding map into its file, or why there is none (a missing map must not fail a trained model)."""
-    from core.projection import project_test_set
-
     try:
         maps = project_test_set(encoder, data, device, seed=seed)
     except Exception as exc:  # noqa: BLE001 - as worker.projection.make_projection
