@@ -78,22 +78,32 @@ def _ranks(stack: Stack, job_id: str) -> list[psutil.Process]:
     """The job's launcher and ranks: the descendants of the worker holding its lease (all N ranks up)."""
     def found() -> list[psutil.Process] | None:
         tree = psutil.Process(owner_pid(stack.job(job_id))).children(recursive=True)
-        ranks = [p for p in tree if RANK_MODULE in p.cmdline() and "torch.distributed.run" not in p.cmdline()]
+        ranks = [p for p in tree if _rank_of(p) is not None]
         return tree if len(ranks) == SPEC["resources"]["devices"] else None
 
     return wait_for(found, 60, f"the ranks of {job_id}", stack.logs)
 
 
+def _rank_of(process: psutil.Process) -> int | None:
+    """The rank a `worker.ranks` process is (None for the launcher, or a process that is not one, or gone)."""
+    try:
+        command = process.cmdline()
+        if RANK_MODULE not in command or "torch.distributed.run" in command:
+            return None
+        return int(process.environ()["RANK"])
+    except (psutil.Error, KeyError):
+        return None
+
+
 def _rank(processes: list[psutil.Process], rank: int) -> psutil.Process:
-    (found,) = [p for p in processes if "torch.distributed.run" not in p.cmdline()
-                and p.environ().get("RANK") == str(rank)]
+    (found,) = [p for p in processes if _rank_of(p) == rank]
     return found
 
 
 def _worker_tree(stack: Stack) -> list[psutil.Process]:
     """Whatever runs under the worker processes (nothing, once their jobs have ended)."""
     workers = [p for p in stack.processes if p.name.startswith("worker") and p.alive()]
-    return [c for w in workers for c in psutil.Process(w.pid).children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    return [c for w in workers for c in psutil.Process(w.pid).children(recursive=True) if not _gone([c])]
 
 
 def _kill(processes: list[psutil.Process]) -> None:
@@ -106,7 +116,13 @@ def _kill(processes: list[psutil.Process]) -> None:
 
 def _gone(processes: list[psutil.Process]) -> bool:
     """None of these processes runs any more (a pid reused since is another process: is_running checks)."""
-    return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return not any(running(p) for p in processes)
 
 
 def _one_device_losses(spec: dict[str, Any]) -> dict[int, float]:
