@@ -85,7 +85,8 @@ class Recipe:
     better: str  # "higher" or "lower"
     claim: str  # the paper's direction, in words
     baseline: str  # what recipes/NAME-baseline.json is
-    baseline_kind: str  # how the specs differ: "no_mixup", "weight_0", "eta_0", "moco", "no_mixed_pairs"
+    baseline_kind: str  # how the specs differ: "no_mixup", "weight_0", "eta_0", "moco", "no_mixed_pairs",
+    # and for the loss methods "beta_0" (objective.params.beta 0), "loss" (another objective), "one_head_fixed" (AMCL)
     protocol: str  # the paper's protocol as these data carry it, in a few words
     hparams: str  # where the hyper-parameters come from
     secondary: tuple[str, ...] = ()
@@ -111,6 +112,8 @@ _MS_METRIX = ("billpsomas/metrix main.py: multi-similarity alpha 17.97, beta 75.
               "both runs")
 _SSL = "self-supervised pre-training on mnist1d (4,000), kNN / linear probe on a random 20% test split"
 _HARD = "mnist1d (1,200) with conv1d, random 20% test split"
+_LT = ("long-tailed mnist1d (4,000 generated; dataset.params.imbalance_ratio 10: 320 down to 32 training rows per "
+       "class, 1,308 in all), self-supervised pre-training, kNN / linear probe on a balanced test set of 80 per class")
 _CEILING = "a baseline at its ceiling leaves nothing to improve"
 _CHOSEN = "chosen from the baseline alone, on a validation fifth of the training split (`embedmix recipes regime {}`): "
 
@@ -134,7 +137,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "knn_accuracy", "higher", "the mixed-sample regulariser raises Barlow Twins' kNN / linear accuracy",
            "Barlow Twins without the regulariser", "no_mixup", _SSL,
            "wgcban/mix-bt main.py: unbiased standardisation without eps (standardise 'unbiased') in both runs, "
-           "lambda_offdiag 1/d = 1/128, l_reg 4, alpha 1", ("linear_probe_accuracy",), seeds=8),
+           "lambda_offdiag 1/128 (mix-bt's fixed CIFAR value, not 1/d), l_reg 4, alpha 1", ("linear_probe_accuracy",), seeds=8),
     Recipe("c_mixup", "Yao et al., C-Mixup (NeurIPS 2022)", "rmse", "lower", "C-Mixup lowers the RMSE of plain (ERM) training",
            "the MSE regressor without mixing", "no_mixup", "regression on diabetes (442 rows), random 20% test split",
            "huaxiuyao/C-Mixup: partners drawn from the whole training set (partner_pool 'train_set'), alpha 2; "
@@ -144,7 +147,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "the same supervised contrastive regression without the mixed pairs (mixed_pairs false)", "no_mixed_pairs",
            "contrastive pre-training on diabetes, linear-probe MAE on a random 20% test split",
            "the paper and its authors' code: temperature 0.3, mix-neg lambda ~ Beta(2, 8), every (j, k) mix-pos pair "
-           "(pos_pairs 'all'), label window 10", ("rmse",), seeds=20),
+           "(pos_pairs 'all'), label window 10", ("rmse",), seeds=20,
+           note="the paper's gains are on AgeDB-DIR and IMDB-WIKI-DIR (tens of thousands of images); diabetes gives "
+                "354 training rows of 10 features, and the mixed pairs did not help its linear probe here (its "
+                "rmse rises too); the authors' separate max-shift of mixture logits is not reproduced "
+                "(docs/methods.md)"),
     Recipe("decoupled_mixup", "Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer (NeurIPS 2023)",
            "accuracy", "higher", "the decoupled regulariser raises the accuracy of mixup training",
            "the same input mixup with eta = 0 (plain mixup cross-entropy, the paper's comparison)", "eta_0", _HARD,
@@ -174,6 +181,31 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            note="the fine-tuning runs start from the pre-trained encoder with a fresh classification head (the "
                 "starting weights are the encoder's); the official code fine-tunes the whole network, fc layer "
                 "included"),
+    Recipe("conr", "Keramati et al., ConR: Contrastive Regularizer for Deep Imbalanced Regression (ICLR 2024)", "mae",
+           "lower", "the ConR regulariser lowers the MAE of the regression head on imbalanced targets",
+           "the same two-view MSE head with beta = 0 (the regulariser weighs nothing)", "beta_0",
+           "imbalanced regression on diabetes (442 rows; right-skewed targets, 25-346, most below 200), linear-probe "
+           "MAE on a random 20% test split",
+           "BorealisAI/ConR agedb-dir: beta 4, temperature 0.07 (loss.py's effective value); window 1 and eta 0.01 "
+           "are in years over AgeDB's 0-101 range, scaled to diabetes' 25-346 range (x 3.2): window 3, eta 0.003",
+           ("rmse",), seeds=10),
+    Recipe("cacr", "Zheng et al., Contrastive Attraction and Contrastive Repulsion for Representation Learning (2023)",
+           "knn_accuracy", "higher", "CACR beats SimCLR's contrastive loss, most on long-tailed data",
+           "SimCLR's NT-Xent at temperature 0.5 (SimCLR's CIFAR value), the same views and encoder", "loss", _LT,
+           "JegZheng/CACR-SSL README CIFAR-10 command: tau_pos 1, tau_neg 0.9, alpha 1, beta 1 (two views, not Ny 4)",
+           ("linear_probe_accuracy", "precision_at_1"), seeds=6),
+    Recipe("isogclr", "Qiu et al., Not All Semantics are Created Equal (iSogCLR, ICML 2023)", "knn_accuracy", "higher",
+           "individualised temperatures beat SimCLR at a fixed temperature, most on imbalanced data",
+           "SimCLR's NT-Xent at temperature 0.1 (iSogCLR's starting temperature), the same views and encoder", "loss",
+           _LT, "Optimization-AI/LibAUC GCLoss_v1(enable_isogclr=True): tau_init 0.1 in [0.05, 0.7], rho 0.3, "
+           "eta 0.01, beta 0.9, gamma 0.9", ("linear_probe_accuracy", "precision_at_1"), seeds=6),
+    Recipe("amcl", "Wang, Koniusz, Gedeon & Zheng, Adaptive Multi-head Contrastive Learning (ECCV 2024)",
+           "knn_accuracy", "higher", "several heads with adaptive per-pair temperatures beat SimCLR",
+           "SimCLR: AMCL with one head and a fixed temperature 0.5 (adaptive false), the same projection MLP",
+           "one_head_fixed", "self-supervised pre-training on mnist1d (1,500), kNN / linear probe on a random 20% test split",
+           "LeiWangR/cl runs/cifar10_simclr_amcl/config.json: 3 heads of 512 -> 128, beta 1e-4, tau in [1e-5, 2], "
+           "top-k 100, temperature network 128; SimCLR's temperature 0.5", ("linear_probe_accuracy", "precision_at_1"),
+           seeds=5),
     Recipe("input", "Zhang et al., mixup (ICLR 2018)", "knn_accuracy", "higher", "mixup raises accuracy",
            "SupCon without mixing", "no_mixup", "mnist1d (4,000), random 20% test split",
            "facebookresearch/mixup-cifar10: alpha 1", ("precision_at_1",), seeds=8, seed_paper=False),
@@ -651,9 +683,12 @@ def run_all(seeds: Optional[int] = Seeds, out: Optional[Path] = Out,
 
     A recipe whose OUT/NAME.json is already complete for its current specs and seeds is skipped (--force reruns it).
     """
-    names = list(only) if only else list(RECIPES)
+    from cli import temperature
+
+    names = [n for n in only if n != temperature.STUDY] if only else list(RECIPES)
     for name in names:
         _check_name(name)
+    study = not only or temperature.STUDY in only  # the uniformity-tolerance study runs after the pairs
     out = _out(out, smoke)
     command = _command("run-all", seeds, jobs, threads, smoke, "".join(f" --only {n}" for n in only or []))
     plan = {}
@@ -667,12 +702,18 @@ def run_all(seeds: Optional[int] = Seeds, out: Optional[Path] = Out,
     cpu0, wall0, started = time.process_time() + _children_cpu(), time.perf_counter(), datetime.now(timezone.utc)
     results = run_recipes(plan, out=out, jobs=jobs, smoke=smoke, device=_device(device), command=command,
                           threads=threads)
+    ran = list(results)
+    if study and temperature.read_study(out, smoke) is not None and not force:
+        console.print(f"{temperature.STUDY}: complete for its spec and seeds ({out / temperature.STUDY}.json), skipped")
+    elif study:
+        temperature.run_study(out, jobs=jobs, smoke=smoke, device=_device(device), command=command, threads=threads)
+        ran.append(temperature.STUDY)
     wall, cpu = time.perf_counter() - wall0, time.process_time() + _children_cpu() - cpu0
     for result in results.values():
         print(_summary_line(result))
-    if results:
+    if ran:
         summary = {"command": command, "started": started.isoformat(timespec="seconds"), "jobs": jobs, "smoke": smoke,
-                   "recipes_run": list(results), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                   "recipes_run": ran, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                    "machine": _machine(threads or (1 if jobs > 1 else _set_threads(None)))}
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_ALL_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -737,8 +778,11 @@ def _setup(name: str, result: dict[str, Any] | None) -> list[str]:
     data = ds.get("name") or ds.get("path") or ds.get("id")
     data += f" (size {ds['size']})" if ds.get("size") else ""
     split = ds.get("split", {})
+    data += "".join(f", {k} {v:g}" for k, v in ds.get("params", {}).items())
     if split.get("kind") == "classes":
         data += f", test classes {split['holdout_classes']}"
+    elif split.get("kind") == "given":
+        data += ", the data's own test set"
     else:
         data += f", test {split.get('test_fraction', 0.2)}"
     net = f"{model.get('encoder', 'mlp')} width {model.get('width', 'default')}, dim {model.get('embedding_dim', 128)}"
@@ -747,9 +791,9 @@ def _setup(name: str, result: dict[str, Any] | None) -> list[str]:
     steps = result["runs"]["method"][0]["steps"] if result and result["runs"]["method"] else None
     sched = f"{train.get('epochs', 10)} epochs x batch {train.get('batch_size', 128)}, lr {train.get('lr', 1e-3)}"
     sched += f" ({steps} steps)" if steps else ""
-    mix = spec["mixup"]
-    mixing = mix["method"] + "".join(f" {k}={mix[k]}" for k in ("alpha", "level", "weight") if k in mix)
-    mixing += "".join(f" {k}={v}" for k, v in mix.get("params", {}).items())
+    mix = spec.get("mixup")
+    mixing = "-" if mix is None else mix["method"] + "".join(f" {k}={mix[k]}" for k in ("alpha", "level", "weight") if k in mix)
+    mixing += "".join(f" {k}={v}" for k, v in (mix or {}).get("params", {}).items())
     pretrain = RECIPES[name].pretrain
     start = f"encoder of `recipes/{pretrain}.json` (same seed)" if pretrain else "fresh"
     return [data, net, loss, sched, mixing, start]
@@ -851,8 +895,12 @@ def _row(recipe: Recipe, r: dict[str, Any] | None) -> str:
                    f"| {r['cpu_s']:.0f} | `embedmix recipes run {recipe.name}` |")
 
 
-def render_report(results: dict[str, dict[str, Any]], directory: Path | None = None) -> str:
-    """RESULTS.md from the result files (one per recipe; recipes without one are marked 'not yet run')."""
+def render_report(results: dict[str, dict[str, Any]], directory: Path | None = None,
+                  study: dict[str, Any] | None = None) -> str:
+    """RESULTS.md from the result files (one per recipe; recipes without one are marked 'not yet run'), with the
+    uniformity-tolerance study's section from its result (`study`; None: not yet run)."""
+    from cli import temperature
+
     lines = ["# Results: each mixing method against its baseline, under its paper's protocol", ""]
     lines += ["Written by `embedmix recipes report` from the JSON files that `embedmix recipes run-all` "
               "(or `embedmix recipes run NAME`) writes into `results/`. Do not edit by hand: rerun the commands.", ""]
@@ -872,6 +920,7 @@ def render_report(results: dict[str, dict[str, Any]], directory: Path | None = N
         lines += [f"- **{r.name}** ({done[r.name]['summary']['verdict']['verdict']}): {evidence(r, done[r.name])}"
                   for r in unproven]
         lines.append("")
+    lines += temperature.section(study)
     lines += ["## Regimes and preconditions", "",
               "| method | precondition | baseline on test (mean ± sd) | met | how the regime was chosen |", "|---|---|---|---|---|"]
     for recipe in RECIPES.values():
@@ -947,12 +996,16 @@ def read_results(directory: Path) -> dict[str, dict[str, Any]]:
 def report(results: Path = typer.Option(RESULTS_DIR, "--results", help="directory of the JSON result files"),
            out: Path = typer.Option(RESULTS_MD, "--out", help="the Markdown file to write")) -> None:
     """Write RESULTS.md from the JSON result files (recipes without one are marked 'not yet run')."""
+    from cli import temperature
+
     found = read_results(results)
-    out.write_text(render_report(found, results))
+    out.write_text(render_report(found, results, temperature.read_study(results)))
     print(f"wrote {out} ({len(found)} of {len(RECIPES)} recipes have results)")
 
 
 def register(app: typer.Typer) -> None:
+    from cli import temperature  # noqa: F401  (adds `recipes temperature`; it imports this module)
+
     app.add_typer(recipes_app, name="recipes")
 
 

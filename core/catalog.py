@@ -90,7 +90,12 @@ DATASETS: dict[str, Entry] = {
         Entry(
             "mnist1d", "dataset",
             "MNIST-1D: 10 classes of 1-D templates, generated with the mnist1d package's own generator (seeded, cached).",
-            (_i("size", 5000, 100, 200_000, "number of samples generated"),),
+            (_i("size", 5000, 100, 200_000, "number of samples generated"),
+             _f("imbalance_ratio", 1.0, 1.0, 1000.0,
+                "1: the generated samples as they are. r > 1: a long-tailed training set with a balanced test set "
+                "(as CIFAR-10-LT): each class gives n // 5 rows to the test set (n the smallest class's count; "
+                "split kind 'given' tests on them, 'random' pools them back), then class c keeps "
+                "round(h r^(-c/9)) training rows, h = n - n // 5, drawn with a fixed seed (0)")),
             labels="class", task="classification",
             paper="Greydanus & Kobak, Scaling down deep learning with MNIST-1D (2020)",
             extra={"input_shape": [40], "num_classes": 10},

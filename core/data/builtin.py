@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.errors import DataError
+
 
 RawArrays = dict[str, Any]  # x, y, optional x_test / y_test, optional class_names
 
@@ -74,11 +76,48 @@ def blobs(size: int, num_classes: int, num_features: int, cluster_std: float, se
     return {"x": x.astype(np.float32), "y": y.astype(np.int64)}
 
 
+LONG_TAIL_SEED = 0  # the draw of which rows a long-tailed subsample keeps: fixed, so the data are a function of the spec
+LONG_TAIL_TEST_SHARE = 5  # a long-tailed set's balanced test split takes 1/5 of the smallest class's rows per class
+LONG_TAIL_FIELD = "dataset.params.imbalance_ratio"
+
+
+def long_tail(raw: RawArrays, ratio: float, seed: int = LONG_TAIL_SEED) -> RawArrays:
+    """A long-tailed training set with a balanced test set, as CIFAR-10-LT is made from CIFAR-10.
+
+    With n the smallest class's row count, every class first gives n // 5 rows to the
+    test set (x_test/y_test, which split kind 'given' tests on); of the rest, class c of
+    C (in id order) keeps round(h * ratio ** (-c / (C - 1))) rows, h = n - n // 5: class 0
+    is the head with h rows, the last class the tail with h / ratio, the counts decaying
+    geometrically in between. The rows are drawn by a generator seeded with `seed`.
+    """
+    x, y = raw["x"], raw["y"]
+    classes, counts = np.unique(y, return_counts=True)
+    n = int(counts.min())
+    test_rows = n // LONG_TAIL_TEST_SHARE
+    head = n - test_rows
+    keep = [int(round(head * ratio ** (-c / (len(classes) - 1)))) for c in range(len(classes))]
+    if test_rows < 1 or keep[-1] < 1:
+        raise DataError(f"{LONG_TAIL_FIELD}: {ratio:g} over classes of {n} rows leaves the tail class "
+                        f"{keep[-1]} training rows and {test_rows} test rows; use a smaller ratio or a larger size")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label, count in zip(classes, keep):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        test.append(rows[:test_rows])
+        train.append(rows[test_rows:test_rows + count])
+    tr, te = np.concatenate(train), np.concatenate(test)
+    return {"x": x[tr], "y": y[tr], "x_test": x[te], "y_test": y[te]}
+
+
+def _maybe_long_tail(raw: RawArrays, ratio: float) -> RawArrays:
+    return raw if ratio == 1 else long_tail(raw, ratio)
+
+
 def load_builtin(name: str, size: int | None, params: dict[str, Any]) -> RawArrays:
     """The arrays of a built-in dataset from a resolved spec's `dataset.size` and `dataset.params`."""
     opts = {**params, "size": size}
     makers: dict[str, Callable[[], RawArrays]] = {
-        "mnist1d": lambda: mnist1d(int(opts["size"])),
+        "mnist1d": lambda: _maybe_long_tail(mnist1d(int(opts["size"])), float(opts.get("imbalance_ratio", 1.0))),
         "digits": digits,
         "diabetes": diabetes,
         "blobs": lambda: blobs(int(opts["size"]), int(opts["num_classes"]), int(opts["num_features"]), float(opts["cluster_std"])),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli import temperature
 from cli.main import app
 from cli.recipes import (RECIPES, RECIPES_DIR, _train, is_complete, load_pair, load_pretrain, paired_t_interval,
                          read_results, render_report, run_seed, run_spec, spec_hash, summarise, verdict,
@@ -36,7 +37,7 @@ def one_thread():
 
 def test_every_recipe_file_belongs_to_a_recipe_and_validates():
     files = {p.name for p in RECIPES_DIR.glob("*.json")}
-    expected = {p.name for r in RECIPES.values() for p in r.spec_files}
+    expected = {p.name for r in RECIPES.values() for p in r.spec_files} | {temperature.SPEC_FILE.name}
     assert files == expected
     for name in NAMES:
         recipe = RECIPES[name]
@@ -50,7 +51,10 @@ def test_every_recipe_file_belongs_to_a_recipe_and_validates():
                 assert recipe.precondition.metric in parsed.eval.metrics, spec["name"]
         assert recipe.better in ("higher", "lower") and recipe.seeds >= 5
         assert recipe.protocol and recipe.hparams
-        assert method["mixup"]["method"] in catalog.MIXUPS
+        if "mixup" in method:
+            assert method["mixup"]["method"] in catalog.MIXUPS
+        else:  # a loss method (ConR, CACR, iSogCLR, AMCL): the recipe is about its objective
+            assert method["objective"]["loss"] in catalog.LOSSES and "mixup" not in baseline
         pretrain = load_pretrain(name)
         if pretrain is not None:  # the same data and architecture, so its encoder fits the fine-tuning runs
             validate_spec(pretrain)
@@ -64,6 +68,29 @@ def _without(spec: dict, *keys: str) -> dict:
     return out
 
 
+def _beta_0(m: dict, b: dict) -> None:
+    """ConR against the same two-view MSE head: only the regulariser's weight differs, and it is 0."""
+    assert m["loss"] == b["loss"] == "conr" and m["params"]["beta"] > 0 and b["params"]["beta"] == 0
+    assert {**m["params"], "beta": 0} == b["params"] and m["views"] == b["views"] == 2
+
+
+def _other_loss(m: dict, b: dict) -> None:
+    """CACR / iSogCLR against SimCLR: NT-Xent at one fixed temperature over the same two views."""
+    assert m["loss"] != "ntxent" and b["loss"] == "ntxent" and set(b["params"]) == {"temperature"}
+    assert m["views"] == b["views"] == 2
+
+
+def _one_head_fixed(m: dict, b: dict) -> None:
+    """AMCL against SimCLR on the same projection: one head, a fixed temperature (NT-Xent, tested in test_amcl.py)."""
+    assert m["loss"] == b["loss"] == "amcl" and m["params"]["heads"] > 1 and m["params"]["adaptive"] is True
+    assert b["params"]["heads"] == 1 and b["params"]["adaptive"] is False and "temperature" in b["params"]
+    for key in ("head_dim", "head_hidden"):
+        assert m["params"][key] == b["params"][key]
+
+
+LOSS_KINDS = {"beta_0": _beta_0, "loss": _other_loss, "one_head_fixed": _one_head_fixed}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_method_and_baseline_differ_only_as_the_baseline_says(name):
     method, baseline = load_pair(name)
@@ -71,6 +98,10 @@ def test_method_and_baseline_differ_only_as_the_baseline_says(name):
     if kind == "no_mixup":
         assert "mixup" not in baseline
         assert _without(method, "mixup") == _without(baseline)
+        return
+    if kind in LOSS_KINDS:
+        assert _without(method, "objective") == _without(baseline, "objective")
+        LOSS_KINDS[kind](method["objective"], baseline["objective"])
         return
     assert _without(method, "mixup") == _without(baseline, "mixup")
     m, b = copy.deepcopy(method["mixup"]), copy.deepcopy(baseline["mixup"])
@@ -269,3 +300,16 @@ def test_confidence_gap_by_hand():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     labels = torch.tensor([0, 1, 1])  # predictions 0, 0, 1: accuracy 2/3; mean confidence (0.9 + 0.6 + 0.7) / 3
     assert confidence_gap(probs, labels) == pytest.approx(2.2 / 3 - 2 / 3)
+
+
+def test_the_temperature_study_runs_every_point_plots_it_and_reports_it(tmp_path):
+    """A smoke run of the uniformity-tolerance study: one run per (temperature, seed), an SVG, a RESULTS.md table."""
+    result = temperature.run_study(tmp_path, seeds=1, jobs=1, smoke=True, command="test")
+    assert [(r["temperature"], r["seed"]) for r in result["runs"]] == [(t, 0) for t in temperature.TEMPERATURES]
+    assert temperature.read_study(tmp_path, smoke=True)["spec_hash"] == result["spec_hash"]
+    assert temperature.read_study(tmp_path) is None  # a smoke result never stands for the real study
+    plot = (tmp_path / temperature.PLOT_FILE).read_text()
+    assert plot.startswith("<svg") and all(m in plot for m in temperature.METRICS)
+    lines = temperature.section(result)
+    rows = [line for line in lines if line.startswith("| ") and line[2].isdigit()]
+    assert [float(line.split("|")[1]) for line in rows] == list(temperature.TEMPERATURES)
