@@ -201,7 +201,7 @@ _register_service_commands()
 
 
 def _register_recipe_commands() -> None:
-    from cli import recipes
+    from cli import recipes, temperature  # noqa: F401  (temperature registers its study and command)
 
     recipes.register(app)
 

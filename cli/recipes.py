@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -229,6 +229,23 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "facebookresearch/moco v2: temperature 0.2; queue 1,024 and momentum 0.99 scaled to the data",
            ("linear_probe_accuracy",), seeds=6, seed_paper=False),
 ]}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study without a baseline that `run-all` runs after the pairs and the report gives a section.
+
+    A study's module registers itself in STUDIES (cli/temperature.py does), so this module
+    never imports it: the study builds on this module's runner, not the other way round.
+    """
+
+    name: str
+    read: Callable[[Path, bool], dict[str, Any] | None]  # (directory, smoke) -> its result if current, else None
+    run: Callable[..., dict[str, Any]]  # (out, *, jobs, smoke, device, command, threads) -> its result
+    section: Callable[[dict[str, Any] | None], list[str]]  # RESULTS.md's lines for a result (None: not yet run)
+
+
+STUDIES: dict[str, Study] = {}
 
 
 # --------------------------------------------------------------------------- specs
@@ -683,12 +700,10 @@ def run_all(seeds: Optional[int] = Seeds, out: Optional[Path] = Out,
 
     A recipe whose OUT/NAME.json is already complete for its current specs and seeds is skipped (--force reruns it).
     """
-    from cli import temperature
-
-    names = [n for n in only if n != temperature.STUDY] if only else list(RECIPES)
+    names = [n for n in only if n not in STUDIES] if only else list(RECIPES)
     for name in names:
         _check_name(name)
-    study = not only or temperature.STUDY in only  # the uniformity-tolerance study runs after the pairs
+    studies = [st for st in STUDIES.values() if not only or st.name in only]  # run after the pairs
     out = _out(out, smoke)
     command = _command("run-all", seeds, jobs, threads, smoke, "".join(f" --only {n}" for n in only or []))
     plan = {}
@@ -703,11 +718,12 @@ def run_all(seeds: Optional[int] = Seeds, out: Optional[Path] = Out,
     results = run_recipes(plan, out=out, jobs=jobs, smoke=smoke, device=_device(device), command=command,
                           threads=threads)
     ran = list(results)
-    if study and temperature.read_study(out, smoke) is not None and not force:
-        console.print(f"{temperature.STUDY}: complete for its spec and seeds ({out / temperature.STUDY}.json), skipped")
-    elif study:
-        temperature.run_study(out, jobs=jobs, smoke=smoke, device=_device(device), command=command, threads=threads)
-        ran.append(temperature.STUDY)
+    for st in studies:
+        if st.read(out, smoke) is not None and not force:
+            console.print(f"{st.name}: complete for its spec and seeds ({out / st.name}.json), skipped")
+            continue
+        st.run(out, jobs=jobs, smoke=smoke, device=_device(device), command=command, threads=threads)
+        ran.append(st.name)
     wall, cpu = time.perf_counter() - wall0, time.process_time() + _children_cpu() - cpu0
     for result in results.values():
         print(_summary_line(result))
@@ -896,11 +912,9 @@ def _row(recipe: Recipe, r: dict[str, Any] | None) -> str:
 
 
 def render_report(results: dict[str, dict[str, Any]], directory: Path | None = None,
-                  study: dict[str, Any] | None = None) -> str:
-    """RESULTS.md from the result files (one per recipe; recipes without one are marked 'not yet run'), with the
-    uniformity-tolerance study's section from its result (`study`; None: not yet run)."""
-    from cli import temperature
-
+                  studies: dict[str, dict[str, Any] | None] | None = None) -> str:
+    """RESULTS.md from the result files (one per recipe; recipes without one are marked 'not yet run'), with each
+    registered study's section from its result (`studies` by name; missing or None: not yet run)."""
     lines = ["# Results: each mixing method against its baseline, under its paper's protocol", ""]
     lines += ["Written by `embedmix recipes report` from the JSON files that `embedmix recipes run-all` "
               "(or `embedmix recipes run NAME`) writes into `results/`. Do not edit by hand: rerun the commands.", ""]
@@ -920,7 +934,8 @@ def render_report(results: dict[str, dict[str, Any]], directory: Path | None = N
         lines += [f"- **{r.name}** ({done[r.name]['summary']['verdict']['verdict']}): {evidence(r, done[r.name])}"
                   for r in unproven]
         lines.append("")
-    lines += temperature.section(study)
+    for st in STUDIES.values():
+        lines += st.section((studies or {}).get(st.name))
     lines += ["## Regimes and preconditions", "",
               "| method | precondition | baseline on test (mean ± sd) | met | how the regime was chosen |", "|---|---|---|---|---|"]
     for recipe in RECIPES.values():
@@ -996,16 +1011,13 @@ def read_results(directory: Path) -> dict[str, dict[str, Any]]:
 def report(results: Path = typer.Option(RESULTS_DIR, "--results", help="directory of the JSON result files"),
            out: Path = typer.Option(RESULTS_MD, "--out", help="the Markdown file to write")) -> None:
     """Write RESULTS.md from the JSON result files (recipes without one are marked 'not yet run')."""
-    from cli import temperature
-
     found = read_results(results)
-    out.write_text(render_report(found, results, temperature.read_study(results)))
+    out.write_text(render_report(found, results, {st.name: st.read(results, False) for st in STUDIES.values()}))
     print(f"wrote {out} ({len(found)} of {len(RECIPES)} recipes have results)")
 
 
 def register(app: typer.Typer) -> None:
-    from cli import temperature  # noqa: F401  (adds `recipes temperature`; it imports this module)
-
+    """Add `embedmix recipes` to the CLI; `cli.main` imports the studies first, which register themselves."""
     app.add_typer(recipes_app, name="recipes")
 
 

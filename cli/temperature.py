@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import typer
 
-from cli.recipes import (RECIPES_DIR, Device, Out, Smoke, Threads, _device, _machine, _out, _set_threads, _train,
-                         _write, mean_std, recipes_app, with_seed)
+from cli.recipes import (RECIPES_DIR, STUDIES, Device, Out, Smoke, Study, Threads, _device, _machine, _out,
+                         _set_threads, _train, _write, mean_std, recipes_app, with_seed)
 
 STUDY = "temperature"
 SPEC_FILE = RECIPES_DIR / f"{STUDY}.json"
@@ -217,3 +217,6 @@ def temperature(seeds: int = typer.Option(SEEDS, "--seeds", min=1, max=100), out
         print(f"temperature {row['temperature']:g}: " + ", ".join(
             f"{m} {row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in TABLE_METRICS))
     print(f"cpu {result['cpu_s']:.1f}s; wrote {out / (STUDY + '.json')} and {out / PLOT_FILE}")
+
+
+STUDIES[STUDY] = Study(STUDY, read_study, run_study, section)
