@@ -33,6 +33,7 @@ from core.mixup.mixing import kernel_partners, kernel_probs
 from core.models import build_net
 from core.spec import SpecError, validate_spec
 from core.train import train
+from tests.references import assert_same
 
 BLOBS = {"name": "blobs", "size": 120, "params": {"num_classes": 4, "num_features": 6}}
 
@@ -43,22 +44,6 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def value_and_grad(fn, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-    value = fn(*leaves)
-    value.backward()
-    return value.detach(), [x.grad for x in leaves]
-
-
-def assert_same(ours, reference, *inputs: torch.Tensor) -> None:
-    """Value and gradient (with respect to `inputs`) of `ours` equal those of `reference`, float64."""
-    v1, g1 = value_and_grad(ours, *inputs)
-    v2, g2 = value_and_grad(reference, *inputs)
-    torch.testing.assert_close(v1, v2, rtol=1e-10, atol=1e-12)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def loss_and_param_grads(fn, module: torch.nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:

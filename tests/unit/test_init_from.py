@@ -7,6 +7,7 @@ the field and the first key that differs, and leave a resumed run to its checkpo
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -23,17 +24,19 @@ from core.text_train import TextTrainer
 from core.train import NullCallbacks, train, trainer_for
 from store.sweeps import apply_params
 
+BASE = {
+    "name": "init",
+    "dataset": {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 12}},
+    "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
+    "objective": {"loss": "supcon"},
+    "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "seed": 1, "device": "cpu"},
+    "eval": {"metrics": ["precision_at_1"], "every_epochs": 0},
+    "export": {"formats": ["safetensors"]},
+}
+
 
 def _spec(**over):
-    base = {
-        "name": "init",
-        "dataset": {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 12}},
-        "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
-        "objective": {"loss": "supcon"},
-        "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "seed": 1, "device": "cpu"},
-        "eval": {"metrics": ["precision_at_1"], "every_epochs": 0},
-        "export": {"formats": ["safetensors"]},
-    }
+    base = copy.deepcopy(BASE)
     for key, value in over.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return validate_spec(base)
@@ -177,15 +180,7 @@ def _cli_train(spec: dict, tmp_path: Path, out: str) -> Result:
     return CliRunner().invoke(cli_app, ["train", str(path), "--out", str(tmp_path / out)])
 
 
-CLI_SPEC = {
-    "name": "cli-init",
-    "dataset": {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 12}},
-    "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
-    "objective": {"loss": "supcon"},
-    "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "seed": 1, "device": "cpu"},
-    "eval": {"metrics": ["precision_at_1"], "every_epochs": 0},
-    "export": {"formats": ["safetensors"]},
-}
+CLI_SPEC = {**BASE, "name": "cli-init"}
 
 
 def test_local_train_starts_from_an_exported_file_and_refuses_a_job_id(source, tmp_path: Path):

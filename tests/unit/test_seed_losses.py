@@ -16,24 +16,9 @@ from core.losses import build
 from core.losses.conr import conr_regulariser
 from core.spec import SpecError, validate_spec
 from core.train import train
+from tests.references import assert_same, value_and_grad
 
 DIM = 6
-
-
-def value_and_grad(fn, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    leaves = [x.clone().requires_grad_(True) for x in inputs]
-    value = fn(*leaves)
-    value.backward()
-    return value.detach(), [x.grad for x in leaves]
-
-
-def assert_same(ours, reference, *inputs: torch.Tensor) -> None:
-    """Value and gradient of `ours` equal those of `reference` (float64)."""
-    v1, g1 = value_and_grad(ours, *inputs)
-    v2, g2 = value_and_grad(reference, *inputs)
-    torch.testing.assert_close(v1, v2, rtol=1e-10, atol=1e-12)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
