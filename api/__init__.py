@@ -5,6 +5,6 @@ Arrows: api -> store, service, core.spec, core.catalog, core.errors, core.data
 reach workers as Celery messages sent by task name (``service.queue``).
 """
 
-from api.app import create_app, run_api
+from embedmix.api.app import create_app, run_api
 
 __all__ = ["create_app", "run_api"]

@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds an independent application (its own engine,
 broker client, caches and metrics registry), so tests and embedding hosts can
 run several side by side. ``run_api(settings, host, port)`` serves one with
-uvicorn; ``uvicorn --factory api.app:create_app`` does the same with settings
+uvicorn; ``uvicorn --factory embedmix.api.app:create_app`` does the same with settings
 from the ``EMBEDMIX_*`` environment.
 
 Database schema is not created here: ``embedmix up`` and the compose
@@ -23,17 +23,17 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
-from api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, sweeps, ui
-from api.deps import reject_unknown_query
-from api.docs import DocsPolicyMiddleware
-from api.errors import document_errors, install_error_handlers
-from api.limits import BodyLimitMiddleware, InputGuardMiddleware
-from api.poll import JobPollMiddleware
-from api.runtime import Runtime
-from api.telemetry import RequestMetricsMiddleware
-from api.uploads import MULTIPART_OVERHEAD, clear_stale_uploads
-from service.jsonlog import logging_config
-from service.settings import Settings, get_settings
+from embedmix.api import catalog, datasets, health, jobs, keys, models, openai_embeddings, projection, stream, sweeps, ui
+from embedmix.api.deps import reject_unknown_query
+from embedmix.api.docs import DocsPolicyMiddleware
+from embedmix.api.errors import document_errors, install_error_handlers
+from embedmix.api.limits import BodyLimitMiddleware, InputGuardMiddleware
+from embedmix.api.poll import JobPollMiddleware
+from embedmix.api.runtime import Runtime
+from embedmix.api.telemetry import RequestMetricsMiddleware
+from embedmix.api.uploads import MULTIPART_OVERHEAD, clear_stale_uploads
+from embedmix.service.jsonlog import logging_config
+from embedmix.service.settings import Settings, get_settings
 
 logger = logging.getLogger("embedmix.api")
 
@@ -131,6 +131,6 @@ def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, worke
         )
         return
     uvicorn.run(
-        "api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        "embedmix.api.app:create_app", factory=True, host=host, port=port, workers=workers,
         proxy_headers=True, log_config=log_config, timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import RuntimeDep
+from embedmix.api.deps import RuntimeDep
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 

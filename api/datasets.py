@@ -21,26 +21,26 @@ from fastapi import Path as PathParam
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, PageDep, RuntimeDep, SessionDep
-from api.errors import ApiError, not_found
-from api.key_cache import Caller
-from api.schemas import DatasetOut, ErrorOut, Page
-from api.storage_quota import check_storage_quota
-from api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
-from core.data.arrays import labels_to_indices
-from core.data.files import SUFFIXES, Limits, read_file
-from core.data.text_pairs import MAX_PAIRS, count_text_pairs
-from core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
-from core.errors import DataError
-from service.settings import Settings
-from store import (
+from embedmix.api.deps import CurrentOwner, PageDep, RuntimeDep, SessionDep
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.key_cache import Caller
+from embedmix.api.schemas import DatasetOut, ErrorOut, Page
+from embedmix.api.storage_quota import check_storage_quota
+from embedmix.api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
+from embedmix.core.data.arrays import labels_to_indices
+from embedmix.core.data.files import SUFFIXES, Limits, read_file
+from embedmix.core.data.text_pairs import MAX_PAIRS, count_text_pairs
+from embedmix.core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
+from embedmix.core.errors import DataError
+from embedmix.service.settings import Settings
+from embedmix.store import (
     ArtifactStore,
     create_dataset,
     delete_dataset,
     get_dataset,
     list_datasets,
 )
-from store.datasets import DatasetInUse
+from embedmix.store.datasets import DatasetInUse
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

@@ -23,12 +23,12 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError, not_found, unauthorized
-from api.key_cache import Caller
-from api.runtime import Runtime
-from api.schemas import ascii_int
-from store import authenticate, ensure_admin_key, get_job
-from store.models import Job, Owner
+from embedmix.api.errors import ApiError, not_found, unauthorized
+from embedmix.api.key_cache import Caller
+from embedmix.api.runtime import Runtime
+from embedmix.api.schemas import ascii_int
+from embedmix.store import authenticate, ensure_admin_key, get_job
+from embedmix.store.models import Job, Owner
 
 logger = logging.getLogger("embedmix.api")
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from api.errors import ApiError
-from core.export import load_safetensors
+from embedmix.api.errors import ApiError
+from embedmix.core.export import load_safetensors
 
 EMBED_BATCH = 1024
 

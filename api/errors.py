@@ -25,9 +25,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.schemas import ErrorOut
-from store import ArtifactNotFound, InvalidCursor
-from store.db import DATABASE_DOWN
+from embedmix.api.schemas import ErrorOut
+from embedmix.store import ArtifactNotFound, InvalidCursor
+from embedmix.store.db import DATABASE_DOWN
 
 logger = logging.getLogger("embedmix.api")
 

@@ -24,12 +24,12 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import RuntimeDep
-from api.errors import RETRY_AFTER_UNAVAILABLE_S, error_body
-from api.runtime import Runtime
-from api.schemas import HealthOut, ReadyOut
-from store import DatabaseArtifacts, FilesystemArtifacts
-from store.db import ping_database
+from embedmix.api.deps import RuntimeDep
+from embedmix.api.errors import RETRY_AFTER_UNAVAILABLE_S, error_body
+from embedmix.api.runtime import Runtime
+from embedmix.api.schemas import HealthOut, ReadyOut
+from embedmix.store import DatabaseArtifacts, FilesystemArtifacts
+from embedmix.store.db import ping_database
 
 logger = logging.getLogger("embedmix.api")
 

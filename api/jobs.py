@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
+from embedmix.api.deps import (
     CurrentOwner,
     JobIdPath,
     OwnedJob,
@@ -48,8 +48,8 @@ from api.deps import (
     SessionDep,
     int_in_text,
 )
-from api.errors import ApiError, not_found
-from api.schemas import (
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.schemas import (
     ErrorOut,
     EventId,
     EventOut,
@@ -59,14 +59,14 @@ from api.schemas import (
     Step,
     ascii_int,
 )
-from api.storage_quota import check_storage_quota
-from core import catalog
-from core.cost import DataShape, builtin_shape, describe_bytes, estimate
-from core.data import class_count_problem
-from core.data.split import empty_split_message, plan_split
-from core.errors import SpecError
-from core.export import WEIGHTS_FORMAT
-from core.spec import (
+from embedmix.api.storage_quota import check_storage_quota
+from embedmix.core import catalog
+from embedmix.core.cost import DataShape, builtin_shape, describe_bytes, estimate
+from embedmix.core.data import class_count_problem
+from embedmix.core.data.split import empty_split_message, plan_split
+from embedmix.core.errors import SpecError
+from embedmix.core.export import WEIGHTS_FORMAT
+from embedmix.core.spec import (
     EXAMPLE_SPEC,
     INIT_FROM_FIELD,
     JobSpec,
@@ -74,9 +74,9 @@ from core.spec import (
     resolve_for_task,
     validate_spec,
 )
-from service.ids import ID_LENGTH, JOB_PREFIX, is_job_id
-from service.settings import Settings
-from store import (
+from embedmix.service.ids import ID_LENGTH, JOB_PREFIX, is_job_id
+from embedmix.service.settings import Settings
+from embedmix.store import (
     ActiveJobLimit,
     IdempotencyConflict,
     create_job,
@@ -88,9 +88,9 @@ from store import (
     list_metrics,
     request_cancel,
 )
-from store.jobs import get_job
-from store.models import JOB_STATUSES, Job
-from store.storage import JobInUse, JobNotFinished, delete_finished_job
+from embedmix.store.jobs import get_job
+from embedmix.store.models import JOB_STATUSES, Job
+from embedmix.store.storage import JobInUse, JobNotFinished, delete_finished_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import redis
 
-from api.queue import redis_client_url
+from embedmix.api.queue import redis_client_url
 
 logger = logging.getLogger("embedmix.api")
 

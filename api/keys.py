@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import AdminOwner, CurrentOwner, RuntimeDep, SessionDep
-from api.errors import ApiError, not_found
-from api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut, Page, RowId
-from store import create_api_key, create_owner, get_owner, list_api_keys, revoke_api_key
-from store.models import ApiKey
+from embedmix.api.deps import AdminOwner, CurrentOwner, RuntimeDep, SessionDep
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.schemas import ErrorOut, KeyCreatedOut, KeyCreateIn, KeyOut, Page, RowId
+from embedmix.store import create_api_key, create_owner, get_owner, list_api_keys, revoke_api_key
+from embedmix.store.models import ApiKey
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
+from embedmix.api.errors import ApiError, error_response
 
 
 def too_large(limit: int, what: str = "request body") -> ApiError:

@@ -19,14 +19,14 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
-from api.embedding import embed, input_units, to_batch, to_texts
-from api.errors import ApiError, not_found
-from api.runtime import Runtime
-from api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
-from core.catalog import EXPORT_FORMATS
-from store import ArtifactStore, get_checkpoint, list_checkpoints
-from store.models import Job
+from embedmix.api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
+from embedmix.api.embedding import embed, input_units, to_batch, to_texts
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.runtime import Runtime
+from embedmix.api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
+from embedmix.core.catalog import EXPORT_FORMATS
+from embedmix.store import ArtifactStore, get_checkpoint, list_checkpoints
+from embedmix.store.models import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
 

@@ -19,11 +19,11 @@ import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import JOB_ID_MAX_LENGTH, CurrentOwner, RuntimeDep, SessionDep
-from api.errors import ApiError, not_found
-from api.models import embed_with_job
-from api.schemas import ErrorOut
-from store import get_job
+from embedmix.api.deps import JOB_ID_MAX_LENGTH, CurrentOwner, RuntimeDep, SessionDep
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.models import embed_with_job
+from embedmix.api.schemas import ErrorOut
+from embedmix.store import get_job
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -22,9 +22,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import JOB_ID_MAX_LENGTH
-from api.jobs import JOB_MEDIA_TYPE, read_job_json
-from api.runtime import Runtime
+from embedmix.api.deps import JOB_ID_MAX_LENGTH
+from embedmix.api.jobs import JOB_MEDIA_TYPE, read_job_json
+from embedmix.api.runtime import Runtime
 
 # What the route's {job_id} takes (one path segment, JobIdPath's length); an id that names no
 # job of the caller's is read, found absent and handed to the route for its 404.

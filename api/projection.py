@@ -20,11 +20,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
-from api.deps import OwnedJob, RuntimeDep, SessionDep
-from api.errors import ApiError
-from api.schemas import ErrorOut
-from store.events import latest_event
-from store.models import Job
+from embedmix.api.deps import OwnedJob, RuntimeDep, SessionDep
+from embedmix.api.errors import ApiError
+from embedmix.api.schemas import ErrorOut
+from embedmix.store.events import latest_event
+from embedmix.store.models import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
 

@@ -13,7 +13,7 @@ import logging
 import redis
 from celery import Celery
 
-from service.queue import TRAIN_QUEUE, send_train_message
+from embedmix.service.queue import TRAIN_QUEUE, send_train_message
 
 logger = logging.getLogger("embedmix.api")
 

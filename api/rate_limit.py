@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import redis
 
-from api.queue import redis_client_url
+from embedmix.api.queue import redis_client_url
 
 logger = logging.getLogger("embedmix.api")
 

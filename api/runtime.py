@@ -12,15 +12,15 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.embedding import EncoderCache
-from api.key_cache import KeyCache, RevocationListener
-from api.queue import TrainQueue
-from api.rate_limit import SubmitRateLimiter
-from api.stream_limits import StreamLimits
-from api.telemetry import Telemetry
-from core.catalog import catalog_json
-from service.settings import Settings
-from store import (
+from embedmix.api.embedding import EncoderCache
+from embedmix.api.key_cache import KeyCache, RevocationListener
+from embedmix.api.queue import TrainQueue
+from embedmix.api.rate_limit import SubmitRateLimiter
+from embedmix.api.stream_limits import StreamLimits
+from embedmix.api.telemetry import Telemetry
+from embedmix.core.catalog import catalog_json
+from embedmix.service.settings import Settings
+from embedmix.store import (
     ArtifactStore,
     artifact_store_from_url,
     make_engine,

@@ -14,7 +14,7 @@ from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from sqlalchemy import Row
 
-from store.models import Job
+from embedmix.store.models import Job
 
 T = TypeVar("T")
 

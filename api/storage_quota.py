@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError
-from core.cost import describe_bytes
-from store.storage import storage_used
+from embedmix.api.errors import ApiError
+from embedmix.core.cost import describe_bytes
+from embedmix.store.storage import storage_used
 
 
 def check_storage_quota(session: Session, owner_id: int, adding: int, quota: int) -> None:

@@ -35,11 +35,11 @@ from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import CurrentOwner, JobIdPath, RuntimeDep, int_in_text
-from api.errors import not_found
-from api.schemas import ErrorOut, EventId, EventOut, JobOut, MetricPointOut, Step
-from store import get_job, list_events, list_metrics
-from store.models import TERMINAL_STATUSES
+from embedmix.api.deps import CurrentOwner, JobIdPath, RuntimeDep, int_in_text
+from embedmix.api.errors import not_found
+from embedmix.api.schemas import ErrorOut, EventId, EventOut, JobOut, MetricPointOut, Step
+from embedmix.store import get_job, list_events, list_metrics
+from embedmix.store.models import TERMINAL_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -31,7 +31,7 @@ from typing import ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError
+from embedmix.api.errors import ApiError
 
 # Polls of the database that streams may run at once (of FastAPI's 40 threads).
 POLL_THREADS = 4

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sqlalchemy.orm import Session
 
-from api.deps import (
+from embedmix.api.deps import (
     JOB_ID_MAX_LENGTH,
     CurrentOwner,
     PageDep,
@@ -33,9 +33,9 @@ from api.deps import (
     SessionDep,
     int_in_text,
 )
-from api.errors import ApiError, not_found
-from api.jobs import accept_spec, idempotency_conflict
-from api.schemas import (
+from embedmix.api.errors import ApiError, not_found
+from embedmix.api.jobs import accept_spec, idempotency_conflict
+from embedmix.api.schemas import (
     ErrorOut,
     IntermediateOut,
     Page,
@@ -46,12 +46,12 @@ from api.schemas import (
     SweepOut,
     TrialOut,
 )
-from api.storage_quota import check_storage_quota
-from core.spec import JobSpec
-from service.settings import Settings
-from store.jobs import get_job
-from store.models import SWEEP_STATUSES, TRIAL_STATES, Sweep
-from store.sweeps import (
+from embedmix.api.storage_quota import check_storage_quota
+from embedmix.core.spec import JobSpec
+from embedmix.service.settings import Settings
+from embedmix.store.jobs import get_job
+from embedmix.store.models import SWEEP_STATUSES, TRIAL_STATES, Sweep
+from embedmix.store.sweeps import (
     MAX_GRID_POINTS,
     SweepIdempotencyConflict,
     apply_params,

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from store.models import JOB_STATUSES, Job
+from embedmix.store.models import JOB_STATUSES, Job
 
 logger = logging.getLogger("embedmix.api")
 

@@ -17,11 +17,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import RedirectResponse, Response
 
-from api.errors import not_found
+from embedmix.api.errors import not_found
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-STATIC = resources.files("api") / "static" / "ui"
+STATIC = resources.files("embedmix.api") / "static" / "ui"
 MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",

@@ -27,9 +27,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from api.errors import ApiError
-from api.limits import too_large
-from store.datasets import sanitize_filename
+from embedmix.api.errors import ApiError
+from embedmix.api.limits import too_large
+from embedmix.store.datasets import sanitize_filename
 
 logger = logging.getLogger("embedmix.api")
 

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.loop import NullCallbacks
-from core.spec import validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.loop import NullCallbacks
+from embedmix.core.spec import validate_spec
 
 
 class LossCurve(NullCallbacks):

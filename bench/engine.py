@@ -21,12 +21,12 @@ import time
 
 import torch
 
-from core import losses
-from core.data import load_dataset
-from core.models import build_net
-from core.spec import validate_spec
-from core.array_train import ArrayTrainer
-from core.loop import NullCallbacks, epoch_order
+from embedmix.core import losses
+from embedmix.core.data import load_dataset
+from embedmix.core.models import build_net
+from embedmix.core.spec import validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.loop import NullCallbacks, epoch_order
 
 CASES = {
     "mlp/blobs": {"dataset": {"name": "blobs", "size": 20000, "params": {"num_features": 64}},

@@ -62,7 +62,7 @@ def child(impl: str, n: int, d: int, classes: int) -> None:
 
     x, labels = make_data(n, d, classes)
     if impl == "ours":
-        from core.evaluate import retrieval_metrics
+        from embedmix.core.evaluate import retrieval_metrics
 
         def run() -> dict[str, float]:
             return retrieval_metrics(x, labels, ks=(1,))

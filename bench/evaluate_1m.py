@@ -59,7 +59,7 @@ def child(impl: str, n: int, queries: int, d: int, classes: int, threads: int) -
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, start = usage.ru_utime + usage.ru_stime, time.perf_counter()
     if impl == "ours":
-        from core.evaluate import query_retrieval_metrics
+        from embedmix.core.evaluate import query_retrieval_metrics
 
         values = query_retrieval_metrics(q, labels, refs, ref_labels, ks=KS)
     else:

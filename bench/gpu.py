@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import losses
-from core.data import load_dataset
-from core.models import build_net
-from core.spec import validate_spec
-from core.array_train import ArrayTrainer
-from core.loop import NullCallbacks, epoch_order
+from embedmix.core import losses
+from embedmix.core.data import load_dataset
+from embedmix.core.models import build_net
+from embedmix.core.spec import validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.loop import NullCallbacks, epoch_order
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H200": 989.5, "H100 SXM": 989.5, "H100 PCIe": 756.0, "H100": 989.5, "A100": 312.0,

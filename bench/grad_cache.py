@@ -51,10 +51,10 @@ def child(spec: dict, cap_gib: float) -> None:
     limit = int(cap_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.path.insert(0, str(ROOT))
-    from core.data import load_dataset
-    from core.spec import validate_spec
-    from core.array_train import ArrayTrainer
-    from core.loop import NullCallbacks
+    from embedmix.core.data import load_dataset
+    from embedmix.core.spec import validate_spec
+    from embedmix.core.array_train import ArrayTrainer
+    from embedmix.core.loop import NullCallbacks
 
     class StepClock(NullCallbacks):
         def __init__(self) -> None:

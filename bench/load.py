@@ -45,8 +45,8 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.db import make_engine, migrate
-from store.models import Job
+from embedmix.store.db import make_engine, migrate
+from embedmix.store.models import Job
 
 PG_ADMIN = os.environ.get("EMBEDMIX_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 SUBMIT_SPEC = {
@@ -112,7 +112,7 @@ class Stack:
             "EMBEDMIX_WORK_DIR": str(tmp / "work"),
             **limits,
         }
-        self._start("api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.port),
+        self._start("api", [sys.executable, "-m", "embedmix.cli.main", "api", "--port", str(self.port),
                             "--workers", str(api_workers)])
         wait_ready(self.url)
 
@@ -124,7 +124,7 @@ class Stack:
 
     def start_workers(self, count: int) -> None:
         for _ in range(count):
-            self._start("worker", [sys.executable, "-m", "cli.main", "worker", "--loglevel", "WARNING"])
+            self._start("worker", [sys.executable, "-m", "embedmix.cli.main", "worker", "--loglevel", "WARNING"])
 
     def clear_queue(self) -> None:
         """Cancel the load phase's still-queued jobs and drop their messages, so the drain starts empty."""

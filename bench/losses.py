@@ -82,7 +82,7 @@ CASES = [
 
 def our_loss(key: str, num_classes: int) -> Callable:
     """A callable (embeddings, labels) -> loss for one of our losses."""
-    from core.losses import build
+    from embedmix.core.losses import build
 
     simple = {
         "contrastive": ("contrastive", {}),

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from core.data import load_dataset
-from core.export import TEXT_INT8, Int8Options, array_export_inputs, quantize_int8, save_onnx, text_export_inputs
-from core.models.text_encoder import TextEncoder
-from core.spec import validate_spec
-from core.train import train
+from embedmix.core.data import load_dataset
+from embedmix.core.export import TEXT_INT8, Int8Options, array_export_inputs, quantize_int8, save_onnx, text_export_inputs
+from embedmix.core.models.text_encoder import TextEncoder
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import train
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog near the river bank at dawn.",
              "Embedding models map text to vectors so that similar meanings land close together.",

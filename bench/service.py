@@ -112,10 +112,10 @@ def service_overhead(client: httpx.Client) -> dict[str, float]:
     embedding map in its database. The in-process side runs a one-epoch warm-up
     first, as the worker has already run the latency jobs.
     """
-    from core.data import load_dataset
-    from core.export import export
-    from core.spec import validate_spec
-    from core.train import train
+    from embedmix.core.data import load_dataset
+    from embedmix.core.export import export
+    from embedmix.core.spec import validate_spec
+    from embedmix.core.train import train
 
     job = client.post("/v1/jobs", json=TRAIN).json()
     while (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed"):
@@ -150,7 +150,7 @@ def main() -> None:
     port, bare_port = free_port(), free_port()
     (tmp / "bare_app.py").write_text(BARE_APP)
     log = open(tmp / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port), "--data-dir", str(tmp / "data")],
+    up = subprocess.Popen([sys.executable, "-m", "embedmix.cli.main", "up", "--port", str(port), "--data-dir", str(tmp / "data")],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port), "--log-level", "warning"],
                             cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

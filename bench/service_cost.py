@@ -37,17 +37,17 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.data import load_dataset
-from core.spec import validate_spec
-from core.train import train
-from service.settings import Settings
-from store import create_job, create_owner, make_engine, make_session_factory
-from store.artifacts import DatabaseArtifacts
-from store.db import migrate
-from store.models import Job
-from worker import train_task
-from worker.callbacks import StoreCallbacks
-from worker.context import WorkerContext
+from embedmix.core.data import load_dataset
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import train
+from embedmix.service.settings import Settings
+from embedmix.store import create_job, create_owner, make_engine, make_session_factory
+from embedmix.store.artifacts import DatabaseArtifacts
+from embedmix.store.db import migrate
+from embedmix.store.models import Job
+from embedmix.worker import train_task
+from embedmix.worker.callbacks import StoreCallbacks
+from embedmix.worker.context import WorkerContext
 
 SPEC = {
     "name": "bench-cost",

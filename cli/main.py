@@ -26,8 +26,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec_path: Path):
-    from core.errors import SpecError
-    from core.spec import load_spec_file
+    from embedmix.core.errors import SpecError
+    from embedmix.core.spec import load_spec_file
 
     if not spec_path.is_file():
         _fail(f"{spec_path}: no such file")
@@ -42,7 +42,7 @@ def _load(spec_path: Path):
 @app.command()
 def schema() -> None:
     """Print the JobSpec JSON schema."""
-    from core.spec import JobSpec
+    from embedmix.core.spec import JobSpec
 
     print(json.dumps(JobSpec.model_json_schema(), indent=2))
 
@@ -50,7 +50,7 @@ def schema() -> None:
 @app.command("catalog")
 def show_catalog(as_json: bool = typer.Option(False, "--json", help="print the catalog as JSON")) -> None:
     """List every dataset, encoder, loss, mixing method and metric with its parameters."""
-    from core.catalog import SECTIONS, catalog_json
+    from embedmix.core.catalog import SECTIONS, catalog_json
 
     if as_json:
         print(json.dumps(catalog_json(), indent=2))
@@ -107,8 +107,8 @@ class _CliCallbacks:
 
 def _init_weights(spec) -> dict[str, Any] | None:
     """The exported encoder file `model.init_from.path` names, read as the state dict the run starts from."""
-    from core.errors import SpecError
-    from core.export import read_encoder_weights
+    from embedmix.core.errors import SpecError
+    from embedmix.core.export import read_encoder_weights
 
     source = spec.model.init_from
     if source is None:
@@ -132,11 +132,11 @@ def train(
     """Train a spec locally and export the model into OUT; resources.devices > 1 runs that many ranks together."""
     import torch
 
-    from core.data import load_dataset
-    from core.errors import DataError, Diverged, SpecError, UnsupportedSpec
-    from core.export import export
-    from core.launch import in_launched_rank, join_group, launched_rank, leave_group, rank_command, run_ranks
-    from core.train import pick_device, train as run_training
+    from embedmix.core.data import load_dataset
+    from embedmix.core.errors import DataError, Diverged, SpecError, UnsupportedSpec
+    from embedmix.core.export import export
+    from embedmix.core.launch import in_launched_rank, join_group, launched_rank, leave_group, rank_command, run_ranks
+    from embedmix.core.train import pick_device, train as run_training
 
     spec = _load(spec_path)
     if spec.model.init_from is not None and spec.model.init_from.job is not None:
@@ -145,7 +145,7 @@ def train(
     if spec.resources.devices > 1 and not in_launched_rank():
         args = ["train", str(spec_path), "--out", str(out), *(["--resume"] if resume else []),
                 *(["--device", device] if device else [])]
-        raise typer.Exit(run_ranks(rank_command(spec.resources.devices, "cli.main", args)))
+        raise typer.Exit(run_ranks(rank_command(spec.resources.devices, "embedmix.cli.main", args)))
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     if resume and not ckpt.is_file():
@@ -190,7 +190,7 @@ def train(
 
 
 def _register_service_commands() -> None:
-    from cli import server, service, sweeps
+    from embedmix.cli import server, service, sweeps
 
     service.register(app)
     server.register(app)
@@ -201,7 +201,7 @@ _register_service_commands()
 
 
 def _register_recipe_commands() -> None:
-    from cli import recipes, temperature  # noqa: F401  (temperature registers its study and command)
+    from embedmix.cli import recipes, temperature  # noqa: F401  (temperature registers its study and command)
 
     recipes.register(app)
 

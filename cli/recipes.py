@@ -303,7 +303,7 @@ def smoke_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
     The batch size that gives SMOKE_STEPS steps is set by `_train` once the split is known.
     """
-    from core import catalog
+    from embedmix.core import catalog
 
     out = copy.deepcopy(spec)
     ds = out["dataset"]
@@ -327,8 +327,8 @@ def validation_data(data: Any, fraction: float, seed: int) -> Any:
     import numpy as np
     import torch
 
-    from core.data.split import split
-    from core.spec import SplitSpec
+    from embedmix.core.data.split import split
+    from embedmix.core.spec import SplitSpec
 
     carve = SplitSpec(kind="random", test_fraction=fraction)
     raw = {"x": data.x_train.numpy(), "y": None if data.y_train is None else data.y_train.numpy()}
@@ -360,9 +360,9 @@ def _train(spec: dict[str, Any], *, smoke: bool, device: str | None, init_weight
     """Validate, load the data, train and evaluate one spec: its record (metrics, steps, CPU and wall time) and result."""
     import torch
 
-    from core.data import load_dataset
-    from core.spec import validate_spec
-    from core.train import train
+    from embedmix.core.data import load_dataset
+    from embedmix.core.spec import validate_spec
+    from embedmix.core.train import train
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if smoke:

@@ -25,7 +25,7 @@ import httpx
 import typer
 
 if TYPE_CHECKING:
-    from cli.supervise import Supervisor
+    from embedmix.cli.supervise import Supervisor
 
 START_TIMEOUT_S = 60.0
 SUPERVISE_INTERVAL_S = 0.5
@@ -33,7 +33,7 @@ TRAIN_THREADS_ENV = "EMBEDMIX_TRAIN_THREADS"
 
 
 def _settings():
-    from service.settings import Settings
+    from embedmix.service.settings import Settings
 
     return Settings()
 
@@ -41,7 +41,7 @@ def _settings():
 def api(host: str = "127.0.0.1", port: int = 8000,
         workers: int = typer.Option(1, min=1, help="API processes sharing the port (uvicorn workers)")) -> None:
     """Run the HTTP API (settings from EMBEDMIX_* environment variables)."""
-    from api.app import run_api
+    from embedmix.api.app import run_api
 
     run_api(_settings(), host=host, port=port, workers=workers)
 
@@ -49,21 +49,21 @@ def api(host: str = "127.0.0.1", port: int = 8000,
 def worker(concurrency: int = typer.Option(1, help="training processes; one per device"),
            loglevel: str = "INFO") -> None:
     """Run a training worker on this machine's device (CUDA_VISIBLE_DEVICES is respected)."""
-    from worker.main import run_worker
+    from embedmix.worker.main import run_worker
 
     run_worker(_settings(), concurrency=concurrency, loglevel=loglevel)
 
 
 def reaper(loglevel: str = "INFO") -> None:
     """Run the reaper alone: re-queue jobs whose worker died (workers also run one); SIGTERM stops it."""
-    from worker.main import serve_reaper
+    from embedmix.worker.main import serve_reaper
 
     serve_reaper(_settings(), loglevel=loglevel)
 
 
 def migrate() -> None:
     """Apply the database migrations (EMBEDMIX_DATABASE_URL)."""
-    from store.db import migrate as run_migrations
+    from embedmix.store.db import migrate as run_migrations
 
     run_migrations(_settings().database_url)
     print("database is at the latest migration")
@@ -94,8 +94,8 @@ def _admin_key(data_dir: Path, database_url: str) -> str:
 
 
 def _ensure_admin(database_url: str, key: str) -> None:
-    from store.accounts import ensure_admin_key
-    from store.db import make_engine, make_session_factory
+    from embedmix.store.accounts import ensure_admin_key
+    from embedmix.store.db import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:
@@ -113,7 +113,7 @@ def up(host: str = typer.Option("127.0.0.1", help="address the API listens on"),
 
     A worker or API that crashes is restarted; Ctrl-C or SIGTERM stops everything (cli/supervise.py).
     """
-    from cli.supervise import UpError, lock_data_dir
+    from embedmix.cli.supervise import UpError, lock_data_dir
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def up(host: str = typer.Option("127.0.0.1", help="address the API listens on"),
 
 def _serve(host: str, port: int, data_dir: Path) -> None:
     """Clear a stale run, start broker, API and worker under supervision, and keep them up until stopped."""
-    from cli.supervise import (
+    from embedmix.cli.supervise import (
         Child,
         Supervisor,
         UpError,
@@ -139,7 +139,7 @@ def _serve(host: str, port: int, data_dir: Path) -> None:
         port_holder,
         write_record,
     )
-    from store.db import migrate as run_migrations
+    from embedmix.store.db import migrate as run_migrations
 
     broker_socket = _broker_socket(data_dir)
     stopped = clear_stale_run(data_dir, [broker_socket])
@@ -161,7 +161,7 @@ def _serve(host: str, port: int, data_dir: Path) -> None:
         if stopped is not None:
             _resend_after_crash(env["EMBEDMIX_DATABASE_URL"], env["EMBEDMIX_REDIS_URL"])
         env["EMBEDMIX_ADMIN_KEY"] = key = _admin_key(data_dir, env["EMBEDMIX_DATABASE_URL"])
-        cli = [sys.executable, "-m", "cli.main"]
+        cli = [sys.executable, "-m", "embedmix.cli.main"]
         supervisor.start(Child("API", [*cli, "api", "--host", host, "--port", str(port)], env, signal.SIGKILL))
         supervisor.start(Child("worker", [*cli, "worker"], _worker_env(env)))
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -182,8 +182,8 @@ def _resend_after_crash(database_url: str, broker_url: str) -> None:
     """The earlier run crashed: re-send the messages of queued jobs now rather than minutes later (worker/reaper.py)."""
     from celery import Celery
 
-    from store.db import make_engine, make_session_factory
-    from worker.reaper import resend_waiting
+    from embedmix.store.db import make_engine, make_session_factory
+    from embedmix.worker.reaper import resend_waiting
 
     engine, sender = make_engine(database_url), Celery("embedmix-up", broker=broker_url, set_as_current=False)
     try:
@@ -197,7 +197,7 @@ def _resend_after_crash(database_url: str, broker_url: str) -> None:
 
 def _service_env(data_dir: Path) -> dict[str, str]:
     """The children's environment: the embedded defaults under ``data_dir``, this run's marker, training threads."""
-    from cli.supervise import RUN_MARKER
+    from embedmix.cli.supervise import RUN_MARKER
 
     env = dict(os.environ)
     env.setdefault("EMBEDMIX_DATABASE_URL", f"sqlite:///{data_dir / 'embedmix.db'}")
@@ -209,8 +209,8 @@ def _service_env(data_dir: Path) -> dict[str, str]:
 
 def _worker_env(env: dict[str, str]) -> dict[str, str]:
     """The worker's environment: native thread pools sized by the training threads from the process's start."""
-    from cli.supervise import UpError
-    from worker.threads import thread_pool_env
+    from embedmix.cli.supervise import UpError
+    from embedmix.worker.threads import thread_pool_env
 
     try:
         threads = int(env[TRAIN_THREADS_ENV])
@@ -225,7 +225,7 @@ def _broker_socket(data_dir: Path) -> Path:
     Not in the data dir itself, whose path may be longer than a socket path may be
     (108 bytes); the name is fixed per data dir, so a stale socket is found again.
     """
-    from cli.supervise import UpError
+    from embedmix.cli.supervise import UpError
 
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     directory = Path(tempfile.gettempdir()) / f"embedmix-{os.getuid()}-{digest}"
@@ -271,7 +271,7 @@ def _healthy(url: str) -> bool:
 
 def _wait_for(ready: Callable[[], bool], supervisor: Supervisor, what: str, timeout: float = START_TIMEOUT_S) -> None:
     """Poll ``ready`` while supervising (a child that crashes meanwhile is restarted); UpError on timeout."""
-    from cli.supervise import UpError
+    from embedmix.cli.supervise import UpError
 
     deadline = time.monotonic() + timeout
     while not ready():

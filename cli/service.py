@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from client import ApiError, EmbedmixClient
-from client.http import DEFAULT_URL, TERMINAL
+from embedmix.client import ApiError, EmbedmixClient
+from embedmix.client.http import DEFAULT_URL, TERMINAL
 
 P = ParamSpec("P")
 R = TypeVar("R")

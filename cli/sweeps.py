@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.service import Key, Url, _client, _fail, _reachable, err, out
-from client import ApiError
+from embedmix.cli.service import Key, Url, _client, _fail, _reachable, err, out
+from embedmix.client import ApiError
 
 sweep_app = typer.Typer(help="Search a spec's hyper-parameters: trials run as ordinary jobs.", no_args_is_help=True)
 

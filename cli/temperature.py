@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import typer
 
-from cli.recipes import (RECIPES_DIR, STUDIES, Device, Out, Smoke, Study, Threads, _device, _machine, _out,
+from embedmix.cli.recipes import (RECIPES_DIR, STUDIES, Device, Out, Smoke, Study, Threads, _device, _machine, _out,
                          _set_threads, _train, _write, mean_std, recipes_app, with_seed)
 
 STUDY = "temperature"

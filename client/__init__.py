@@ -1,5 +1,5 @@
 """Python client for the embedmix HTTP API (v1), on httpx. The CLI is built on it."""
 
-from client.http import ApiError, EmbedmixClient
+from embedmix.client.http import ApiError, EmbedmixClient
 
 __all__ = ["ApiError", "EmbedmixClient"]

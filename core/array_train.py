@@ -15,20 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from core import catalog, losses, mixup
-from core.distributed import (ShardedNet, average_gradients, class_balanced_order, class_groups,
+from embedmix.core import catalog, losses, mixup
+from embedmix.core.distributed import (ShardedNet, average_gradients, class_balanced_order, class_groups,
                               current_ranks, sharded, synchronise_batchnorm)
-from core.errors import UnsupportedSpec
-from core.data import Dataset
-from core.data.augment import augment
-from core.evaluate import USES_TRAIN, evaluate
-from core.export import ExportInputs, array_export_inputs
-from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.loop import (Callbacks, GroupCallbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order,
+from embedmix.core.errors import UnsupportedSpec
+from embedmix.core.data import Dataset
+from embedmix.core.data.augment import augment
+from embedmix.core.evaluate import USES_TRAIN, evaluate
+from embedmix.core.export import ExportInputs, array_export_inputs
+from embedmix.core.losses.grad_cache import cached_backward, embedding_loss_grad
+from embedmix.core.loop import (Callbacks, GroupCallbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order,
                        load_init_weights, pick_device, seed_everything)
-from core.mixup import Batch
-from core.models import Encoder, build_net
-from core.spec import JobSpec
+from embedmix.core.mixup import Batch
+from embedmix.core.models import Encoder, build_net
+from embedmix.core.spec import JobSpec
 
 # Share of the free accelerator memory the training data may take before it stays in host memory.
 DEVICE_DATA_SHARE = 0.5

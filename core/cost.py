@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core import catalog
-from core.models import Standardize, TrainingNet, build_encoder
-from core.spec import JobSpec
+from embedmix.core import catalog
+from embedmix.core.models import Standardize, TrainingNet, build_encoder
+from embedmix.core.spec import JobSpec
 
 FLOAT = 4
 LOAD_FACTOR = 6  # peak bytes while loading per byte of float32 data kept (float64 generation or parsing, copies)

@@ -46,12 +46,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.catalog import EXPORT_FORMATS
-from core.data import Dataset, TextPairs
-from core.errors import SpecError
-from core.models import Encoder, Standardize, build_encoder
-from core.models.text_encoder import TextEncoder
-from core.spec import INIT_FROM_FIELD, JobSpec, ModelSpec, resolve_model
+from embedmix.core.catalog import EXPORT_FORMATS
+from embedmix.core.data import Dataset, TextPairs
+from embedmix.core.errors import SpecError
+from embedmix.core.models import Encoder, Standardize, build_encoder
+from embedmix.core.models.text_encoder import TextEncoder
+from embedmix.core.spec import INIT_FROM_FIELD, JobSpec, ModelSpec, resolve_model
 
 FILENAMES = {name: f.file for name, f in EXPORT_FORMATS.items()}
 CONFIG_KEY = "embedmix"
@@ -299,7 +299,7 @@ def write_sentence_transformers(path: Path, text: TextEncoder, work: Path, name:
     model.safetensors holds the trained BertModel plus the base model's (unused, untrained) pooler, so that
     transformers builds a complete BertModel from it without reporting freshly initialised weights.
     """
-    from core.models.text_encoder import base_model_dir
+    from embedmix.core.models.text_encoder import base_model_dir
 
     base = base_model_dir()
     weights = work / "st-model.safetensors"
@@ -379,7 +379,7 @@ def parity_feeds(inputs: ExportInputs, data: Dataset | TextPairs) -> tuple[Calla
 
 def int8_parity(fp32: Path, int8: Path, inputs: ExportInputs, data: Dataset | TextPairs) -> dict[str, Any]:
     """How far int8 embeddings are from fp32 on the test set: cosines, and the retrieval metrics of each."""
-    from core.evaluate import retrieval_metrics
+    from embedmix.core.evaluate import retrieval_metrics
 
     batches, labels, count = parity_feeds(inputs, data)
     embedded = []
@@ -522,7 +522,7 @@ TEXT_INT8 = Int8Options(per_channel=True, fp32_nodes=r"/layer\.\d+/output/dense/
 def text_export_inputs(encoder: TextEncoder, spec: JobSpec) -> ExportInputs:
     """A text encoder: safetensors takes strings (through `load_safetensors` and the shipped tokeniser); ONNX and
     TorchScript take token ids and the attention mask (ONNX has no WordPiece operator in its standard set)."""
-    from core.models.text_encoder import BASE_MODEL, TokenEmbedder
+    from embedmix.core.models.text_encoder import BASE_MODEL, TokenEmbedder
 
     tokens = encoder.tokenize(["an example sentence to trace", "another one"])
     card = {

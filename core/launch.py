@@ -19,7 +19,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from core.distributed import Ranks, current_ranks
+from embedmix.core.distributed import Ranks, current_ranks
 
 # What torchrun sets in the environment of each rank it starts.
 LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"

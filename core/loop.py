@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.distributed import Ranks, current_ranks
-from core.errors import SpecError, UnsupportedSpec
-from core.export import ExportInputs
-from core.spec import INIT_FROM_FIELD, JobSpec
-from core.step import TrainStep
+from embedmix.core.distributed import Ranks, current_ranks
+from embedmix.core.errors import SpecError, UnsupportedSpec
+from embedmix.core.export import ExportInputs
+from embedmix.core.spec import INIT_FROM_FIELD, JobSpec
+from embedmix.core.step import TrainStep
 
 CHECKPOINT_FORMAT = 1
 # The metric point (value 1) a run reports at the step where mixing stops (spec.mixup.until), once per run.

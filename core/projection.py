@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.data import Dataset
-from core.models import Encoder
-from core.array_train import embed
+from embedmix.core.data import Dataset
+from embedmix.core.models import Encoder
+from embedmix.core.array_train import embed
 
 FORMAT = 1
 MAX_POINTS = 1000

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core import catalog
-from core.errors import SpecError
+from embedmix.core import catalog
+from embedmix.core.errors import SpecError
 
 class Strict(BaseModel):
     """Unknown fields are refused, and so are NaN and infinities in every number, params blocks included:

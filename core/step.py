@@ -16,8 +16,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from core.errors import Diverged
-from core.spec import JobSpec, TrainSpec
+from embedmix.core.errors import Diverged
+from embedmix.core.spec import JobSpec, TrainSpec
 
 
 def lr_at(spec: JobSpec, step: int, steps_per_epoch: int) -> float:

@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core import losses
-from core.data.text_pairs import TextPairs
-from core.evaluate import evaluate
-from core.export import ExportInputs, text_export_inputs
-from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.loop import (Callbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order, load_init_weights,
+from embedmix.core import losses
+from embedmix.core.data.text_pairs import TextPairs
+from embedmix.core.evaluate import evaluate
+from embedmix.core.export import ExportInputs, text_export_inputs
+from embedmix.core.losses.grad_cache import cached_backward, embedding_loss_grad
+from embedmix.core.loop import (Callbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order, load_init_weights,
                        pick_device, seed_everything)
-from core.models.text_encoder import TextEncoder, Tokens
-from core.spec import JobSpec
+from embedmix.core.models.text_encoder import TextEncoder, Tokens
+from embedmix.core.spec import JobSpec
 
 EVAL_BATCH = 256
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from core.array_train import ArrayTrainer
-from core.data import Dataset, TextPairs
-from core.loop import Callbacks, InitWeights, NullCallbacks, Progress, TrainingLoop, TrainResult, pick_device
-from core.spec import JobSpec, resolve_for_task
-from core.text_train import TextTrainer
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import Dataset, TextPairs
+from embedmix.core.loop import Callbacks, InitWeights, NullCallbacks, Progress, TrainingLoop, TrainResult, pick_device
+from embedmix.core.spec import JobSpec, resolve_for_task
+from embedmix.core.text_train import TextTrainer
 
 # What callers outside the engine use, in one place.
 __all__ = ["ArrayTrainer", "Callbacks", "InitWeights", "NullCallbacks", "Progress", "TextTrainer", "TrainResult",

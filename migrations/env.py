@@ -9,8 +9,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from store.db import make_engine
-from store.models import Base
+from embedmix.store.db import make_engine
+from embedmix.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

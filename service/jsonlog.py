@@ -22,7 +22,7 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from service.ids import find_job_id
+from embedmix.service.ids import find_job_id
 
 LogFormat = Literal["json", "text"]
 

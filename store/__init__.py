@@ -5,7 +5,7 @@ so one request or one worker step is one transaction. Import from here or from
 the module that holds a thing (``store.jobs``, ``store.artifacts``...).
 """
 
-from store.accounts import (
+from embedmix.store.accounts import (
     authenticate,
     create_api_key,
     create_owner,
@@ -14,18 +14,18 @@ from store.accounts import (
     list_api_keys,
     revoke_api_key,
 )
-from store.artifacts import (
+from embedmix.store.artifacts import (
     ArtifactNotFound,
     ArtifactStore,
     DatabaseArtifacts,
     FilesystemArtifacts,
     artifact_store_from_url,
 )
-from store.checkpoints import add_checkpoint, get_checkpoint, latest_checkpoint, list_checkpoints
-from store.datasets import create_dataset, delete_dataset, get_dataset, list_datasets
-from store.db import make_engine, make_session_factory, migrate
-from store.events import NewEvent, add_events, list_events
-from store.jobs import (
+from embedmix.store.checkpoints import add_checkpoint, get_checkpoint, latest_checkpoint, list_checkpoints
+from embedmix.store.datasets import create_dataset, delete_dataset, get_dataset, list_datasets
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.events import NewEvent, add_events, list_events
+from embedmix.store.jobs import (
     ActiveJobLimit,
     IdempotencyConflict,
     claim_lease,
@@ -45,8 +45,8 @@ from store.jobs import (
     transition,
     update_progress,
 )
-from store.metrics import MetricPoint, latest_metrics, list_metrics, upsert_metrics
-from store.models import (
+from embedmix.store.metrics import MetricPoint, latest_metrics, list_metrics, upsert_metrics
+from embedmix.store.models import (
     JOB_STATUSES,
     TERMINAL_STATUSES,
     ApiKey,
@@ -58,7 +58,7 @@ from store.models import (
     Metric,
     Owner,
 )
-from store.paging import InvalidCursor
+from embedmix.store.paging import InvalidCursor
 
 __all__ = [
     "JOB_STATUSES",

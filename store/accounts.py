@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import ApiKey, Owner, utcnow
-from store.sql import affected_rows
+from embedmix.store.models import ApiKey, Owner, utcnow
+from embedmix.store.sql import affected_rows
 
 KEY_PREFIX = "em_"
 DISPLAY_PREFIX_LENGTH = 8

@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from store.models import Artifact, ArtifactChunk
+from embedmix.store.models import Artifact, ArtifactChunk
 
 CHUNK_SIZE = 1 << 20
 PARTIAL_DIR = ".partial"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import Artifact, Checkpoint
+from embedmix.store.models import Artifact, Checkpoint
 
 
 def add_checkpoint(

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.artifacts import ArtifactStore
-from store.models import ACTIVE_STATUSES, Artifact, Dataset, Job
-from store.paging import page
+from embedmix.store.artifacts import ArtifactStore
+from embedmix.store.models import ACTIVE_STATUSES, Artifact, Dataset, Job
+from embedmix.store.paging import page
 
 MAX_FILENAME = 200
 MAX_JOBS_NAMED = 5  # a refused delete names this many of the jobs that hold it

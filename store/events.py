@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import EVENT_LEVELS, Event, utcnow
-from store.paging import check_limit
-from store.sql import upsert_insert
+from embedmix.store.models import EVENT_LEVELS, Event, utcnow
+from embedmix.store.paging import check_limit
+from embedmix.store.sql import upsert_insert
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.ids import new_job_id
-from store.models import ACTIVE_STATUSES, JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, utcnow
-from store.paging import page
-from store.sql import affected_rows, upsert_insert
+from embedmix.service.ids import new_job_id
+from embedmix.store.models import ACTIVE_STATUSES, JOB_STATUSES, TERMINAL_STATUSES, Job, Owner, utcnow
+from embedmix.store.paging import page
+from embedmix.store.sql import affected_rows, upsert_insert
 
 CLAIMABLE_STATUSES = ("queued", "running")
 PROGRESS_STATUSES = ("running", "cancelling")

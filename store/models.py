@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.ids import (
+from embedmix.service.ids import (
     ARTIFACT_PREFIX,
     CHECKPOINT_PREFIX,
     DATASET_PREFIX,

@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, Result
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from store.models import Base
+from embedmix.store.models import Base
 
 
 def upsert_insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:

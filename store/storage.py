@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.artifacts import ArtifactStore
-from store.jobs import active_jobs_starting_from
-from store.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job
+from embedmix.store.artifacts import ArtifactStore
+from embedmix.store.jobs import active_jobs_starting_from
+from embedmix.store.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job
 
 
 def storage_used(session: Session, owner_id: int) -> int:

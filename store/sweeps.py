@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.ids import SWEEP_PREFIX, new_id
-from store.jobs import request_cancel
-from store.models import (
+from embedmix.service.ids import SWEEP_PREFIX, new_id
+from embedmix.store.jobs import request_cancel
+from embedmix.store.models import (
     ACTIVE_STATUSES,
     SWEEP_STATUSES,
     Job,
@@ -38,8 +38,8 @@ from store.models import (
     SweepTrial,
     utcnow,
 )
-from store.paging import check_limit, page
-from store.sql import affected_rows, upsert_insert
+from embedmix.store.paging import check_limit, page
+from embedmix.store.sql import affected_rows, upsert_insert
 
 ACTIVE_SWEEP_STATUSES = ("queued", "running")
 MAX_GRID_POINTS = 10_000  # the grid sampler holds every point of the whole grid in memory

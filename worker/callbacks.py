@@ -23,15 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from core.loop import MIXING_STOPPED
-from core.train import Progress
-from store.db import DATABASE_DOWN
-from store.jobs import get_job_status, update_progress
-from store.metrics import MetricPoint, upsert_metrics
-from worker.checkpoints import CheckpointWriter
-from worker.context import WorkerContext
-from worker.events import log_event, record, warning_event
-from worker.lease import Lease
+from embedmix.core.loop import MIXING_STOPPED
+from embedmix.core.train import Progress
+from embedmix.store.db import DATABASE_DOWN
+from embedmix.store.jobs import get_job_status, update_progress
+from embedmix.store.metrics import MetricPoint, upsert_metrics
+from embedmix.worker.checkpoints import CheckpointWriter
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.events import log_event, record, warning_event
+from embedmix.worker.lease import Lease
 
 log = logging.getLogger("embedmix.worker")
 

@@ -24,14 +24,14 @@ from typing import Any
 from celery import Celery, Task, bootsteps
 from celery.signals import setup_logging, worker_shutting_down
 
-from service.ids import is_job_id
-from service.jsonlog import configure_logging
-from service.queue import TRAIN_QUEUE, TRAIN_TASK, send_train_message
-from service.settings import Settings, get_settings
-from worker.context import context_for
-from worker.reaper import start_reaper_thread
-from worker.sweeps import SweepStep
-from worker.train_task import run_job
+from embedmix.service.ids import is_job_id
+from embedmix.service.jsonlog import configure_logging
+from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK, send_train_message
+from embedmix.service.settings import Settings, get_settings
+from embedmix.worker.context import context_for
+from embedmix.worker.reaper import start_reaper_thread
+from embedmix.worker.sweeps import SweepStep
+from embedmix.worker.train_task import run_job
 
 log = logging.getLogger("embedmix.worker")
 

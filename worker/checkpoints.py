@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.artifacts import ArtifactNotFound, ArtifactStore
-from store.checkpoints import add_checkpoint, list_checkpoints
-from store.db import DATABASE_DOWN
-from store.models import Checkpoint
+from embedmix.store.artifacts import ArtifactNotFound, ArtifactStore
+from embedmix.store.checkpoints import add_checkpoint, list_checkpoints
+from embedmix.store.db import DATABASE_DOWN
+from embedmix.store.models import Checkpoint
 
 log = logging.getLogger("embedmix.worker")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import Settings
-from store.artifacts import ArtifactStore, artifact_store_from_url
-from store.db import make_engine, make_session_factory
+from embedmix.service.settings import Settings
+from embedmix.store.artifacts import ArtifactStore, artifact_store_from_url
+from embedmix.store.db import make_engine, make_session_factory
 
 _FACTORIES: dict[tuple[int, str], sessionmaker[Session]] = {}
 _FACTORIES_LOCK = threading.Lock()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import SpecError, UnsupportedSpec
-from core.spec import JobSpec
-from store.artifacts import ArtifactNotFound, ArtifactStore
-from store.datasets import get_dataset
+from embedmix.core.errors import SpecError, UnsupportedSpec
+from embedmix.core.spec import JobSpec
+from embedmix.store.artifacts import ArtifactNotFound, ArtifactStore
+from embedmix.store.datasets import get_dataset
 
 # Formats core.data.load_dataset reads from a file, by the suffix it dispatches on.
 SUFFIXES = {"npz": ".npz", "csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}

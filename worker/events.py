@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.events import NewEvent, add_events
+from embedmix.store.events import NewEvent, add_events
 
 # Event types, as clients see them in GET /v1/jobs/{id}/events.
 STATUS = "status"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 
-from core.errors import SpecError
-from core.export import WEIGHTS_FORMAT, read_encoder_weights
-from core.spec import INIT_FROM_FIELD, JobSpec
-from core.train import InitWeights
-from store.artifacts import ArtifactNotFound
-from store.jobs import get_job
-from worker.context import WorkerContext
+from embedmix.core.errors import SpecError
+from embedmix.core.export import WEIGHTS_FORMAT, read_encoder_weights
+from embedmix.core.spec import INIT_FROM_FIELD, JobSpec
+from embedmix.core.train import InitWeights
+from embedmix.store.artifacts import ArtifactNotFound
+from embedmix.store.jobs import get_job
+from embedmix.worker.context import WorkerContext
 
 
 def _refused(message: str, field: str = "job") -> SpecError:

@@ -21,7 +21,7 @@ from types import TracebackType
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.jobs import claim_lease, get_job_unscoped, release_lease, renew_lease
+from embedmix.store.jobs import claim_lease, get_job_unscoped, release_lease, renew_lease
 
 log = logging.getLogger("embedmix.worker")
 

@@ -16,12 +16,12 @@ from typing import Any, Literal
 from celery.signals import task_prerun, worker_process_init
 from celery.utils.nodenames import default_nodename, host_format
 
-from service.jsonlog import configure_logging
-from service.queue import TRAIN_QUEUE
-from service.settings import Settings
-from worker.celery_app import create_app
-from worker.reaper import run_reaper
-from worker.threads import limit_training_threads, size_task_thread
+from embedmix.service.jsonlog import configure_logging
+from embedmix.service.queue import TRAIN_QUEUE
+from embedmix.service.settings import Settings
+from embedmix.worker.celery_app import create_app
+from embedmix.worker.reaper import run_reaper
+from embedmix.worker.threads import limit_training_threads, size_task_thread
 
 Pool = Literal["solo", "threads", "prefork"]
 

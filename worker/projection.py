@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
-from core.models import Encoder
-from core.projection import project_test_set
-from store.artifacts import ArtifactStore
-from store.events import NewEvent
-from worker.context import WorkerContext
-from worker.events import log_event, record, warning_event
+from embedmix.core.models import Encoder
+from embedmix.core.projection import project_test_set
+from embedmix.store.artifacts import ArtifactStore
+from embedmix.store.events import NewEvent
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.events import log_event, record, warning_event
 
 log = logging.getLogger("embedmix.worker")
 

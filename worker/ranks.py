@@ -52,10 +52,10 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
-from core.data import load_dataset
-from core.errors import INTERNAL_ERROR, SpecError, failure_code
-from core.export import export
-from core.launch import (
+from embedmix.core.data import load_dataset
+from embedmix.core.errors import INTERNAL_ERROR, SpecError, failure_code
+from embedmix.core.export import export
+from embedmix.core.launch import (
     STOP_GRACE_S,
     die_with_parent,
     join_group,
@@ -63,10 +63,10 @@ from core.launch import (
     leave_group,
     rank_command,
 )
-from core.projection import project_test_set
-from core.spec import validate_spec
-from core.train import Callbacks, NullCallbacks, Progress, pick_device, train
-from worker.memory_ceiling import memory_ceiling
+from embedmix.core.projection import project_test_set
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import Callbacks, NullCallbacks, Progress, pick_device, train
+from embedmix.worker.memory_ceiling import memory_ceiling
 
 log = logging.getLogger("embedmix.worker")
 
@@ -227,7 +227,7 @@ def run_ranks(world_size: int, run: RunDir, relay: RankRelay) -> RanksOutcome:
     :class:`RankLost` when a rank ended without one. Whatever ends the wait,
     nothing of the launcher's tree is left running.
     """
-    with _launched(rank_command(world_size, "worker.ranks", [str(run.path)]), run) as launcher:
+    with _launched(rank_command(world_size, "embedmix.worker.ranks", [str(run.path)]), run) as launcher:
         while launcher.poll() is None:
             relay.poll()
             time.sleep(POLL_S)

@@ -36,14 +36,14 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.queue import TaskSender, send_train_message
-from service.settings import Settings
-from store.db import DATABASE_DOWN
-from store.events import NewEvent, add_events
-from store.jobs import expired_leases, get_job_unscoped, reap_expired
-from store.models import Event, Job, utcnow
-from worker.context import session_factory_for
-from worker.events import ENQUEUED, status_event
+from embedmix.service.queue import TaskSender, send_train_message
+from embedmix.service.settings import Settings
+from embedmix.store.db import DATABASE_DOWN
+from embedmix.store.events import NewEvent, add_events
+from embedmix.store.jobs import expired_leases, get_job_unscoped, reap_expired
+from embedmix.store.models import Event, Job, utcnow
+from embedmix.worker.context import session_factory_for
+from embedmix.worker.events import ENQUEUED, status_event
 
 log = logging.getLogger("embedmix.reaper")
 

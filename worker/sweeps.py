@@ -55,20 +55,20 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import SpecError
-from core.spec import validate_spec
-from service.settings import Settings
-from store.db import DATABASE_DOWN
-from store.jobs import (
+from embedmix.core.errors import SpecError
+from embedmix.core.spec import validate_spec
+from embedmix.service.settings import Settings
+from embedmix.store.db import DATABASE_DOWN
+from embedmix.store.jobs import (
     ActiveJobLimit,
     IdempotencyConflict,
     create_job,
     get_job_unscoped,
     request_cancel,
 )
-from store.metrics import list_metrics
-from store.models import Sweep, SweepTrial
-from store.sweeps import (
+from embedmix.store.metrics import list_metrics
+from embedmix.store.models import Sweep, SweepTrial
+from embedmix.store.sweeps import (
     active_trial_jobs,
     add_trial,
     apply_params,
@@ -87,8 +87,8 @@ from store.sweeps import (
     sweeps_to_drive,
     trial_idempotency_key,
 )
-from worker.context import session_factory_for
-from worker.lease import new_owner_token
+from embedmix.worker.context import session_factory_for
+from embedmix.worker.lease import new_owner_token
 
 log = logging.getLogger("embedmix.sweeps")
 

@@ -35,24 +35,24 @@ import torch
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
-from core import catalog
-from core.cost import describe_bytes
-from core.data import Dataset, load_dataset
-from core.errors import INTERNAL_ERROR, OUT_OF_MEMORY
-from core.export import export
-from core.spec import JobSpec, validate_spec
-from core.train import TrainResult, pick_device, train
-from service.settings import Settings
-from store.artifacts import CHUNK_SIZE
-from store.db import DATABASE_DOWN
-from store.events import NewEvent, add_events
-from store.jobs import get_job_unscoped, release_lease, transition
-from store.models import Checkpoint, Job
-from worker.callbacks import StopReason, StoreCallbacks
-from worker.checkpoints import ResumePoint, load_resume_point
-from worker.context import WorkerContext
-from worker.dataset_files import dataset_file
-from worker.events import (
+from embedmix.core import catalog
+from embedmix.core.cost import describe_bytes
+from embedmix.core.data import Dataset, load_dataset
+from embedmix.core.errors import INTERNAL_ERROR, OUT_OF_MEMORY
+from embedmix.core.export import export
+from embedmix.core.spec import JobSpec, validate_spec
+from embedmix.core.train import TrainResult, pick_device, train
+from embedmix.service.settings import Settings
+from embedmix.store.artifacts import CHUNK_SIZE
+from embedmix.store.db import DATABASE_DOWN
+from embedmix.store.events import NewEvent, add_events
+from embedmix.store.jobs import get_job_unscoped, release_lease, transition
+from embedmix.store.models import Checkpoint, Job
+from embedmix.worker.callbacks import StopReason, StoreCallbacks
+from embedmix.worker.checkpoints import ResumePoint, load_resume_point
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.dataset_files import dataset_file
+from embedmix.worker.events import (
     ENQUEUED,
     TRACEBACK,
     log_event,
@@ -60,17 +60,17 @@ from worker.events import (
     status_event,
     warning_event,
 )
-from worker.init_weights import source_weights
-from worker.lease import Lease
-from worker.memory_ceiling import memory_ceiling
-from worker.projection import (
+from embedmix.worker.init_weights import source_weights
+from embedmix.worker.lease import Lease
+from embedmix.worker.memory_ceiling import memory_ceiling
+from embedmix.worker.projection import (
     PROJECTION,
     Projection,
     make_projection,
     projection_event,
     store_projection,
 )
-from worker.ranks import (
+from embedmix.worker.ranks import (
     EXPORT,
     INIT_WEIGHTS_FILE,
     RANK_LOST,

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import catalog
-from core.data.arrays import check_features, check_rows, labels_to_indices
-from core.data.builtin import load_builtin
-from core.data.dataset import Dataset, Outliers
-from core.data.files import read_file
-from core.data.split import hold_out_outliers, split
-from core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
-from core.errors import DataError, SpecError
-from core.spec import JobSpec, compatibility_errors
+from embedmix.core import catalog
+from embedmix.core.data.arrays import check_features, check_rows, labels_to_indices
+from embedmix.core.data.builtin import load_builtin
+from embedmix.core.data.dataset import Dataset, Outliers
+from embedmix.core.data.files import read_file
+from embedmix.core.data.split import hold_out_outliers, split
+from embedmix.core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
+from embedmix.core.errors import DataError, SpecError
+from embedmix.core.spec import JobSpec, compatibility_errors
 
 __all__ = ["DataError", "Dataset", "TextPairs", "class_count_problem", "dataset_from_arrays", "load_dataset",
            "text_pairs_for"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.data.dataset import Task
-from core.errors import DataError
+from embedmix.core.data.dataset import Task
+from embedmix.core.errors import DataError
 
 
 def check_features(x: np.ndarray, where: str) -> np.ndarray:

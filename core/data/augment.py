@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from core.spec import AugmentSpec
+from embedmix.core.spec import AugmentSpec
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.errors import DataError
+from embedmix.core.errors import DataError
 
 
 RawArrays = dict[str, Any]  # x, y, optional x_test / y_test, optional class_names

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from core.data.arrays import check_features, check_rows
-from core.errors import DataError
+from embedmix.core.data.arrays import check_features, check_rows
+from embedmix.core.errors import DataError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
 SPLIT_COLUMN = "split"

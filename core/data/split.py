@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from core.data.dataset import Task
-from core.errors import DataError
-from core.spec import SplitSpec
+from embedmix.core.data.dataset import Task
+from embedmix.core.errors import DataError
+from embedmix.core.spec import SplitSpec
 
 
 def test_share(rows: int, fraction: float) -> int:

@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from core.errors import DataError
-from core.spec import SplitSpec
+from embedmix.core.errors import DataError
+from embedmix.core.spec import SplitSpec
 
 SUFFIX = ".jsonl"
 FIELDS = ("anchor", "positive")

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from core.mixup.barlow import MixedBarlowTwins
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.c_mixup import CMixup
-from core.mixup.classification import DecoupledMixup, MixOE, RankMixup
-from core.mixup.generic import CutMix, EmbeddingMixup, InputMixup, ManifoldMixup
-from core.mixup.metrix import Metrix
-from core.mixup.moco import MoCHi, MoCo
-from core.mixup.supremix import SupReMix
-from core.spec import JobSpec
+from embedmix.core.mixup.barlow import MixedBarlowTwins
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.c_mixup import CMixup
+from embedmix.core.mixup.classification import DecoupledMixup, MixOE, RankMixup
+from embedmix.core.mixup.generic import CutMix, EmbeddingMixup, InputMixup, ManifoldMixup
+from embedmix.core.mixup.metrix import Metrix
+from embedmix.core.mixup.moco import MoCHi, MoCo
+from embedmix.core.mixup.supremix import SupReMix
+from embedmix.core.spec import JobSpec
 
 METHODS: dict[str, type[MixingMethod]] = {
     "input": InputMixup,

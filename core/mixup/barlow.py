@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.losses.barlow_twins import standardise
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import mix, partners, sample_lambda_float
-from core.models import TrainingNet
+from embedmix.core.losses.barlow_twins import standardise
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import mix, partners, sample_lambda_float
+from embedmix.core.models import TrainingNet
 
 
 def cross_correlation(za: Tensor, zb: Tensor) -> Tensor:

@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from core.models import Encoder, TrainingNet
-from core.spec import JobSpec
+from embedmix.core.models import Encoder, TrainingNet
+from embedmix.core.spec import JobSpec
 
 
 @dataclass

@@ -36,11 +36,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from core.losses import MSELoss
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import kernel_partners, mix, sample_beta
-from core.models import TrainingNet
-from core.spec import JobSpec
+from embedmix.core.losses import MSELoss
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import kernel_partners, mix, sample_beta
+from embedmix.core.models import TrainingNet
+from embedmix.core.spec import JobSpec
 
 
 class CMixup(MixingMethod):

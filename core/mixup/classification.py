@@ -91,10 +91,10 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
 
-from core.data.dataset import Outliers
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import cutmix_region, mix, partners, paste, sample_lambda_float
-from core.models import Encoder, TrainingNet
+from embedmix.core.data.dataset import Outliers
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import cutmix_region, mix, partners, paste, sample_lambda_float
+from embedmix.core.models import Encoder, TrainingNet
 
 ECE_BINS = 15
 MIXED_EPS = 1e-3

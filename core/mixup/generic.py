@@ -43,12 +43,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from core.losses import ClassWeightLoss, CrossEntropyLoss
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (Mix, apply_cutmix, cutmix_box, forward_chunks, hidden_chunks, mix, partners, randint,
+from embedmix.core.losses import ClassWeightLoss, CrossEntropyLoss
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import (Mix, apply_cutmix, cutmix_box, forward_chunks, hidden_chunks, mix, partners, randint,
                                sample_lambda, soft_pair_weights, soft_targets, views_of)
-from core.models import TrainingNet
-from core.spec import JobSpec
+from embedmix.core.models import TrainingNet
+from embedmix.core.spec import JobSpec
 
 
 def is_class_weight_loss(loss: nn.Module) -> bool:

@@ -69,12 +69,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses import ContrastiveLoss, MultiSimilarityLoss, PairWeights, ProxyAnchorLoss
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (feature_start, forward_chunks, hidden_chunks, mix, nearest_distance, negative_partners,
+from embedmix.core.losses import ContrastiveLoss, MultiSimilarityLoss, PairWeights, ProxyAnchorLoss
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import (feature_start, forward_chunks, hidden_chunks, mix, nearest_distance, negative_partners,
                                randint, sample_beta, views_of)
-from core.models import Encoder, TrainingNet
-from core.spec import JobSpec
+from embedmix.core.models import Encoder, TrainingNet
+from embedmix.core.spec import JobSpec
 
 MAX_TRAIN = 50_000
 MAX_TEST = 10_000

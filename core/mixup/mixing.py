@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses import PairWeights
-from core.models import Encoder, TrainingNet
+from embedmix.core.losses import PairWeights
+from embedmix.core.models import Encoder, TrainingNet
 
 def sample_beta(a: float, b: float, shape: Sequence[int] | int, gen: torch.Generator,
                 dtype: torch.dtype = torch.float32) -> Tensor:

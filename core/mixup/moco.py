@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses import PairWeights
-from core.losses.infonce import decoupled_pair_terms, safe_divide
-from core.losses.pairs import cosine_matrix
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import uniform
-from core.models import TrainingNet
+from embedmix.core.losses import PairWeights
+from embedmix.core.losses.infonce import decoupled_pair_terms, safe_divide
+from embedmix.core.losses.pairs import cosine_matrix
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import uniform
+from embedmix.core.models import TrainingNet
 
 _KEY = "key_net."
 

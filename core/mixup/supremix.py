@@ -56,12 +56,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses.pairs import weighted_logsumexp
-from core.mixup.base import Batch, MixingMethod
-from core.mixup.mixing import (forward_chunks, sample_beta, uniform,
+from embedmix.core.losses.pairs import weighted_logsumexp
+from embedmix.core.mixup.base import Batch, MixingMethod
+from embedmix.core.mixup.mixing import (forward_chunks, sample_beta, uniform,
                                views_of)
-from core.models import TrainingNet
-from core.spec import JobSpec
+from embedmix.core.models import TrainingNet
+from embedmix.core.spec import JobSpec
 
 
 POS_PAIRS = ("paired", "all")

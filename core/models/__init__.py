@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.models.encoders import Encoder, Standardize, conv1d, conv2d, mlp, resnet18
-from core.spec import ModelSpec
+from embedmix.core.models.encoders import Encoder, Standardize, conv1d, conv2d, mlp, resnet18
+from embedmix.core.spec import ModelSpec
 
 __all__ = ["Encoder", "Standardize", "TrainingNet", "build_encoder", "build_net"]
 

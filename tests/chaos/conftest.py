@@ -5,7 +5,7 @@ its own on a free port (``--save '' --appendonly no``, so a restart loses
 everything, as a crashed cache would), a throwaway PostgreSQL database on the
 shared server, or, for the test that stops PostgreSQL, a whole PostgreSQL
 cluster made with ``initdb`` in a temporary directory. The service processes
-are started exactly as an operator starts them (``python -m cli.main worker``
+are started exactly as an operator starts them (``python -m embedmix.cli.main worker``
 is the ``embedmix worker`` console script) with short lease and reaper
 intervals, and signals are sent for real. Kills are timed by polling the
 database for a condition (a checkpoint exists), never by sleeping.
@@ -30,16 +30,16 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import (
+from embedmix.store import (
     create_job,
     create_owner,
     get_job_unscoped,
     list_checkpoints,
     list_events,
 )
-from store.db import make_engine, make_session_factory, migrate
-from store.models import Checkpoint, Event, Job, Metric
-from service.queue import TRAIN_QUEUE, TRAIN_TASK
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.models import Checkpoint, Event, Job, Metric
+from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK
 from tests.conftest import PostgresServer, RedisServer, free_port, unavailable, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,7 +226,7 @@ class Stack:
         log_path = self.directory / f"{name}.log"
         log = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=self.env(),
+            [sys.executable, "-m", "embedmix.cli.main", *args], cwd=ROOT, env=self.env(),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -15,9 +15,9 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.queue import TRAIN_QUEUE
-from service.settings import Settings
-from store import (
+from embedmix.service.queue import TRAIN_QUEUE
+from embedmix.service.settings import Settings
+from embedmix.store import (
     claim_lease,
     create_job,
     create_owner,
@@ -25,13 +25,13 @@ from store import (
     list_events,
     transition,
 )
-from store.db import make_engine, make_session_factory, migrate
-from store.models import Job, utcnow
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.models import Job, utcnow
 from tests.chaos.conftest import SPEC
 from tests.conftest import RedisServer
-from worker.celery_app import EmbedmixCelery, create_app
-from worker.events import ENQUEUED
-from worker.reaper import reap_once
+from embedmix.worker.celery_app import EmbedmixCelery, create_app
+from embedmix.worker.events import ENQUEUED
+from embedmix.worker.reaper import reap_once
 
 LOST_AFTER_S = 60.0
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from store import DatabaseArtifacts
-from store.db import migrate
-from store.models import Artifact, Job
+from embedmix.store import DatabaseArtifacts
+from embedmix.store.db import migrate
+from embedmix.store.models import Artifact, Job
 from tests.chaos.conftest import (
     ADMIN_KEY,
     SPEC,

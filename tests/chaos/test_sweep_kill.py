@@ -19,12 +19,12 @@ import optuna
 import pytest
 from sqlalchemy import select
 
-from store.db import migrate
-from store.models import Job, Sweep, SweepTrial
-from store.sweeps import trial_idempotency_key
+from embedmix.store.db import migrate
+from embedmix.store.models import Job, Sweep, SweepTrial
+from embedmix.store.sweeps import trial_idempotency_key
 from tests.chaos.conftest import ADMIN_KEY, JOB_TIMEOUT_S, Stack, wait_for
 from tests.conftest import PostgresServer, RedisServer
-from worker.sweeps import optuna_storage
+from embedmix.worker.sweeps import optuna_storage
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TRIALS = 6

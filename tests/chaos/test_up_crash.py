@@ -1,6 +1,6 @@
 """`embedmix up` crashing, and its children crashing under it: real processes, signals sent for real.
 
-Each test runs `embedmix up` (``python -m cli.main up``, the console script's
+Each test runs `embedmix up` (``python -m embedmix.cli.main up``, the console script's
 module) on a data dir and a free port of its own, through the end-to-end
 tests' :class:`Service`. Processes are followed with psutil by pid and start
 time (a pid alone may be reused), and every wait polls for a state, never a
@@ -21,10 +21,10 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from cli.supervise import RECORD_FILE, read_record
-from store.accounts import hash_key
-from store.db import make_engine, make_session_factory
-from store.models import ApiKey
+from embedmix.cli.supervise import RECORD_FILE, read_record
+from embedmix.store.accounts import hash_key
+from embedmix.store.db import make_engine, make_session_factory
+from embedmix.store.models import ApiKey
 from tests.chaos.conftest import JOB_TIMEOUT_S, ROOT
 from tests.conftest import free_port, wait_for
 from tests.e2e.conftest import Service, service_env, wait_terminal
@@ -150,7 +150,7 @@ def test_a_second_up_on_a_running_data_dir_is_refused_in_one_line(tmp_path: Path
     service = start(tmp_path / "data", dataset_cache)
     try:
         second = subprocess.run(
-            [sys.executable, "-m", "cli.main", "up", "--port", str(free_port()), "--data-dir", str(service.data_dir)],
+            [sys.executable, "-m", "embedmix.cli.main", "up", "--port", str(free_port()), "--data-dir", str(service.data_dir)],
             cwd=ROOT, env=service.env, capture_output=True, text=True, timeout=120, check=False,
         )
         assert second.returncode == 1
@@ -171,7 +171,7 @@ def test_a_port_held_by_another_program_is_refused_in_one_line(tmp_path: Path, d
         holder.listen()
         port = holder.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            [sys.executable, "-m", "embedmix.cli.main", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
             cwd=ROOT, env=service_env(dataset_cache), capture_output=True, text=True, timeout=120, check=False,
         )
     assert proc.returncode == 1

@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from store import request_cancel
-from store.models import Artifact
+from embedmix.store import request_cancel
+from embedmix.store.models import Artifact
 from tests.chaos.conftest import ADMIN_KEY, SPEC, Stack, owner_pid, statuses, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

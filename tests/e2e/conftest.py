@@ -1,6 +1,6 @@
 """`embedmix up` as a process, shared by the end-to-end tests here and tests/security/test_logs.py.
 
-:class:`Service` starts ``python -m cli.main up`` (what the ``embedmix up`` console
+:class:`Service` starts ``python -m embedmix.cli.main up`` (what the ``embedmix up`` console
 script runs) on a data dir and a free port of its own, waits until it has written
 its admin key and answers ``/readyz``, and stops it with the SIGINT that Ctrl-C sends.
 Its output (the API's, the worker's and uvicorn's) goes to one log file.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from client import EmbedmixClient
+from embedmix.client import EmbedmixClient
 from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ class Service:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                [sys.executable, "-m", "embedmix.cli.main", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         wait_for(self._ready, READY_TIMEOUT_S, "embedmix up to become ready", self.log_tail)

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from api import create_app
-from service.settings import Settings
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
 from tests.conftest import served_in_thread
 from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api import create_app
-from service.settings import Settings
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
 from tests.conftest import served_in_thread
 from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from client import ApiError
+from embedmix.client import ApiError
 from tests.conftest import flushed_redis, wait_for
 from tests.e2e.conftest import Service, service_env, wait_terminal
 

@@ -35,12 +35,12 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from store import create_api_key, create_owner, revoke_api_key
-from store.artifacts import S3Artifacts
-from store.db import make_engine, make_session_factory, migrate
-from store.models import Base
-from service.settings import Settings
+from embedmix.api import create_app
+from embedmix.store import create_api_key, create_owner, revoke_api_key
+from embedmix.store.artifacts import S3Artifacts
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.models import Base
+from embedmix.service.settings import Settings
 from tests.conftest import PostgresServer, RedisServer
 
 BACKENDS = ["sqlite", "postgresql"]

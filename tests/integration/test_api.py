@@ -27,13 +27,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from api.uploads import SCRATCH_DIR
-from core.data import load_dataset
-from core.export import export
-from core.spec import validate_spec
-from core.train import NullCallbacks, train
-from store import (
+from embedmix.api import create_app
+from embedmix.api.uploads import SCRATCH_DIR
+from embedmix.core.data import load_dataset
+from embedmix.core.export import export
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import NullCallbacks, train
+from embedmix.store import (
     MetricPoint,
     NewEvent,
     add_checkpoint,
@@ -44,9 +44,9 @@ from store import (
     update_progress,
     upsert_metrics,
 )
-from store.models import Artifact, Dataset
-from service.queue import TRAIN_QUEUE, TRAIN_TASK
-from service.settings import Settings
+from embedmix.store.models import Artifact, Dataset
+from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK
+from embedmix.service.settings import Settings
 from tests.conftest import flushed_redis
 from tests.integration.conftest import Keys, auth
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from alembic import command
 
-from core.spec import validate_spec
-from store import create_job, create_owner
-from store.db import alembic_config, make_engine, make_session_factory, migrate
-from store.models import Job, Sweep
-from store.sweeps import create_sweep
+from embedmix.core.spec import validate_spec
+from embedmix.store import create_job, create_owner
+from embedmix.store.db import alembic_config, make_engine, make_session_factory, migrate
+from embedmix.store.models import Job, Sweep
+from embedmix.store.sweeps import create_sweep
 
 # A c_mixup spec as revision 0005's code resolved and stored it: every parameter it knew, no partner_pool.
 OLD_C_MIXUP: dict[str, Any] = {

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import create_job, create_owner, list_checkpoints
-from store.artifacts import DatabaseArtifacts
-from worker.checkpoints import CheckpointWriteError, CheckpointWriter
+from embedmix.store import create_job, create_owner, list_checkpoints
+from embedmix.store.artifacts import DatabaseArtifacts
+from embedmix.worker.checkpoints import CheckpointWriteError, CheckpointWriter
 
 
 class ReadsBackWrong(DatabaseArtifacts):

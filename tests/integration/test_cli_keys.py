@@ -9,17 +9,17 @@ from pathlib import Path
 
 import httpx
 
-from api import create_app
-from service.settings import Settings
-from store import create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store import create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
 from tests.conftest import RedisServer, served_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "embedmix.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
 
 

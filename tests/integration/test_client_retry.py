@@ -16,11 +16,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from api.app import create_app
-from client import EmbedmixClient
-from store import make_engine, make_session_factory
-from store.models import Job
-from service.settings import Settings
+from embedmix.api.app import create_app
+from embedmix.client import EmbedmixClient
+from embedmix.store import make_engine, make_session_factory
+from embedmix.store.models import Job
+from embedmix.service.settings import Settings
 from tests.conftest import served_in_thread
 from tests.integration.conftest import owner_with_keys
 

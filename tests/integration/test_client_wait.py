@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from api import create_app
-from client import EmbedmixClient
-from service.settings import Settings
-from store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
+from embedmix.api import create_app
+from embedmix.client import EmbedmixClient
+from embedmix.service.settings import Settings
+from embedmix.store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
 from tests.conftest import RedisServer, served_in_thread
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 SPEC = {"name": "wait", "dataset": {"name": "mnist1d", "size": 300}, "model": {"encoder": "mlp", "width": 16},
         "train": {"epochs": 3, "batch_size": 32, "device": "cpu"}, "eval": {"metrics": ["precision_at_1"]}}

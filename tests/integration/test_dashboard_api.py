@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import (
+from embedmix.store import (
     NewEvent,
     add_events,
     artifact_store_from_url,
@@ -23,7 +23,7 @@ from store import (
     transition,
     update_progress,
 )
-from service.settings import Settings
+from embedmix.service.settings import Settings
 from tests.conftest import flushed_redis
 from tests.integration.conftest import auth
 
@@ -41,7 +41,7 @@ def broker() -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(tmp_path: Path, broker: redis.Redis) -> Settings:
     """SQLite only; ``client``, ``db`` and ``keys`` (tests/integration/conftest.py) are built on these."""
-    from store.db import migrate
+    from embedmix.store.db import migrate
 
     url = f"sqlite:///{tmp_path / 'api.db'}"
     migrate(url)

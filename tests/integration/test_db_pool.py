@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import text
 
-import store.db
-from store.db import make_engine
+import embedmix.store.db
+from embedmix.store.db import make_engine
 from tests.conftest import wait_for
 
 
@@ -21,7 +21,7 @@ def test_a_connection_dropped_while_idle_is_replaced_and_a_busy_one_is_not_pinge
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(store.db, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(embedmix.store.db, "time", SimpleNamespace(monotonic=lambda: now[0]))
     engine, admin = make_engine(postgres_url, pool_size=1, max_overflow=0), make_engine(postgres_url)
     pings: list[str] = []
     original = engine.dialect.do_ping
@@ -35,7 +35,7 @@ def test_a_connection_dropped_while_idle_is_replaced_and_a_busy_one_is_not_pinge
         with engine.connect() as connection:
             first_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
         for _ in range(5):  # back to back: idle for less than PING_AFTER_IDLE_S each time
-            now[0] += store.db.PING_AFTER_IDLE_S / 2
+            now[0] += embedmix.store.db.PING_AFTER_IDLE_S / 2
             with engine.connect() as connection:
                 assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() == first_pid
         assert pings == []
@@ -49,7 +49,7 @@ def test_a_connection_dropped_while_idle_is_replaced_and_a_busy_one_is_not_pinge
                 return connection.execute(query, {"pid": first_pid}).scalar_one() == 0
 
         wait_for(gone, 60, f"backend {first_pid} to exit")
-        now[0] += store.db.PING_AFTER_IDLE_S * 2  # it has sat idle past the threshold
+        now[0] += embedmix.store.db.PING_AFTER_IDLE_S * 2  # it has sat idle past the threshold
         with engine.connect() as connection:  # pinged, found dead, replaced: no error reaches us
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != first_pid
         assert pings == ["ping"]

@@ -26,11 +26,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from api.uploads import SCRATCH_DIR
-from service.settings import Settings
-from store.db import make_engine
-from store.models import Artifact, ArtifactChunk, Dataset
+from embedmix.api import create_app
+from embedmix.api.uploads import SCRATCH_DIR
+from embedmix.service.settings import Settings
+from embedmix.store.db import make_engine
+from embedmix.store.models import Artifact, ArtifactChunk, Dataset
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import broker, classification_npz, make_settings  # noqa: F401 - fixture
 

@@ -26,9 +26,9 @@ import httpx
 import numpy as np
 import pytest
 
-from api import create_app
-from service.settings import Settings
-from store.db import POOL_OVERFLOW, POOL_SIZE, migrate
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store.db import POOL_OVERFLOW, POOL_SIZE, migrate
 from tests.chaos.conftest import ROOT, ServiceProcess
 from tests.conftest import (
     PostgresServer,
@@ -134,7 +134,7 @@ def start_api_on_tmpfs(store: Store, tmp_path: Path, database_url: str, redis_ur
         EMBEDMIX_ARTIFACTS=str(mount / "artifacts") if store.artifacts == "fs" else "db",
         EMBEDMIX_WORK_DIR=str(work), PYTHONUNBUFFERED="1",
     )
-    script = 'mount -t tmpfs -o "$1" embedmix-store "$2" && "$3" -m cli.main migrate && exec "$3" -m cli.main api --port "$4"'
+    script = 'mount -t tmpfs -o "$1" embedmix-store "$2" && "$3" -m embedmix.cli.main migrate && exec "$3" -m embedmix.cli.main api --port "$4"'
     log_path = tmp_path / "api.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

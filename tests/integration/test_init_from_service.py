@@ -16,17 +16,17 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from core.data import load_dataset
-from core.export import read_encoder_weights
-from core.spec import validate_spec
-from core.train import train
-from service.settings import Settings
-from store import DatabaseArtifacts
-from store.models import Job
+from embedmix.api import create_app
+from embedmix.core.data import load_dataset
+from embedmix.core.export import read_encoder_weights
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import train
+from embedmix.service.settings import Settings
+from embedmix.store import DatabaseArtifacts
+from embedmix.store.models import Job
 from tests.integration.conftest import auth, owner_with_keys
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 SPEC: dict[str, Any] = {
     "name": "source",

@@ -17,15 +17,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import worker.train_task
-from api import create_app
-from service.settings import Settings
-from store import DatabaseArtifacts, FilesystemArtifacts, create_job, create_owner, list_checkpoints, list_events
-from store.artifacts import ArtifactStore
-from store.models import Artifact, Job
+import embedmix.worker.train_task
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store import DatabaseArtifacts, FilesystemArtifacts, create_job, create_owner, list_checkpoints, list_events
+from embedmix.store.artifacts import ArtifactStore
+from embedmix.store.models import Artifact, Job
 from tests.integration.conftest import owner_with_keys
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 SPEC: dict[str, Any] = {
     "name": "outputs",
@@ -72,7 +72,7 @@ def _checkpoint_artifact_ids(session_factory: sessionmaker[Session], job_id: str
 
 def _ending_as(monkeypatch: pytest.MonkeyPatch, status: str, outcome: Any) -> None:
     """Make the worker's transition into ``status`` raise ``outcome`` (an exception) or return it."""
-    real = worker.train_task.transition
+    real = embedmix.worker.train_task.transition
 
     def transition(session: Session, job_id: str, from_statuses: Any, to_status: str, **fields: Any) -> bool:
         if to_status != status:
@@ -81,7 +81,7 @@ def _ending_as(monkeypatch: pytest.MonkeyPatch, status: str, outcome: Any) -> No
             raise outcome
         return outcome
 
-    monkeypatch.setattr(worker.train_task, "transition", transition)
+    monkeypatch.setattr(embedmix.worker.train_task, "transition", transition)
 
 
 def test_the_succeeded_job_points_at_its_map_and_files(

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-import api.poll
-from api.app import create_app
-from service.settings import Settings
+import embedmix.api.poll
+from embedmix.api.app import create_app
+from embedmix.service.settings import Settings
 from tests.conftest import wait_for
 from tests.integration.conftest import auth, owner_with_keys
 
@@ -31,13 +31,13 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
 def short_way(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The job ids the short way read (the route reads through api.jobs, not api.poll)."""
     read: list[str] = []
-    original = api.poll.read_job_json
+    original = embedmix.api.poll.read_job_json
 
     def counted(engine: Any, owner_id: int, job_id: str) -> bytes | None:
         read.append(job_id)
         return original(engine, owner_id, job_id)
 
-    monkeypatch.setattr(api.poll, "read_job_json", counted)
+    monkeypatch.setattr(embedmix.api.poll, "read_job_json", counted)
     return read
 
 
@@ -95,5 +95,5 @@ def test_what_the_short_way_cannot_answer_reaches_the_route(
     def failing(*args: Any) -> bytes:
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(api.poll, "read_job_json", failing)
+    monkeypatch.setattr(embedmix.api.poll, "read_job_json", failing)
     assert client.get(path, headers=auth(alice)).json()["id"] == job_id  # the route read it

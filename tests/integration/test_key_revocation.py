@@ -13,9 +13,9 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from store import make_engine, make_session_factory, revoke_api_key
-from service.settings import Settings
+from embedmix.api.app import create_app
+from embedmix.store import make_engine, make_session_factory, revoke_api_key
+from embedmix.service.settings import Settings
 from tests.conftest import RedisServer, wait_for
 from tests.integration.conftest import auth, owner_with_keys
 

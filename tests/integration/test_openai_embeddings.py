@@ -18,14 +18,14 @@ import httpx
 import numpy as np
 import pytest
 
-from api import create_app
-from service.settings import Settings
-from store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
 from tests.conftest import RedisServer, served_in_thread
 from tests.integration.test_text_pairs_service import FOODS, NAMES, SPEC, _jsonl
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 openai = pytest.importorskip("openai", reason="openai is in the dev extra: pip install '.[dev]'")
 TEXTS = ["Greta likes sushi.", "The favourite food of Greta is sushi.", "Hiro likes cheese."]

@@ -18,14 +18,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from api import create_app
-from cli.main import app as cli_app
-from core import catalog
-from service.settings import Settings
-from store import DatabaseArtifacts
+from embedmix.api import create_app
+from embedmix.cli.main import app as cli_app
+from embedmix.core import catalog
+from embedmix.service.settings import Settings
+from embedmix.store import DatabaseArtifacts
 from tests.integration.conftest import auth, owner_with_keys
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 # Metrix with nothing but its name: alpha, level, weight and its own parameters come from the catalog.
 SPEC: dict[str, Any] = {

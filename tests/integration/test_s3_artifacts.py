@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import create_dataset, create_job, create_owner, get_job_unscoped, list_checkpoints
-from store.artifacts import S3Artifacts, artifact_store_from_url
-from store.models import Artifact
-from service.settings import Settings
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.store import create_dataset, create_job, create_owner, get_job_unscoped, list_checkpoints
+from embedmix.store.artifacts import S3Artifacts, artifact_store_from_url
+from embedmix.store.models import Artifact
+from embedmix.service.settings import Settings
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 SPEC: dict[str, Any] = {
     "name": "s3",

@@ -35,13 +35,13 @@ import pytest
 from fastapi.testclient import TestClient
 from tokenizers import Tokenizer
 
-from api import create_app
-from service.settings import Settings
-from store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
 from tests.conftest import RedisServer
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 
 NAMES = ["Alice", "Bruno", "Chen", "Dmitri", "Esther", "Farid", "Greta", "Hiro"]
 FOODS = ["apples", "noodles", "cheese", "lentil soup", "sushi", "pancakes", "olives", "chocolate"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.spec import validate_spec
-from store import create_job, create_owner
-from store.db import make_engine, make_session_factory, migrate
-from store.models import Job
+from embedmix.core.spec import validate_spec
+from embedmix.store import create_job, create_owner
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.models import Job
 
 # As the old schema stored them: every common field, with the old defaults where the user gave none.
 OLD_INPUT: dict[str, Any] = {

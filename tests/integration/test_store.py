@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import (
+from embedmix.store import (
     ActiveJobLimit,
     ArtifactNotFound,
     ArtifactStore,
@@ -68,9 +68,9 @@ from store import (
     update_progress,
     upsert_metrics,
 )
-from store.artifacts import S3Artifacts
-from store.db import alembic_config, migrate
-from store.models import ApiKey, Artifact, ArtifactChunk, Base, Job, Metric
+from embedmix.store.artifacts import S3Artifacts
+from embedmix.store.db import alembic_config, migrate
+from embedmix.store.models import ApiKey, Artifact, ArtifactChunk, Base, Job, Metric
 
 SPEC: dict[str, Any] = {"name": "t", "dataset": {"name": "mnist1d"}, "train": {"epochs": 1}}
 MB = 1_000_000

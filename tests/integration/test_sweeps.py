@@ -24,15 +24,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import Settings
-from store.artifacts import DatabaseArtifacts
-from store.models import Job, Sweep, SweepTrial, utcnow
-from store.sweeps import active_trial_jobs, settle_trial, trial_idempotency_key
+from embedmix.service.settings import Settings
+from embedmix.store.artifacts import DatabaseArtifacts
+from embedmix.store.models import Job, Sweep, SweepTrial, utcnow
+from embedmix.store.sweeps import active_trial_jobs, settle_trial, trial_idempotency_key
 from tests.conftest import RedisServer, wait_for
 from tests.integration.conftest import Keys, auth
-from worker.context import WorkerContext
-from worker.sweeps import SweepController, optuna_storage, run_controller
-from worker.train_task import run_job
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.sweeps import SweepController, optuna_storage, run_controller
+from embedmix.worker.train_task import run_job
 
 ADMIN_KEY = "em_" + "S" * 40
 SWEEP_TIMEOUT_S = 900.0  # generous: a loaded two-core machine trains slowly; the tests judge outcomes

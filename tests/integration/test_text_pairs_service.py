@@ -16,12 +16,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api import create_app
-from store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
-from service.settings import Settings
-from worker.context import WorkerContext
-from worker.train_task import run_job
+from embedmix.api import create_app
+from embedmix.store import artifact_store_from_url, create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
+from embedmix.service.settings import Settings
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.train_task import run_job
 from tests.conftest import RedisServer
 
 NAMES = ["Alice", "Bruno", "Chen", "Dmitri", "Esther", "Farid", "Greta", "Hiro"]

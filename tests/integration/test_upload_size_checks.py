@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api import create_app
-from core.data import load_dataset
-from core.errors import DataError
-from core.spec import validate_spec
-from service.settings import Settings
+from embedmix.api import create_app
+from embedmix.core.data import load_dataset
+from embedmix.core.errors import DataError
+from embedmix.core.spec import validate_spec
+from embedmix.service.settings import Settings
 from tests.integration.conftest import auth, owner_with_keys
 
 

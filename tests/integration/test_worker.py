@@ -36,11 +36,11 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.data import load_dataset
-from core.export import export
-from core.spec import validate_spec
-from core.train import train
-from store import (
+from embedmix.core.data import load_dataset
+from embedmix.core.export import export
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import train
+from embedmix.store import (
     DatabaseArtifacts,
     claim_lease,
     create_dataset,
@@ -53,14 +53,14 @@ from store import (
     request_cancel,
     transition,
 )
-from store.db import make_engine, make_session_factory, migrate
-from store.models import Artifact, ArtifactChunk, Event, Job, utcnow
-from service.queue import TRAIN_QUEUE, TRAIN_TASK
-from service.settings import Settings
-from worker.celery_app import create_app
-from worker.context import WorkerContext
-from worker.reaper import reap_once
-from worker.train_task import run_job
+from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.models import Artifact, ArtifactChunk, Event, Job, utcnow
+from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK
+from embedmix.service.settings import Settings
+from embedmix.worker.celery_app import create_app
+from embedmix.worker.context import WorkerContext
+from embedmix.worker.reaper import reap_once
+from embedmix.worker.train_task import run_job
 from tests.conftest import unavailable, wait_for
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -279,7 +279,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         "OMP_NUM_THREADS": "1",
     }
     code = (
-        "from service.settings import Settings; from worker.main import run_worker; "
+        "from embedmix.service.settings import Settings; from embedmix.worker.main import run_worker; "
         f"raise SystemExit(run_worker(Settings(), hostname='test-{secrets.token_hex(4)}@%h'))"
     )
     log_file = log_path.open("wb")

@@ -20,15 +20,15 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from core.data import load_dataset
-from core.spec import validate_spec
-from core.train import NullCallbacks, train
+from embedmix.core.data import load_dataset
+from embedmix.core.spec import validate_spec
+from embedmix.core.train import NullCallbacks, train
 from tests.chaos.conftest import ADMIN_KEY, Stack, owner_pid, statuses
 from tests.conftest import PostgresServer, RedisServer, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 pytestmark = pytest.mark.slow  # service processes and two training ranks: tens of seconds in all
-RANK_MODULE = "worker.ranks"
+RANK_MODULE = "embedmix.worker.ranks"
 
 # 240 training rows / batch 32 = 7 steps an epoch, a checkpoint every 3 steps.
 SPEC: dict[str, Any] = {
@@ -55,7 +55,7 @@ def stack(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFact
     redis = RedisServer(directory)
     redis.start()
     url = postgres_server.create_database("ranks")
-    from store.db import migrate
+    from embedmix.store.db import migrate
 
     migrate(url)
     stack = Stack(url, redis, directory, tmp_path_factory.mktemp("dataset-cache"), max_devices_per_job="2")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from store.db import migrate
+from embedmix.store.db import migrate
 from tests.conftest import free_port, wait_for
 from tests.security.conftest import SECURITY_BROKER_URL
 
@@ -61,7 +61,7 @@ class ApiProcess:
         self.url = f"http://127.0.0.1:{port}"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "api", "--port", str(port)],
+                [sys.executable, "-m", "embedmix.cli.main", "api", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_limit_address_space, start_new_session=True,  # noqa: PLW1509 - setrlimit only
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.settings import Settings
+from embedmix.service.settings import Settings
 from tests.conftest import flushed_redis
 from tests.integration.conftest import (  # noqa: F401 - fixtures
     client,

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import ApiKey
+from embedmix.store.models import ApiKey
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import SMALL_SPEC, Finished, assert_error, classification_npz
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api import create_app
+from embedmix.api import create_app
 from tests.conftest import served_in_thread
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import SMALL_SPEC, assert_error, classification_npz, upload

@@ -28,10 +28,10 @@ from sqlalchemy import func
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from api.uploads import SCRATCH_DIR
-from core.data.files import MAX_TABLE_COLUMNS
-from store.models import Artifact, ArtifactChunk, Dataset
+from embedmix.api import create_app
+from embedmix.api.uploads import SCRATCH_DIR
+from embedmix.core.data.files import MAX_TABLE_COLUMNS
+from embedmix.store.models import Artifact, ArtifactChunk, Dataset
 from tests.conftest import served_in_thread
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import classification_npz, npz_bytes

@@ -49,9 +49,9 @@ from schemathesis.core import NotSet
 from schemathesis.generation import GenerationMode
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from service.settings import Settings
-from store import create_api_key
+from embedmix.api import create_app
+from embedmix.service.settings import Settings
+from embedmix.store import create_api_key
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import SMALL_SPEC, Trained, seed_finished_job
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api import create_app
+from embedmix.api import create_app
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import DESIGN_EXAMPLE, SMALL_SPEC, assert_error
 from tests.security.conftest import security_settings

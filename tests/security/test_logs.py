@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from client import ApiError
+from embedmix.client import ApiError
 from tests.e2e.conftest import Service, wait_terminal
 
 LABELS = ("zq7ovelabelalpha", "zq7ovelabelbeta")

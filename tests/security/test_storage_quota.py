@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from store.models import Artifact, Checkpoint, Event, Job, Metric
-from store.storage import storage_used
+from embedmix.api import create_app
+from embedmix.store.models import Artifact, Checkpoint, Event, Job, Metric
+from embedmix.store.storage import storage_used
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import SMALL_SPEC, Trained, assert_error, classification_npz, seed_finished_job, upload
 from tests.security.conftest import security_settings

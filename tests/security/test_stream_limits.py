@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import Settings
-from store import create_api_key, create_job, create_owner, request_cancel
-from store.db import POOL_OVERFLOW, POOL_SIZE, migrate
+from embedmix.service.settings import Settings
+from embedmix.store import create_api_key, create_job, create_owner, request_cancel
+from embedmix.store.db import POOL_OVERFLOW, POOL_SIZE, migrate
 from tests.chaos.conftest import SPEC, Stack
 from tests.conftest import PostgresServer, RedisServer, wait_for
 

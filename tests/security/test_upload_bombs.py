@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from api.datasets import MAX_EXPANSION
-from core.data.files import CSV_BLOCK_BYTES, MAX_TABLE_COLUMNS
+from embedmix.api.datasets import MAX_EXPANSION
+from embedmix.core.data.files import CSV_BLOCK_BYTES, MAX_TABLE_COLUMNS
 from tests.security.api_process import ApiProcess
 
 UPLOAD_LIMIT = 32 * 2**20

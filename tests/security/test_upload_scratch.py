@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from api.uploads import SCRATCH_DIR, upload_prefix
+from embedmix.api.uploads import SCRATCH_DIR, upload_prefix
 from tests.conftest import wait_for
 from tests.security.api_process import ADMIN_KEY, ApiProcess
 

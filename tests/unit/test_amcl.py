@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import catalog
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.export import export, load_safetensors
-from core.losses import build
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core import catalog
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.export import export, load_safetensors
+from embedmix.core.losses import build
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 
 B, DIM = 5, 6
 SMALL = {"head_dim": 4, "head_hidden": 7, "temperature_hidden": 5, "beta": 0.05, "tau_min": 0.05, "tau_max": 2.0}

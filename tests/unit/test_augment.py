@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from core.data.augment import augment, shift
-from core.spec import AugmentSpec
+from embedmix.core.data.augment import augment, shift
+from embedmix.core.spec import AugmentSpec
 
 SHAPES = [(64, 40), (32, 3, 40), (16, 2, 12, 12)]
 ALL_ON = AugmentSpec(noise_std=0.1, max_shift=0.2, scale_range=0.3, mask_fraction=0.2, flip=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli import supervise
-from cli.supervise import (
+from embedmix.cli import supervise
+from embedmix.cli.supervise import (
     RUN_MARKER,
     Child,
     Supervisor,
@@ -23,7 +23,7 @@ from cli.supervise import (
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBEDMIX = [sys.executable, "-m", "cli.main"]
+EMBEDMIX = [sys.executable, "-m", "embedmix.cli.main"]
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -132,7 +132,7 @@ def _gone(pid: int) -> bool:
 def test_a_child_dies_with_its_parent_even_by_sigkill():
     """A parent starts a Child and is then killed -9: the kernel's parent-death signal takes the child."""
     parent_code = (
-        "from cli.supervise import Child; "
+        "from embedmix.cli.supervise import Child; "
         f"c = Child('sleeper', {SLEEPER!r}, {{}}); c.start(); print(c.process.pid, flush=True); "
         "import time; time.sleep(600)"
     )

@@ -31,7 +31,7 @@ def _train(tmp: Path, name: str, devices: int, **train) -> subprocess.Popen:
     spec = {**SPEC, "resources": {"devices": devices}, "train": {**SPEC["train"], **train}}
     (tmp / f"{name}.json").write_text(json.dumps(spec))
     with (tmp / f"{name}.log").open("w") as log:
-        return subprocess.Popen([sys.executable, "-m", "cli.main", "train", str(tmp / f"{name}.json"), "--out", str(tmp / name)],
+        return subprocess.Popen([sys.executable, "-m", "embedmix.cli.main", "train", str(tmp / f"{name}.json"), "--out", str(tmp / name)],
                                 env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("command", [["jobs"], ["status", "job_x"], ["datasets", "list"], ["keys", "revoke", "1"]])
 def test_an_unreachable_service_is_one_line_and_exit_code_1(command: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = subprocess.run([sys.executable, "-m", "cli.main", *command, "--url", url], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "embedmix.cli.main", *command, "--url", url], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "80"})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from core.data import load_dataset
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core.data import load_dataset
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 
 
 def _spec(compile_: bool):
@@ -58,7 +58,7 @@ def test_failed_compile_falls_back_to_eager(monkeypatch, caplog, broken):
     eager = train(eager_spec, data).encoder.state_dict()
     monkeypatch.setattr(torch, "compile", broken)
     callbacks = Metrics()
-    with caplog.at_level(logging.WARNING, logger="core.train"):
+    with caplog.at_level(logging.WARNING, logger="embedmix.core.train"):
         result = train(spec, data, callbacks)
     assert callbacks.values.get("train/compile_fallback") == 1.0
     assert "torch.compile failed" in caplog.text

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer.main
 import yaml
 
-from cli.main import app
-from service.settings import Settings
+from embedmix.cli.main import app
+from embedmix.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -52,8 +52,7 @@ def test_dockerfile_copies_every_package_the_project_installs():
     dockerfile = (ROOT / "Dockerfile").read_text()
     import tomllib
 
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    for pattern in include:
-        package = pattern.rstrip("*")
-        assert f"COPY {package} {package}" in dockerfile, package
-    assert "COPY migrations migrations" in dockerfile and "alembic.ini" in dockerfile
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for folder in folders:
+        assert f"COPY {folder} {folder}" in dockerfile, folder
+    assert "alembic.ini" in dockerfile

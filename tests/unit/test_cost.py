@@ -6,8 +6,8 @@ import resource
 
 import pytest
 
-from core.cost import DataShape, builtin_shape, estimate
-from core.spec import validate_spec
+from embedmix.core.cost import DataShape, builtin_shape, estimate
+from embedmix.core.spec import validate_spec
 
 GIB = 2**30
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-import core.data.builtin as builtin
-from core.data import DataError, Dataset, load_dataset
-from core.spec import SpecError, validate_spec
+import embedmix.core.data.builtin as builtin
+from embedmix.core.data import DataError, Dataset, load_dataset
+from embedmix.core.spec import SpecError, validate_spec
 
 
 @pytest.fixture(autouse=True)

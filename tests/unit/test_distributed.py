@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core import catalog
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.distributed import Ranks, class_balanced_order, class_groups, shard_rows, shard_sizes
-from core.spec import validate_spec
+from embedmix.core import catalog
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.distributed import Ranks, class_balanced_order, class_groups, shard_rows, shard_sizes
+from embedmix.core.spec import validate_spec
 
 STEPS = 3
 LOSS_DATA = {"class": {"name": "mnist1d", "size": 120}, "optional": {"name": "mnist1d", "size": 120},

@@ -11,8 +11,8 @@ from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score, r2_score
 
-from core import catalog
-from core.evaluate import (
+from embedmix.core import catalog
+from embedmix.core.evaluate import (
     SUPPORTED,
     alignment,
     clustering_metrics,

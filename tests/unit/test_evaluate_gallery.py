@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from core.evaluate import nearest_neighbours, query_retrieval_metrics
+from embedmix.core.evaluate import nearest_neighbours, query_retrieval_metrics
 
 
 def _data(n: int, d: int = 8, classes: int = 4, seed: int = 0):

@@ -9,11 +9,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.data import load_dataset
-from core.export import export, load_safetensors, sha256_file
-from core.spec import validate_spec
-from core.array_train import embed
-from core.train import train
+from embedmix.core.data import load_dataset
+from embedmix.core.export import export, load_safetensors, sha256_file
+from embedmix.core.spec import validate_spec
+from embedmix.core.array_train import embed
+from embedmix.core.train import train
 
 CASES = {
     "mnist1d-conv1d": ({"name": "mnist1d", "size": 200}, "conv1d"),

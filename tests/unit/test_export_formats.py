@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api import create_app
-from api.models import ModelFormat
-from core import catalog
-from core.data import load_dataset
-from core.errors import SpecError
-from core.export import FILENAMES, export, write_zip
-from core.spec import ExportSpec, validate_spec
-from core.train import train
-from service.settings import Settings
-from store import create_api_key, create_owner, make_engine, make_session_factory
-from store.db import migrate
+from embedmix.api import create_app
+from embedmix.api.models import ModelFormat
+from embedmix.core import catalog
+from embedmix.core.data import load_dataset
+from embedmix.core.errors import SpecError
+from embedmix.core.export import FILENAMES, export, write_zip
+from embedmix.core.spec import ExportSpec, validate_spec
+from embedmix.core.train import train
+from embedmix.service.settings import Settings
+from embedmix.store import create_api_key, create_owner, make_engine, make_session_factory
+from embedmix.store.db import migrate
 
 
 def test_spec_api_and_file_names_read_the_one_list_of_formats() -> None:

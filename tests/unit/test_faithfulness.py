@@ -21,18 +21,18 @@ import torch.nn.functional as F
 from scipy.stats import chisquare
 from sklearn.neighbors import KernelDensity
 
-from core import catalog, losses
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.losses import PairWeights
-from core.losses.infonce import sample_positives
-from core.mixup import Batch, build
-from core.mixup.barlow import mixed_barlow_regulariser
-from core.mixup.classification import decoupled_mixup_loss, mrl_term
-from core.mixup.mixing import kernel_partners, kernel_probs
-from core.models import build_net
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core import catalog, losses
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.losses import PairWeights
+from embedmix.core.losses.infonce import sample_positives
+from embedmix.core.mixup import Batch, build
+from embedmix.core.mixup.barlow import mixed_barlow_regulariser
+from embedmix.core.mixup.classification import decoupled_mixup_loss, mrl_term
+from embedmix.core.mixup.mixing import kernel_partners, kernel_probs
+from embedmix.core.models import build_net
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 from tests.references import assert_same
 
 BLOBS = {"name": "blobs", "size": 120, "params": {"num_classes": 4, "num_features": 6}}

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.data import load_dataset
-from core.losses import build
-from core.losses.grad_cache import cached_backward, embedding_loss_grad
-from core.spec import SpecError, validate_spec
-from core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.losses import build
+from embedmix.core.losses.grad_cache import cached_backward, embedding_loss_grad
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.array_train import ArrayTrainer
 
 ATOL = 1e-5
 

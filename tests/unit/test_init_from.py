@@ -15,14 +15,14 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from cli.main import app as cli_app
-from core.data import TextPairs, load_dataset
-from core.errors import SpecError
-from core.export import export, read_encoder_weights
-from core.spec import validate_spec
-from core.text_train import TextTrainer
-from core.train import NullCallbacks, train, trainer_for
-from store.sweeps import apply_params
+from embedmix.cli.main import app as cli_app
+from embedmix.core.data import TextPairs, load_dataset
+from embedmix.core.errors import SpecError
+from embedmix.core.export import export, read_encoder_weights
+from embedmix.core.spec import validate_spec
+from embedmix.core.text_train import TextTrainer
+from embedmix.core.train import NullCallbacks, train, trainer_for
+from embedmix.store.sweeps import apply_params
 
 BASE = {
     "name": "init",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service.jsonlog import JsonFormatter, configure_logging
+from embedmix.service.jsonlog import JsonFormatter, configure_logging
 
 JOB = "job_" + "aB3" * 6 + "xY"  # 20 characters after the prefix, like service.ids.new_job_id()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.key_cache import Caller, KeyCache
+from embedmix.api.key_cache import Caller, KeyCache
 
 ALICE = Caller(id=1, is_admin=False)
 BOB = Caller(id=2, is_admin=False)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data import load_dataset
-from core.data.builtin import LONG_TAIL_FIELD, load_builtin, long_tail, mnist1d
-from core.errors import DataError, SpecError
-from core.spec import validate_spec
+from embedmix.core.data import load_dataset
+from embedmix.core.data.builtin import LONG_TAIL_FIELD, load_builtin, long_tail, mnist1d
+from embedmix.core.errors import DataError, SpecError
+from embedmix.core.spec import validate_spec
 
 
 def _raw(per_class: int = 50, classes: int = 10) -> dict:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.catalog import LOSSES
-from core.losses import LOSS_CLASSES, PairWeights, build
+from embedmix.core.catalog import LOSSES
+from embedmix.core.losses import LOSS_CLASSES, PairWeights, build
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 10
@@ -97,7 +97,7 @@ def test_class_weight_losses_own_their_parameters() -> None:
 
 
 def test_core_does_not_import_pml() -> None:
-    code = "import sys, core.losses; sys.exit(any(m.startswith('pytorch_metric_learning') for m in sys.modules))"
+    code = "import sys, embedmix.core.losses; sys.exit(any(m.startswith('pytorch_metric_learning') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners
 
-from core.losses import PairWeights, build
+from embedmix.core.losses import PairWeights, build
 
 DIM = 12
 RTOL = 1e-5

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from core import catalog
-from core.errors import SpecError
-from core.models import Standardize, build_encoder
-from core.spec import validate_spec
+from embedmix.core import catalog
+from embedmix.core.errors import SpecError
+from embedmix.core.models import Standardize, build_encoder
+from embedmix.core.spec import validate_spec
 
 IMAGE_ENCODERS = {"conv2d", "resnet18"}  # trained here on digits (1 x 8 x 8); the others on mnist1d (40)
 

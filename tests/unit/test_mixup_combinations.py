@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core import catalog
-from core.data import load_dataset
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core import catalog
+from embedmix.core.data import load_dataset
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 
 DATA = {
     "class": {"name": "mnist1d", "size": 200},

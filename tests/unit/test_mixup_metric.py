@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import chisquare
 
-from core import losses
-from core.data import load_dataset
-from core.losses import PairWeights
-from core.mixup import METHODS, Batch, build
-from core.mixup.mixing import (Mix, apply_cutmix, feature_start, kernel_partners, kernel_probs, negative_partners,
+from embedmix.core import losses
+from embedmix.core.data import load_dataset
+from embedmix.core.losses import PairWeights
+from embedmix.core.mixup import METHODS, Batch, build
+from embedmix.core.mixup.mixing import (Mix, apply_cutmix, feature_start, kernel_partners, kernel_probs, negative_partners,
                                partners, sample_beta, soft_pair_weights, soft_targets)
-from core.mixup.metrix import utilization
-from core.mixup.supremix import draw_mixtures, supremix_loss
-from core.models import build_net
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core.mixup.metrix import utilization
+from embedmix.core.mixup.supremix import draw_mixtures, supremix_loss
+from embedmix.core.models import build_net
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 
 BLOBS = {"name": "blobs", "size": 300, "params": {"num_classes": 5, "num_features": 12}}
 
@@ -493,7 +493,7 @@ def test_many_samples_draw_negatives_uniformly_without_a_pairwise_matrix():
     """Metrix's utilization draws a negative for every training row: no (n, n) matrix (2 GB at n = 16,000)."""
     import resource
 
-    from core.mixup.mixing import PAIRWISE_NEGATIVES_MAX
+    from embedmix.core.mixup.mixing import PAIRWISE_NEGATIVES_MAX
 
     n = 40_000
     y = torch.arange(n) % 4

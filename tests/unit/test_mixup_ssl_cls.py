@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kstest
 
-from core import losses
-from core.data import load_dataset
-from core.mixup import METHODS, Batch, build
-from core.mixup.barlow import mixed_barlow_regulariser
-from core.mixup.classification import (
+from embedmix.core import losses
+from embedmix.core.data import load_dataset
+from embedmix.core.mixup import METHODS, Batch, build
+from embedmix.core.mixup.barlow import mixed_barlow_regulariser
+from embedmix.core.mixup.classification import (
     decoupled_mixup_loss,
     expected_calibration_error,
     make_outliers,
@@ -26,12 +26,12 @@ from core.mixup.classification import (
     mrl_term,
     ood_scores,
 )
-from core.mixup.mixing import cutmix_region, paste, sample_lambda_float
-from core.mixup.moco import hard_negative_mixes, infonce_with_extra, moco_weights
-from core.models import build_net
-from core.spec import SpecError, validate_spec
-from core.array_train import ArrayTrainer
-from core.train import train
+from embedmix.core.mixup.mixing import cutmix_region, paste, sample_lambda_float
+from embedmix.core.mixup.moco import hard_negative_mixes, infonce_with_extra, moco_weights
+from embedmix.core.models import build_net
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.train import train
 
 BLOBS = {"name": "blobs", "size": 240, "params": {"num_classes": 4, "num_features": 8, "cluster_std": 1.0}}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.loop import MIXING_STOPPED
-from core.spec import SpecError, validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.loop import MIXING_STOPPED
+from embedmix.core.spec import SpecError, validate_spec
 
 BLOBS = {"name": "blobs", "size": 200, "params": {"num_classes": 4, "num_features": 8}}
 STEPS_PER_EPOCH = 5  # 160 training rows, batches of 32

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from core.data import Dataset
-from core.projection import pca_2d, project, project_test_set, subsample
+from embedmix.core.data import Dataset
+from embedmix.core.projection import pca_2d, project, project_test_set, subsample
 
 CAP = 150  # small enough that t-SNE takes a moment
 

@@ -19,16 +19,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import losses
-from core.data import dataset_from_arrays, load_dataset
-from core.errors import DataError
-from core.mixup import Batch, build
-from core.mixup.classification import ood_scores
-from core.mixup.mixing import negative_partners, randint, sample_beta, sample_lambda_float
-from core.mixup.supremix import all_positives, draw_mixtures, supremix_loss
-from core.models import build_net
-from core.spec import SpecError, validate_spec
-from core.train import train, trainer_for
+from embedmix.core import losses
+from embedmix.core.data import dataset_from_arrays, load_dataset
+from embedmix.core.errors import DataError
+from embedmix.core.mixup import Batch, build
+from embedmix.core.mixup.classification import ood_scores
+from embedmix.core.mixup.mixing import negative_partners, randint, sample_beta, sample_lambda_float
+from embedmix.core.mixup.supremix import all_positives, draw_mixtures, supremix_loss
+from embedmix.core.models import build_net
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train, trainer_for
 
 
 @pytest.fixture(autouse=True)

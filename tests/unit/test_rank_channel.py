@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from core.errors import INTERNAL_ERROR
-from core.train import Progress
-from worker.ranks import (
+from embedmix.core.errors import INTERNAL_ERROR
+from embedmix.core.train import Progress
+from embedmix.worker.ranks import (
     Failure,
     RankFailed,
     RankLost,

@@ -12,14 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import temperature
-from cli.main import app
-from cli.recipes import (RECIPES, RECIPES_DIR, _train, is_complete, load_pair, load_pretrain, paired_t_interval,
+from embedmix.cli import temperature
+from embedmix.cli.main import app
+from embedmix.cli.recipes import (RECIPES, RECIPES_DIR, _train, is_complete, load_pair, load_pretrain, paired_t_interval,
                          read_results, render_report, run_seed, run_spec, spec_hash, summarise, verdict,
                          weights_fingerprint)
-from core import catalog
-from core.mixup.classification import confidence_gap
-from core.spec import validate_spec
+from embedmix.core import catalog
+from embedmix.core.mixup.classification import confidence_gap
+from embedmix.core.spec import validate_spec
 
 NAMES = sorted(RECIPES)
 runner = CliRunner()

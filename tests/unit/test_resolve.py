@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import torch
 
-from core import catalog
-from core.array_train import ArrayTrainer
-from core.data import load_dataset
-from core.errors import SpecError
-from core.mixup import METHODS
-from core.mixup.metrix import Metrix
-from core.spec import resolve, validate_spec
+from embedmix.core import catalog
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.data import load_dataset
+from embedmix.core.errors import SpecError
+from embedmix.core.mixup import METHODS
+from embedmix.core.mixup.metrix import Metrix
+from embedmix.core.spec import resolve, validate_spec
 
 COMMON = ("alpha", "level", "weight")
 
@@ -92,7 +92,7 @@ def test_metrix_left_at_its_name_trains_with_alpha_2_and_weight_0_4(monkeypatch:
     """The issue's case: Metrix's stated alpha 2.0 and weight 0.4 reach the mixed term."""
     spec = validate_spec({**method_body("metrix"), "objective": {"loss": "multi_similarity"}})
     draws: list[tuple[float, float]] = []
-    import core.mixup.metrix as metrix_module
+    import embedmix.core.mixup.metrix as metrix_module
 
     real_beta = metrix_module.sample_beta
 

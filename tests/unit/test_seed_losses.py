@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import catalog
-from core.data import load_dataset
-from core.evaluate import alignment, evaluate, tolerance
-from core.losses import build
-from core.losses.conr import conr_regulariser
-from core.spec import SpecError, validate_spec
-from core.train import train
+from embedmix.core import catalog
+from embedmix.core.data import load_dataset
+from embedmix.core.evaluate import alignment, evaluate, tolerance
+from embedmix.core.losses import build
+from embedmix.core.losses.conr import conr_regulariser
+from embedmix.core.spec import SpecError, validate_spec
+from embedmix.core.train import train
 from tests.references import assert_same, value_and_grad
 
 DIM = 6
@@ -328,7 +328,7 @@ class _StopAt:
 
 
 def test_isogclr_resume_continues_the_temperatures_exactly_and_reports_their_distribution():
-    from core.array_train import ArrayTrainer
+    from embedmix.core.array_train import ArrayTrainer
 
     spec = _isogclr_spec()
     data = load_dataset(spec)

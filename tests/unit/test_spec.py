@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog
-from core.spec import EXAMPLE_SPEC, JobSpec, SpecError, load_spec_file, validate_spec
+from embedmix.core import catalog
+from embedmix.core.spec import EXAMPLE_SPEC, JobSpec, SpecError, load_spec_file, validate_spec
 
 DESIGN_EXAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples/mnist1d-ms-metrix.json").read_text())
 

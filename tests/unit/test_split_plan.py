@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data.split import plan_split, split
-from core.spec import SplitSpec
+from embedmix.core.data.split import plan_split, split
+from embedmix.core.spec import SplitSpec
 
 SPLITS = [
     SplitSpec(kind="random", test_fraction=0.2),

@@ -16,12 +16,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.data import TextPairs, load_dataset
-from core.export import export, load_safetensors
-from core.models.text_encoder import HIDDEN_SIZE, TextEncoder
-from core.spec import validate_spec
-from core.text_train import TextTrainer
-from core.train import NullCallbacks, train
+from embedmix.core.data import TextPairs, load_dataset
+from embedmix.core.export import export, load_safetensors
+from embedmix.core.models.text_encoder import HIDDEN_SIZE, TextEncoder
+from embedmix.core.spec import validate_spec
+from embedmix.core.text_train import TextTrainer
+from embedmix.core.train import NullCallbacks, train
 
 NAMES = ["Alice", "Bruno", "Chen", "Dmitri", "Esther", "Farid", "Greta", "Hiro"]
 FOODS = ["apples", "noodles", "cheese", "lentil soup", "sushi", "pancakes", "olives", "chocolate"]

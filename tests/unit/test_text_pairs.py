@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.data import DataError, TextPairs, load_dataset
-from core.data.text_pairs import MAX_REPORTED_LINES, MAX_TEXT_CHARS, count_text_pairs, read_text_pairs, split_pairs
-from core.losses import build
-from core.spec import SpecError, SplitSpec, validate_spec
+from embedmix.core.data import DataError, TextPairs, load_dataset
+from embedmix.core.data.text_pairs import MAX_REPORTED_LINES, MAX_TEXT_CHARS, count_text_pairs, read_text_pairs, split_pairs
+from embedmix.core.losses import build
+from embedmix.core.spec import SpecError, SplitSpec, validate_spec
 
 TEXT_SPEC = {
     "dataset": {"path": "pairs.jsonl"},
@@ -158,7 +158,7 @@ def test_every_bad_line_is_reported_at_once_up_to_a_cap(tmp_path: Path) -> None:
 
 
 def test_a_line_longer_than_the_limit_is_refused_without_being_read_whole(tmp_path: Path) -> None:
-    from core.data.text_pairs import MAX_LINE_BYTES
+    from embedmix.core.data.text_pairs import MAX_LINE_BYTES
 
     huge = '{"anchor": "' + "x" * (MAX_LINE_BYTES * 40) + '", "positive": "p"}'
     path = _write(tmp_path, _pairs(2) + [huge] + _pairs(3))

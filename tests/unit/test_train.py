@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data import load_dataset
-from core.evaluate import retrieval_metrics
-from core.spec import validate_spec
-from core.array_train import ArrayTrainer
-from core.step import lr_at
-from core.train import train
+from embedmix.core.data import load_dataset
+from embedmix.core.evaluate import retrieval_metrics
+from embedmix.core.spec import validate_spec
+from embedmix.core.array_train import ArrayTrainer
+from embedmix.core.step import lr_at
+from embedmix.core.train import train
 
 
 def _spec(**over):
