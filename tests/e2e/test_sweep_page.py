@@ -45,12 +45,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromi
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data = tmp_path_factory.mktemp("sweep-ui") / "data"
-    svc = Service(data, service_env(data.parent / "cache", sweep_poll_s="0.5"))
-    try:
-        svc.start()
+    with Service(data, service_env(data.parent / "cache", sweep_poll_s="0.5")) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def test_a_sweep_runs_on_embedmix_up_and_its_page_shows_trials_best_and_parameters(service: Service, tmp_path: Path) -> None:

@@ -35,10 +35,8 @@ def marked_csv(rows: int = 120) -> str:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(tmp_path / "data")  # its dataset cache: tmp_path / "cache"
-    svc.start()
-    yield svc
-    svc.stop()
+    with Service(tmp_path / "data") as svc:  # its dataset cache: tmp_path / "cache"
+        yield svc
 
 
 def test_logs_hold_no_key_and_no_dataset_content(service: Service, tmp_path: Path) -> None:
