@@ -10,6 +10,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.wheels import ROOT, client_wheel, project_wheel
 
 NAMESPACE = "embedmix"
@@ -17,18 +19,27 @@ ROOMS = tuple(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setu
 SOURCES = (*ROOMS, "tests", "bench")
 
 
-def _bare_room_imports(path: Path) -> list[str]:
-    """``import core...`` / ``from api... import`` in one file: each would load a second copy of a module."""
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in one file, module-level and deferred alike."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names if name.split(".")[0] in ROOMS]
+            found.append((node.lineno, node.module))
     return found
+
+
+def _bare_room_imports(path: Path) -> list[str]:
+    """``import core...`` / ``from api... import`` in one file: each would load a second copy of a module."""
+    return [f"{path.relative_to(ROOT)}:{line}: {name}" for line, name in _imported_modules(path)
+            if name.split(".")[0] in ROOMS]
+
+
+def _rooms_imported(path: Path) -> set[str]:
+    """The rooms of ours that one file imports, under the namespace."""
+    return {parts[1] for _, name in _imported_modules(path)
+            if len(parts := name.split(".")) > 1 and parts[0] == NAMESPACE}
 
 
 def _tree_files() -> set[str]:
@@ -70,3 +81,26 @@ def test_the_client_distribution_is_the_client_and_needs_only_httpx(tmp_path: Pa
     assert {Path(n).name for n in code} == {p.name for p in (ROOT / "client").glob("*.py")}
     assert meta["Name"] == "embedmix-client"
     assert [r.split(">")[0].split("=")[0].strip() for r in meta.get_all("Requires-Dist")] == ["httpx"]
+
+
+# room -> the rooms of ours it must not import (README, "Imports point one way"); farm-studio's look
+# does not resolve embedmix.<room>, so this is what guards the directions
+FORBIDDEN = {
+    "core": set(ROOMS) - {"core"},
+    "api": {"worker", "cli"},
+    "worker": {"api", "cli"},
+    "store": {"api", "worker", "cli", "client", "core"},
+    "client": set(ROOMS) - {"client"},
+}
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
+def test_a_room_imports_only_in_the_stated_direction(room: str) -> None:
+    wrong = sorted(f"{path.relative_to(ROOT)} -> {other}" for path in (ROOT / room).rglob("*.py")
+                   for other in _rooms_imported(path) & FORBIDDEN[room])
+    assert wrong == []
+
+
+def test_the_direction_check_sees_namespaced_imports() -> None:
+    """The check above would pass vacuously if it missed every import: worker does import core."""
+    assert "core" in set().union(*map(_rooms_imported, (ROOT / "worker").rglob("*.py")))
