@@ -130,7 +130,8 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before(stack: Stack, tmp
     blob.write_bytes(bytes(data))
 
     stack.wait_status(job_id, "queued")  # the stand-alone reaper re-queued the dead worker's job
-    assert f"job {job_id}: lease expired; now queued" in reaper.log()
+    # the reaper logs its verdict just after the commit the status shows, so the line may trail it
+    wait_for(lambda: f"job {job_id}: lease expired; now queued" in reaper.log(), 30, "the reaper's log line", stack.logs)
     stack.worker("worker-b")
     job = stack.wait_status(job_id, "succeeded")
 
@@ -153,6 +154,6 @@ def test_worker_killed_on_the_last_attempt_fails_the_job(stack: Stack) -> None:
     assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
     assert job.error["code"] == "worker_lost"
     assert statuses(stack.events(job_id)) == ["running", "failed"]
-    assert f"job {job_id}: lease expired; now failed" in reaper.log()
+    wait_for(lambda: f"job {job_id}: lease expired; now failed" in reaper.log(), 30, "the reaper's log line", stack.logs)
     redis = stack.redis.client()
     assert redis.llen("embedmix") == 0  # no message was sent for it
