@@ -171,7 +171,7 @@ def submit_job(
     _check_dataset_kept(session, owner.id, spec)
     _check_init_source_kept(session, owner.id, spec)
     session.commit()
-    runtime.queue.enqueue(job.id)
+    runtime.queue.enqueue(job.id, spec.resources.devices)
     return JobOut.of(job)
 
 

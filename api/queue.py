@@ -13,7 +13,7 @@ import logging
 import redis
 from celery import Celery
 
-from embedmix.service.queue import TRAIN_QUEUE, send_train_message
+from embedmix.service.queue import TRAIN_QUEUE, send_train_message, train_queue
 
 logger = logging.getLogger("embedmix.api")
 
@@ -40,10 +40,11 @@ def redis_client_url(broker_url: str) -> str:
 
 
 class TrainQueue:
-    """Sends ``embedmix.train(job_id)`` to the ``embedmix`` queue on the Redis broker."""
+    """Sends ``embedmix.train(job_id)`` to the queue for the job's device count on the Redis broker (service.queue)."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, max_devices: int) -> None:
         self.broker_url = broker_url
+        self.max_devices = max_devices
         self._celery = Celery("embedmix-api", broker=broker_url, set_as_current=False)
         self._celery.conf.update(
             broker_transport_options=_TRANSPORT_OPTIONS,
@@ -51,10 +52,10 @@ class TrainQueue:
             task_default_queue=TRAIN_QUEUE,
         )
 
-    def enqueue(self, job_id: str) -> bool:
-        """Send the job's message; False (and a warning) if the broker could not take it."""
+    def enqueue(self, job_id: str, devices: int) -> bool:
+        """Send the job's message to the queue for ``devices``; False (and a warning) if the broker could not take it."""
         try:
-            send_train_message(self._celery, job_id, retry=False)
+            send_train_message(self._celery, job_id, devices, retry=False)
         except Exception as exc:
             logger.warning(
                 "could not enqueue job %s (%s); it stays queued for the reaper to re-send",
@@ -75,14 +76,16 @@ class TrainQueue:
             client.close()
 
     def depth(self) -> int:
-        """Messages waiting in the train queue (kombu keeps one Redis list per priority step)."""
+        """Messages waiting in all the train queues, one per device count a job may ask for
+        (kombu keeps one Redis list per priority step of each)."""
         client = redis.Redis.from_url(
             redis_client_url(self.broker_url), socket_connect_timeout=_PING_TIMEOUT_S, socket_timeout=_PING_TIMEOUT_S
         )
         try:
             with client.pipeline(transaction=False) as pipe:
-                for key in _queue_keys(TRAIN_QUEUE):
-                    pipe.llen(key)
+                for devices in range(1, self.max_devices + 1):
+                    for key in _queue_keys(train_queue(devices)):
+                        pipe.llen(key)
                 return sum(pipe.execute())
         finally:
             client.close()

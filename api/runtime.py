@@ -55,7 +55,7 @@ class Runtime:
         app whose database is down still starts and answers ``/healthz`` and ``/readyz``."""
         engine = make_engine(settings.database_url)
         session_factory = make_session_factory(engine)
-        queue = TrainQueue(settings.redis_url)
+        queue = TrainQueue(settings.redis_url, settings.max_devices_per_job)
         keys = KeyCache(settings.key_cache_s)
         return cls(
             settings=settings,

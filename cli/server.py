@@ -46,12 +46,18 @@ def api(host: str = "127.0.0.1", port: int = 8000,
     run_api(_settings(), host=host, port=port, workers=workers)
 
 
-def worker(concurrency: int = typer.Option(1, help="training processes; one per device"),
+def worker(concurrency: int = typer.Option(1, help="jobs run at once, each in a training process of its own"),
+           devices: int = typer.Option(0, min=0, help="devices one job may use: the worker takes jobs asking for up "
+                                       "to this many resources.devices (0: EMBEDMIX_WORKER_DEVICES, else every GPU "
+                                       "it sees, else max_devices_per_job CPU ranks)"),
            loglevel: str = "INFO") -> None:
-    """Run a training worker on this machine's device (CUDA_VISIBLE_DEVICES is respected)."""
+    """Run a training worker on this machine's devices (CUDA_VISIBLE_DEVICES is respected)."""
     from embedmix.worker.main import run_worker
 
-    run_worker(_settings(), concurrency=concurrency, loglevel=loglevel)
+    settings = _settings()
+    if devices:
+        settings = settings.model_copy(update={"worker_devices": devices})
+    run_worker(settings, concurrency=concurrency, loglevel=loglevel)
 
 
 def reaper(loglevel: str = "INFO") -> None:

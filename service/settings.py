@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         2, gt=0, description="most resources.devices a job may ask for: the ranks one worker can run together "
         "(its GPUs; on a CPU-only worker gloo ranks share the cores, so 2 is the default)"
     )
+    worker_devices: int = Field(
+        0, ge=0, description="devices a worker offers one job: it takes jobs asking for up to this many "
+        "resources.devices, the largest first (0: the GPUs it sees, or max_devices_per_job gloo ranks without one)"
+    )
     train_threads: int = Field(
         0, ge=0, description="CPU threads a training process may use (0: torch's default, every core)"
     )

@@ -52,9 +52,9 @@ class EmbedmixCelery(Celery):
         super().__init__("embedmix", broker=settings.redis_url, set_as_current=False, **kwargs)
         self.embedmix_settings = settings
 
-    def enqueue(self, job_id: str) -> None:
-        """Send a job's message exactly as the API does (a worker handing its job back)."""
-        send_train_message(self, job_id)
+    def enqueue(self, job_id: str, devices: int) -> None:
+        """Send a job's message exactly as the API does (a worker handing its job back, a sweep's trial)."""
+        send_train_message(self, job_id, devices)
 
 
 class ReaperStep(bootsteps.StartStopStep):
@@ -96,8 +96,7 @@ def create_app(settings: Settings | None = None) -> EmbedmixCelery:
         task_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_default_queue=TRAIN_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
+        task_default_queue=TRAIN_QUEUE,  # every send names its queue (service.queue); this is the fallback
         broker_transport_options=_transport_options(app.embedmix_settings),
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
@@ -119,9 +118,12 @@ def create_app(settings: Settings | None = None) -> EmbedmixCelery:
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
     """Redis transport options: the visibility timeout (``broker_visibility_timeout_s``, 24 h by
-    default, see the module docstring) and a sweep for expired messages well within it."""
+    default, see the module docstring), a sweep for expired messages well within it, and the
+    queues polled in the order the worker lists them (``worker_queues``: its largest jobs first)
+    rather than kombu's round robin."""
     timeout = settings.broker_visibility_timeout_s
     return {
+        "queue_order_strategy": "priority",
         "visibility_timeout": timeout,
         "unacked_restore_interval": max(1, round(min(MAX_RESTORE_INTERVAL_S, timeout / 2))),
         "unacked_restore_throttle": 1,

@@ -1,10 +1,13 @@
 """Starting the service's background processes: a training worker, or the reaper alone.
 
-One worker process per device: the default pool is ``solo`` (the job runs in
-the worker's main thread, which also lets a warm shutdown hand the job back
-with a checkpoint). Torch sees only the devices in CUDA_VISIBLE_DEVICES, so
-pinning a worker to a GPU is done in its environment, not here. The
-``train_threads`` setting is applied here too (worker/threads.py).
+One worker process per job at a time: the default pool is ``solo`` (the job
+runs in the worker's main thread, which also lets a warm shutdown hand the job
+back with a checkpoint). Torch sees only the devices in CUDA_VISIBLE_DEVICES, so
+pinning a worker to its GPUs is done in its environment, not here. A worker
+offers a job all the devices it sees (``worker_devices``) and consumes the
+queues of jobs asking for that many or fewer, the largest first
+(service.queue). The ``train_threads`` setting is applied here too
+(worker/threads.py).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import signal
 import threading
 from typing import Any, Literal
 
+import torch
+
 from celery.signals import task_prerun, worker_process_init
 from celery.utils.nodenames import default_nodename, host_format
 
 from embedmix.service.jsonlog import configure_logging
-from embedmix.service.queue import TRAIN_QUEUE
+from embedmix.service.queue import worker_queues
 from embedmix.service.settings import Settings
 from embedmix.worker.celery_app import create_app
 from embedmix.worker.reaper import run_reaper
@@ -50,13 +55,14 @@ def run_worker(
     if pool == "solo" and concurrency != 1:
         raise ValueError("the solo pool runs one job at a time; use threads or prefork for concurrency > 1")
     _apply_training_threads(settings.train_threads)
+    queues = worker_queues(offered_devices(settings))  # Celery's start-up banner lists them
     app = create_app(settings)
     worker = app.Worker(
         hostname=host_format(default_nodename(hostname or "embedmix@%h")),
         pool_cls=pool,
         concurrency=concurrency,
         loglevel=loglevel,
-        queues=[TRAIN_QUEUE],
+        queues=queues,
         # Gossip, mingle and event heartbeats serve monitoring tools only, and
         # mingle alone adds seconds to every start.
         without_gossip=True,
@@ -67,6 +73,19 @@ def run_worker(
     )
     worker.start()
     return int(worker.exitcode or 0)
+
+
+def offered_devices(settings: Settings) -> int:
+    """The most devices this worker gives one job: ``worker_devices``, or by default every GPU it
+    sees, or without one ``max_devices_per_job`` gloo ranks sharing the CPU.
+
+    ``device_count`` reads the count without creating a CUDA context in this
+    process (the ranks are the only processes that use the devices).
+    """
+    if settings.worker_devices:
+        return settings.worker_devices
+    gpus = torch.cuda.device_count()
+    return gpus if gpus else settings.max_devices_per_job
 
 
 def _apply_training_threads(threads: int) -> None:

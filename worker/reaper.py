@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from embedmix.service.queue import TaskSender, send_train_message
+from embedmix.service.queue import TaskSender, job_devices, send_train_message
 from embedmix.service.settings import Settings
 from embedmix.store.db import DATABASE_DOWN
 from embedmix.store.events import NewEvent, add_events
@@ -50,7 +50,7 @@ log = logging.getLogger("embedmix.reaper")
 LOST_AFTER_S = 120.0
 MAX_RESEND_INTERVAL_S = 6 * 3600.0
 
-Send = Callable[[str], None]
+Send = Callable[[str, int], None]  # (job id, the devices it asks for): service.queue's route
 
 
 class BrokerApp(TaskSender, Protocol):
@@ -97,7 +97,7 @@ def _sender(celery_app: BrokerApp) -> Iterator[Send]:
     transaction's locks; the reaper's passes are the retries.
     """
     with celery_app.connection_for_write(transport_options={"max_retries": 0}) as connection:
-        yield lambda job_id: send_train_message(celery_app, job_id, retry=False, connection=connection)
+        yield lambda job_id, devices: send_train_message(celery_app, job_id, devices, retry=False, connection=connection)
 
 
 def _commit_if_sent(session: Session, send: Send, job_id: str) -> bool:
@@ -107,8 +107,10 @@ def _commit_if_sent(session: Session, send: Send, job_id: str) -> bool:
     queue) is the claim on the send, so it must not outlive a send that never
     happened: rolled back, the job looks exactly as before and the next pass tries again.
     """
+    job = session.get(Job, job_id)
+    assert job is not None  # the caller's transaction holds the row it just changed
     try:
-        send(job_id)
+        send(job_id, job_devices(job.spec))
     except Exception as exc:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
         session.rollback()
         log.warning("job %s: could not send its message (%s: %s); the next pass retries", job_id, type(exc).__name__, exc)

@@ -92,7 +92,7 @@ from embedmix.worker.lease import new_owner_token
 
 log = logging.getLogger("embedmix.sweeps")
 
-Send = Callable[[str], None]
+Send = Callable[[str, int], None]  # (job id, the devices it asks for): service.queue's route
 
 # The median pruner compares a trial with those that finished; with two finished it has a median to go by.
 MEDIAN_STARTUP_TRIALS = 2
@@ -289,7 +289,7 @@ class SweepController:
                 return False
             session.commit()
         log.info("sweep %s: trial %d is job %s with %s", sweep.id, number, job.id, params)
-        self._send(job.id)
+        self._send(job.id, spec.resources.devices)
         return True
 
     def _fail_unlaunched(
@@ -303,10 +303,10 @@ class SweepController:
         self._tell(study, number, "failed", None)
         return True
 
-    def _send(self, job_id: str) -> None:
+    def _send(self, job_id: str, devices: int) -> None:
         """Send the job's message; if the broker is away, the reaper re-sends it later (a queued job nobody took)."""
         try:
-            self.send(job_id)
+            self.send(job_id, devices)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
             log.warning("job %s: could not send its message (%s); the reaper re-sends it", job_id, exc)
 

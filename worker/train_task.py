@@ -42,6 +42,7 @@ from embedmix.core.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from embedmix.core.export import export
 from embedmix.core.spec import JobSpec, validate_spec
 from embedmix.core.train import TrainResult, pick_device, train
+from embedmix.service.queue import job_devices
 from embedmix.service.settings import Settings
 from embedmix.store.artifacts import CHUNK_SIZE
 from embedmix.store.db import DATABASE_DOWN
@@ -89,7 +90,7 @@ from embedmix.worker.ranks import (
 
 log = logging.getLogger("embedmix.worker")
 
-Enqueue = Callable[[str], None]
+Enqueue = Callable[[str, int], None]  # (job id, the devices it asks for): service.queue's route
 # Stores a job's outputs in the ending's transaction; returns the job columns that point at them.
 Outputs = Callable[[Session], dict[str, Any]]
 T = TypeVar("T")
@@ -309,7 +310,7 @@ def _rank_lost(context: WorkerContext, lease: Lease, job: ClaimedJob, reason: st
     ]
     if not _finalize(context, lease, ["running"], "queued", events):
         return None
-    _send_again(job.job_id, enqueue)
+    _send_again(job, enqueue)
     return "queued"
 
 
@@ -430,7 +431,7 @@ def _end_stopped(
         log.warning("job %s: lease lost at step %d; leaving the job to its new owner", job.job_id, result.step)
         return None
     if reason is StopReason.SHUTDOWN and _hand_back(context, lease, job, result):
-        _send_again(job.job_id, enqueue)
+        _send_again(job, enqueue)
         return "queued"
     event = status_event(
         job.job_id,
@@ -469,14 +470,14 @@ def _hand_back(context: WorkerContext, lease: Lease, job: ClaimedJob, result: Tr
     return _finalize(context, lease, ["running"], "queued", events, attempts=Job.attempts - 1)
 
 
-def _send_again(job_id: str, enqueue: Enqueue | None) -> None:
+def _send_again(job: ClaimedJob, enqueue: Enqueue | None) -> None:
     """Re-send a handed-back job's message; if that fails, the reaper's lost-message pass sends it."""
     if enqueue is None:
         return
     try:
-        enqueue(job_id)
+        enqueue(job.job_id, job_devices(job.spec))
     except Exception:  # noqa: BLE001 - kombu raises many kinds of errors for an unreachable broker
-        log.warning("job %s: could not re-send its message; the reaper will", job_id, exc_info=True)
+        log.warning("job %s: could not re-send its message; the reaper will", job.job_id, exc_info=True)
 
 
 def _succeed(

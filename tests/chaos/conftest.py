@@ -39,7 +39,7 @@ from embedmix.store import (
 )
 from embedmix.store.db import make_engine, make_session_factory, migrate
 from embedmix.store.models import Checkpoint, Event, Job, Metric
-from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK
+from embedmix.service.queue import job_devices, send_train_message
 from tests.conftest import PostgresServer, RedisServer, free_port, unavailable, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,7 +244,7 @@ class Stack:
         started = []
         for name in names:
             if name.startswith("worker"):
-                started.append(self._spawn(name, ["worker"], lambda s: " ready." in s.log()))
+                started.append(self._spawn_worker(name))
             elif name == "reaper":
                 started.append(self._spawn(name, ["reaper"], lambda s: "reaper running" in s.log()))
             elif name == "api":
@@ -257,8 +257,13 @@ class Stack:
             self._wait_started(service)
         return started
 
-    def worker(self, name: str = "worker") -> ServiceProcess:
-        (worker,) = self.start(name)
+    def _spawn_worker(self, name: str, *args: str) -> ServiceProcess:
+        return self._spawn(name, ["worker", *args], lambda s: " ready." in s.log())
+
+    def worker(self, name: str = "worker", *args: str) -> ServiceProcess:
+        """Start one `embedmix worker` with extra command-line ``args`` (e.g. ``--devices 1``) and wait for it."""
+        worker = self._spawn_worker(name, *args)
+        self._wait_started(worker)
         return worker
 
     def _wait_started(self, service: ServiceProcess) -> None:
@@ -279,15 +284,15 @@ class Stack:
             job, _ = create_job(session, owner.id, spec, name=spec["name"],
                                 max_attempts=spec["train"].get("max_attempts", 3))
             session.commit()
-        self.send(job.id, message_id=message_id)
+        self.send(job.id, message_id=message_id, devices=job_devices(spec))
         return job.id
 
-    def send(self, job_id: str, *, message_id: str | None = None) -> None:
+    def send(self, job_id: str, *, message_id: str | None = None, devices: int = 1) -> None:
         """One message for the job, sent by task name like the API's client (optionally with a fixed id)."""
         client = Celery("chaos-sender", broker=self.redis.url, set_as_current=False)
         try:
             options = {"task_id": message_id} if message_id else {}
-            client.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, **options)
+            send_train_message(client, job_id, devices, **options)
         finally:
             client.close()
 

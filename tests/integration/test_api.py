@@ -152,10 +152,10 @@ def submit(
     return response.json()
 
 
-def queued_messages(broker: redis.Redis) -> list[dict[str, Any]]:
-    """Celery messages waiting on the train queue, decoded: headers plus (args, kwargs)."""
+def queued_messages(broker: redis.Redis, queue: str = TRAIN_QUEUE) -> list[dict[str, Any]]:
+    """Celery messages waiting on a train queue (the one-device jobs' by default), decoded: headers plus (args, kwargs)."""
     out = []
-    for raw in broker.lrange(TRAIN_QUEUE, 0, -1):
+    for raw in broker.lrange(queue, 0, -1):
         message = json.loads(raw)
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         out.append({"task": message["headers"]["task"], "args": args, "kwargs": kwargs})
@@ -262,6 +262,15 @@ def test_design_example_is_accepted_and_only_its_id_is_enqueued(
     assert queued_messages(broker) == [{"task": TRAIN_TASK, "args": [job["id"]], "kwargs": {}}]
     again = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys.alice))
     assert again.status_code == 200 and again.json() == job
+
+
+def test_a_two_device_job_is_sent_to_the_two_device_queue_only(
+    client: TestClient, keys: Keys, broker: redis.Redis
+) -> None:
+    job = submit(client, keys.alice, {**DESIGN_EXAMPLE, "resources": {"devices": 2}})
+    assert job["spec"]["resources"]["devices"] == 2
+    assert queued_messages(broker, "embedmix.devices-2") == [{"task": TRAIN_TASK, "args": [job["id"]], "kwargs": {}}]
+    assert queued_messages(broker) == []  # a one-device worker never sees it
 
 
 @pytest.mark.parametrize(

@@ -118,10 +118,10 @@ def _gauge(text: str, name: str) -> float:
 
 
 def test_metrics_report_the_queue_depth_and_the_training_rate(client, db, keys, broker):
-    for _ in range(2):
-        assert client.post("/v1/jobs", json=SPEC, headers=auth(keys.alice)).status_code == 201
+    for spec in (SPEC, {**SPEC, "resources": {"devices": 2}}):
+        assert client.post("/v1/jobs", json=spec, headers=auth(keys.alice)).status_code == 201
     text = client.get("/metrics").text
-    assert _gauge(text, "embedmix_queue_depth") == 2  # no worker here: both messages wait
+    assert _gauge(text, "embedmix_queue_depth") == 2  # no worker here: both messages wait, each in its queue
     assert _gauge(text, "embedmix_training_steps_per_second") == 0  # the first scrape has no baseline
 
     job_id = _job(db, keys.alice_id, running=True)

@@ -87,7 +87,8 @@ class Sent:
     def __init__(self) -> None:
         self.ids: queue.Queue[str] = queue.Queue()
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, devices: int) -> None:
+        assert devices == 1  # the sweeps here train on one device: the one-device queue
         self.ids.put(job_id)
 
     def drain(self) -> list[str]:

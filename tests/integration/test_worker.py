@@ -55,7 +55,7 @@ from embedmix.store import (
 )
 from embedmix.store.db import make_engine, make_session_factory, migrate
 from embedmix.store.models import Artifact, ArtifactChunk, Event, Job, utcnow
-from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK
+from embedmix.service.queue import TRAIN_QUEUE, TRAIN_TASK, send_train_message, train_queue
 from embedmix.service.settings import Settings
 from embedmix.worker.celery_app import create_app
 from embedmix.worker.context import WorkerContext
@@ -336,7 +336,7 @@ def api_send(broker_url: str, job_id: str, **options: Any) -> None:
     """Send a job's message the way the API does: a bare Celery client, by task name."""
     client = Celery("embedmix-api-test", broker=broker_url, set_as_current=False)
     try:
-        client.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, **options)
+        send_train_message(client, job_id, 1, **options)
     finally:
         client.close()
 
@@ -483,13 +483,13 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes_bit_exact(
 ) -> None:
     sf = context.session_factory
     job_id = submit(sf, RESUME_SPEC)
-    sent: list[str] = []
+    sent: list[tuple[str, int]] = []
 
-    assert run_job(job_id, context, shutdown=ShutdownAfter(5), enqueue=sent.append) == "queued"
+    assert run_job(job_id, context, shutdown=ShutdownAfter(5), enqueue=lambda *message: sent.append(message)) == "queued"
 
     job = load_job(sf, job_id)
     assert (job.status, job.attempts, job.lease_owner, job.step) == ("queued", 0, None, 5)
-    assert sent == [job_id]
+    assert sent == [(job_id, 1)]  # one device: the one-device queue
     with sf() as session:
         assert [c.step for c in list_checkpoints(session, job_id)] == [3, 5]
 
@@ -731,6 +731,27 @@ def test_reaper_resends_a_lost_message_with_backoff(
     enqueued = [e for e in events_of(sf, lost) if e.type == "enqueued"]
     assert [e.data["reason"] for e in enqueued] == ["lost_message", "lost_message"]
     assert load_job(sf, lost).attempts == 0
+
+
+def test_reaper_sends_a_job_back_to_the_queue_of_its_device_count(
+    session_factory: sessionmaker[Session], reaper_app: Celery, redis_url: str
+) -> None:
+    sf, app = session_factory, reaper_app
+    client = redis.Redis.from_url(redis_url)
+    client.delete(train_queue(2))
+    reaped = submit(sf, {**SPEC, "resources": {"devices": 2}})
+    lost = submit(sf, {**SPEC, "resources": {"devices": 2}})
+    with sf() as session:
+        assert claim_lease(session, reaped, "dead-worker", ttl_s=5, now=utcnow() - timedelta(seconds=60))
+        assert transition(session, reaped, ["queued"], "running")
+        session.commit()
+
+    assert sorted(reap_once(sf, app, lost_after_s=60, now=utcnow() + timedelta(seconds=61))) == sorted([reaped, lost])
+
+    waiting = [json.loads(raw) for raw in client.lrange(train_queue(2), 0, -1)]
+    client.close()
+    assert sorted(message_args(m)[0] for m in waiting) == sorted([reaped, lost])
+    assert queued_messages(redis_url) == []  # a one-device worker never sees them
 
 
 # -- through Celery, for real ------------------------------------------------------------------
