@@ -22,12 +22,12 @@ from embedmix.core.errors import UnsupportedSpec
 from embedmix.core.data import Dataset
 from embedmix.core.data.augment import augment
 from embedmix.core.evaluate import USES_TRAIN, evaluate
-from embedmix.core.export import ExportInputs, array_export_inputs
+from embedmix.core.export import ExportInputs, array_export_inputs, pair_export_inputs
 from embedmix.core.losses.grad_cache import cached_backward, embedding_loss_grad
 from embedmix.core.loop import (Callbacks, GroupCallbacks, InitWeights, NullCallbacks, TrainingLoop, epoch_order,
                        load_init_weights, pick_device, seed_everything)
 from embedmix.core.mixup import Batch
-from embedmix.core.models import Encoder, build_net
+from embedmix.core.models import Encoder, EncoderPair, build_net, fuse
 from embedmix.core.spec import JobSpec
 
 # Share of the free accelerator memory the training data may take before it stays in host memory.
@@ -120,6 +120,12 @@ class ArrayTrainer(TrainingLoop):
         out_dim = spec.model.projection_dim or spec.model.embedding_dim
         self.loss = losses.build(spec.objective.loss, num_classes=data.num_classes, embedding_dim=out_dim,
                                  num_samples=len(data.x_train), **spec.objective.params).to(self.device)
+        # A two-modality loss (m3col) trains a second encoder, of the spec's kind, on the data's x2: one of its
+        # parameters, so the optimizer and the checkpoint hold it with the loss; the export carries both encoders.
+        self.second: Encoder | None = None
+        if getattr(self.loss, "modalities", 1) == 2:
+            self.second = build_net(spec.model, data.x2_train).encoder.to(self.device)
+            self.loss.use_second_encoder(self.second)
         self.views = spec.objective.views
         self.use_labels = catalog.LOSSES[spec.objective.loss].labels != "none" and not (self.views == 2 and self.loss.two_view)
         self.augment = spec.augment.enabled
@@ -139,7 +145,8 @@ class ArrayTrainer(TrainingLoop):
         params = list(self.net.parameters()) + list(self.loss.parameters())
         params += list(self.method.parameters()) if self.method is not None else []
         reduce = partial(average_gradients, ranks=self.ranks) if self.ranks.distributed else None
-        self._start(params, clipped=list(self.net.parameters()), reduce_gradients=reduce)
+        clipped = list(self.net.parameters()) + (list(self.second.parameters()) if self.second is not None else [])
+        self._start(params, clipped=clipped, reduce_gradients=reduce)
         self.gen = torch.Generator(device=self.device).manual_seed(spec.train.seed + 1)
         # Handed over once: the run's generator to a loss that draws (decoupled_softmax's sampled positives),
         # the training set to a method that draws partners from it (C-Mixup's train_set pool).
@@ -162,6 +169,7 @@ class ArrayTrainer(TrainingLoop):
         home = self.device if self.data_on_device else torch.device("cpu")
         self.x = data.x_train.to(home)
         self.y = data.y_train.to(home) if data.y_train is not None else None
+        self.x2 = data.x2_train.to(home) if self.second is not None else None
 
     def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch's inputs and labels on the device (idx lives where the data does).
@@ -221,6 +229,8 @@ class ArrayTrainer(TrainingLoop):
         return self.net.encoder
 
     def export_inputs(self) -> ExportInputs:
+        if self.second is not None:
+            return pair_export_inputs(EncoderPair(self.net.encoder, self.second), self.spec, self.data)
         return array_export_inputs(self.net.encoder, self.spec, self.data)
 
     # -- the batch loss ----------------------------------------------------------
@@ -230,6 +240,8 @@ class ArrayTrainer(TrainingLoop):
     def batch_loss(self, idx: torch.Tensor) -> torch.Tensor:
         x, y = self._fetch(idx)
         x = self.net.encoder.preprocess(x)
+        if self.second is not None:
+            return self._two_modality_loss(x, y, idx)
         if self.method is not None and self.mixing():
             batch = Batch(x=x, y=y, gen=self.gen, view=lambda: self._view(x), step=self.step, total_steps=self.total_steps)
             with self.autocast:
@@ -243,6 +255,23 @@ class ArrayTrainer(TrainingLoop):
         if len(zs) == 2:
             return self.loss(torch.cat(zs), torch.cat([y, y]))
         return self.loss(zs[0], y)
+
+    def _two_modality_loss(self, h: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Both encoders' embeddings of the batch (the second modality's rows by the same ids) into the loss."""
+        x2 = self.x2[idx]
+        if not self.data_on_device:
+            x2 = x2.pin_memory().to(self.device, non_blocking=True)
+        with self.autocast:
+            z_a = self.forward(h).float()
+            z_b = self.second.embed_from(self.second.preprocess(x2)).float()
+        return self.loss(z_a, z_b, y, epoch=self.step // self.steps_per_epoch, epochs=self.spec.train.epochs)
+
+    def _embed(self, data: Dataset, side: str) -> torch.Tensor:
+        """One side's evaluated embeddings: the encoder's, or with two modalities their fusion (`fuse`)."""
+        z = embed(self.net.encoder, getattr(data, f"x_{side}"), self.device)
+        if self.second is None:
+            return z
+        return fuse(z, embed(self.second, getattr(data, f"x2_{side}"), self.device))
 
     def _autocast_forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast:
@@ -272,8 +301,8 @@ class ArrayTrainer(TrainingLoop):
         names = [m for m in self.spec.eval.metrics if not catalog.METRICS[m].extra.get("from_methods")]
         train = None
         if USES_TRAIN & set(names):
-            train = (embed(self.net.encoder, self.data.x_train, self.device), self.data.y_train)
-        test_emb = embed(self.net.encoder, self.data.x_test, self.device)
+            train = (self._embed(self.data, "train"), self.data.y_train)
+        test_emb = self._embed(self.data, "test")
         values = evaluate(names, train=train, test=(test_emb, self.data.y_test),
                           recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
                           knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)

@@ -118,6 +118,22 @@ DATASETS: dict[str, Entry] = {
             ),
             labels="class", task="classification", extra={"input_shape": ["num_features"]},
         ),
+        Entry(
+            "paired_modalities", "dataset",
+            "Synthetic two-modality data with a known rule, for two-modality losses (m3col): a class-conditional latent "
+            "u = c_y + N(0, I) (centres on a sphere of radius 2.5) seen as x = u A + noise and x2 = tanh(u B) + noise, "
+            "A and B fixed random maps of unit gain (core/data/modalities.py).",
+            (
+                _i("size", 2000, 10, 1_000_000, "number of samples"),
+                _i("num_classes", 10, 2, 1000),
+                _i("latent_dim", 8, 1, 1024, "size of the shared latent"),
+                _i("num_features", 32, 1, 100_000, "width of modality 1 (x)"),
+                _i("num_features_2", 16, 1, 100_000, "width of modality 2 (x2)"),
+                _f("noise", 1.0, 0.0, 100.0, "std of each modality's own noise"),
+            ),
+            labels="class", task="classification",
+            extra={"input_shape": ["num_features"], "input_shape_2": ["num_features_2"], "modalities": 2},
+        ),
     ]
 }
 
@@ -268,6 +284,25 @@ LOSSES: dict[str, Entry] = {
               labels="none", views=2,
               paper="Wang, Koniusz, Gedeon & Zheng, Adaptive Multi-head Contrastive Learning (ECCV 2024)",
               source="LeiWangR/cl amcl/losses.py AMCLNTXentLoss", extra={"ordered": ["tau_min", "tau_max"]}),
+        Entry("m3col", "loss", "M3CoL for two-modality data (an npz with x and x2, or the built-in paired_modalities): one "
+              "encoder per modality, a linear head on each and a fusion head on both, plus weight * a cross-modal "
+              "contrastive term: M3Co (mix one modality's embeddings, contrast with the other's under soft targets "
+              "beta on self and 1 - beta on the partner, both modalities in turn, both directions) in epochs "
+              "e < int(mixco_fraction * epochs), SoftClip after. Evaluated and exported as the fused embedding "
+              "[z_a, z_b] / sqrt(2); the safetensors file holds both encoders (modality_0.*, modality_1.*), ONNX "
+              "and TorchScript take both inputs (input, input_2); onnx_int8 is not offered. weight 0: the heads alone.",
+              (_f("weight", 0.1, 0.0, 100.0, "weight of the contrastive term next to the three heads (lambda_mixup)"),
+               _f("temperature", 0.1, 0.001, 10.0, "M3Co's temperature (mixco_nce temp)"),
+               _f("alpha", 0.15, 0.01, 100.0, "beta ~ Beta(alpha, alpha) per mixed row (mixup_beta)"),
+               _f("mix_share", 0.5, 0.0, 1.0, "each row is mixed with probability mix_share (mixup_s_thresh)"),
+               _f("mixco_fraction", 0.33, 0.0, 1.0, "M3Co in epochs e < int(mixco_fraction * epochs), SoftClip "
+                                                   "after (mixup_pct); 0: SoftClip throughout, 1: M3Co throughout"),
+               _f("soft_clip_temperature", 0.125, 0.001, 10.0, "SoftClip's temperature (soft_clip_loss temp)")),
+              labels="class", needs_num_classes=True, task="classification",
+              paper="Kumar, Singhal et al., M3CoL: Harnessing Shared Relations via Multimodal Mixup Contrastive "
+                    "Learning for Multimodal Classification (TMLR 2025, arXiv:2409.17777)",
+              source="RaghavSinghal10/M3CoL model/utils.py mixco_nce, soft_clip_loss; model/model_med.py",
+              extra={"modalities": 2, "fixed_views": True, "export_formats": ["safetensors", "onnx", "torchscript"]}),
     ]
 }
 

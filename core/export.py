@@ -49,7 +49,7 @@ from torch import nn
 from embedmix.core.catalog import EXPORT_FORMATS
 from embedmix.core.data import Dataset, TextPairs
 from embedmix.core.errors import SpecError
-from embedmix.core.models import Encoder, Standardize, build_encoder
+from embedmix.core.models import Encoder, EncoderPair, Standardize, build_encoder
 from embedmix.core.models.text_encoder import TextEncoder
 from embedmix.core.spec import INIT_FROM_FIELD, JobSpec, ModelSpec, resolve_model
 
@@ -84,7 +84,8 @@ class ExportInputs:
     TorchScript; `card` is the modality's part of the model card ("input", "preprocessing").
     `text` is the text encoder of a text modality: its tokenizer goes into the ONNX
     bundles and its BERT into the sentence-transformers folder. `int8` is how
-    `onnx_int8` quantises this modality's graph.
+    `onnx_int8` quantises this modality's graph. `embedding_dim` is the traced output's size when it is
+    not the encoder's (two modalities: their fused embedding).
     """
 
     weights: nn.Module
@@ -96,6 +97,7 @@ class ExportInputs:
     card: dict[str, Any]
     text: TextEncoder | None = None
     int8: Int8Options = Int8Options()
+    embedding_dim: int | None = None
 
 
 class Trained(Protocol):
@@ -141,21 +143,49 @@ def read_encoder_weights(source: Path | bytes) -> dict[str, torch.Tensor]:
         raise SpecError([{"field": INIT_FROM_FIELD, "message": f"cannot read the starting weights: {exc}"}]) from None
 
 
-def load_safetensors(path: str | Path) -> Encoder | TextEncoder:
-    """Rebuild an exported encoder from its safetensors file alone (a text encoder: plus the shipped tokeniser)."""
+def _read_config(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        config = json.loads(f.metadata()[CONFIG_KEY])
+        return json.loads(f.metadata()[CONFIG_KEY])
+
+
+def load_safetensors(path: str | Path) -> Encoder | TextEncoder:
+    """Rebuild an exported encoder from its safetensors file alone (a text encoder: plus the shipped tokeniser).
+
+    A two-modality file (`modalities` in its config) gives its first modality's encoder, the one its
+    `input_shape` describes (what /embed serves); `load_encoder_pair` gives both.
+    """
+    config = _read_config(path)
     tensors = load_file(str(path))
     if "text" in config:
         text = TextEncoder(max_length=config["text"]["max_length"], pretrained=False)
         text.load_state_dict(tensors)
         return text.eval()
-    shape = tuple(config["input_shape"])
+    if "modalities" in config:
+        return load_encoder_pair(path).modality_0
+    return _array_encoder(config["model"], config["input_shape"], tensors)
+
+
+def load_encoder_pair(path: str | Path) -> EncoderPair:
+    """Both encoders of a two-modality export (m3col), each rebuilt from its `modality_<i>.` tensors."""
+    config = _read_config(path)
+    if "modalities" not in config:
+        raise ValueError(f"{Path(path).name} holds one encoder, not a two-modality pair; use load_safetensors")
+    tensors = load_file(str(path))
+    encoders = []
+    for i, modality in enumerate(config["modalities"]):
+        prefix = f"modality_{i}."
+        own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        encoders.append(_array_encoder(config["model"], modality["input_shape"], own))
+    return EncoderPair(*encoders).eval()
+
+
+def _array_encoder(model: dict[str, Any], input_shape: list[int], tensors: dict[str, torch.Tensor]) -> Encoder:
+    shape = tuple(input_shape)
     preprocess = Standardize(tensors["preprocess.mean"], tensors["preprocess.std"])
     # resolve_model: files exported before specs were resolved leave width and depth to the defaults
-    encoder = build_encoder(resolve_model(ModelSpec.model_validate(config["model"])), shape, preprocess)
+    encoder = build_encoder(resolve_model(ModelSpec.model_validate(model)), shape, preprocess)
     encoder.load_state_dict(tensors)
     return encoder.eval()
 
@@ -477,13 +507,14 @@ def export(result: Trained, data: Dataset | TextPairs, out_dir: str | Path, metr
     inputs.traced.cpu().eval()
     inputs.weights.cpu().eval()
     files: dict[str, dict[str, Any]] = {}
+    dim = inputs.embedding_dim or result.encoder.embedding_dim
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as work:
-        run = _Run(inputs, spec, data, result.encoder.embedding_dim, Path(work))
+        run = _Run(inputs, spec, data, dim, Path(work))
         for fmt in spec.export.formats:
             path = out / file_name(fmt, inputs)
             extra = _WRITERS[fmt](run, path)
             files[fmt] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path), **extra}
-    card = model_card(spec, data, inputs, result.encoder.embedding_dim,
+    card = model_card(spec, data, inputs, dim,
                       result.metrics if metrics is None else metrics, files,
                       {"world_size": result.world_size, **(training or {})})
     (out / "card.json").write_text(json.dumps(card, indent=2))
@@ -508,6 +539,32 @@ def array_export_inputs(encoder: Encoder, spec: JobSpec, data: Dataset) -> Expor
     config = {"format": CONFIG_FORMAT, "model": spec.model.model_dump(), "input_shape": list(data.input_shape)}
     return ExportInputs(weights=encoder, config=config, traced=encoder, example=(data.x_train[:2].float().cpu(),),
                         input_names=["input"], dynamic_axes={"input": {0: "batch"}}, card=card)
+
+
+def pair_export_inputs(pair: EncoderPair, spec: JobSpec, data: Any) -> ExportInputs:
+    """Two modalities (m3col): safetensors holds both encoders (modality_0.*, modality_1.*, each with its own
+    standardisation); ONNX and TorchScript take both raw inputs ("input", "input_2") to the fused embedding."""
+    encoders = (pair.modality_0, pair.modality_1)
+    shapes = (list(data.input_shape), list(data.input_shape_2))
+    card = {
+        "input": {"shape": shapes[0], "dtype": "float32", "modalities": [
+            {"input": name, "shape": shape, "safetensors_prefix": f"modality_{i}."}
+            for i, (name, shape) in enumerate(zip(("input", "input_2"), shapes))],
+            "layout": "one sample per row of each modality, values as stored in the dataset (raw); the output is "
+                      "the fused embedding [z_0, z_1] / sqrt(2) of the two unit embeddings"},
+        "preprocessing": {
+            "standardize": "x' = (x - mean) / std per modality, built into every exported file",
+            **{f"modality_{i}": {"mean": e.preprocess.mean.flatten().tolist()[:4096],
+                                 "std": e.preprocess.std.flatten().tolist()[:4096],
+                                 "stats_shape": list(e.preprocess.mean.shape)} for i, e in enumerate(encoders)},
+        },
+    }
+    config = {"format": CONFIG_FORMAT, "model": spec.model.model_dump(), "input_shape": shapes[0],
+              "modalities": [{"input_shape": shape} for shape in shapes]}
+    example = (data.x_train[:2].float().cpu(), data.x2_train[:2].float().cpu())
+    return ExportInputs(weights=pair, config=config, traced=pair, example=example, input_names=["input", "input_2"],
+                        dynamic_axes={"input": {0: "batch"}, "input_2": {0: "batch"}}, card=card,
+                        embedding_dim=pair.embedding_dim)
 
 
 TEXT_INPUTS = ["input_ids", "attention_mask"]

@@ -323,6 +323,7 @@ def semantic_errors(spec: JobSpec) -> list[dict[str, str]]:
     if loss.labels == "none" and spec.objective.views != 2:
         errors.append({"field": "objective.views", "message": f"{loss.name!r} compares two views of each sample; views must be 2"})
     errors += _loss_need_errors(spec, loss)
+    errors += _modality_errors(spec, loss)
     if spec.mixup is not None:
         errors += _mixup_errors(spec)
         errors += _block_errors(spec)
@@ -363,6 +364,38 @@ def _loss_need_errors(spec: JobSpec, loss: catalog.Entry) -> list[dict[str, str]
     if loss.extra.get("sample_index") and spec.train.grad_cache_chunk is not None:
         errors.append({"field": "train.grad_cache_chunk",
                        "message": f"{loss.name!r} updates per-sample state once per batch; the cached loss cannot run it, remove this field"})
+    return errors
+
+
+def _modality_errors(spec: JobSpec, loss: catalog.Entry) -> list[dict[str, str]]:
+    """Two-modality losses (m3col) and two-modality data go together; such a run trains its own pair of encoders.
+
+    The loss mixes its own embeddings and embeds each modality itself, so the switches that wrap one
+    encoder's forward pass (mixing methods, a projection head, augmented views, the cached loss, several
+    devices) are refused; so are the export formats that cannot carry both encoders.
+    """
+    two = loss.extra.get("modalities") == 2
+    data = catalog.DATASETS.get(spec.dataset.name or "")
+    if not two:
+        if data is not None and data.extra.get("modalities") == 2:
+            losses = sorted(n for n, e in catalog.LOSSES.items() if e.extra.get("modalities") == 2)
+            return [{"field": "objective.loss",
+                     "message": f"{data.name!r} has two modalities; train it with a two-modality loss: {losses}"}]
+        return []
+    errors = []
+    if data is not None and data.extra.get("modalities") != 2:
+        two_sets = sorted(n for n, e in catalog.DATASETS.items() if e.extra.get("modalities") == 2)
+        errors.append({"field": "dataset.name",
+                       "message": f"{loss.name!r} trains on two modalities; {data.name!r} has one (use {two_sets}, "
+                                  "or upload an npz with arrays x and x2)"})
+    refused = {"mixup.method": spec.mixup is not None, "model.projection_dim": spec.model.projection_dim is not None,
+               "augment.enabled": spec.augment.enabled, "train.grad_cache_chunk": spec.train.grad_cache_chunk is not None,
+               "resources.devices": spec.resources.devices > 1}
+    errors += [{"field": field, "message": f"{loss.name!r} embeds and mixes both modalities itself; remove this "
+                                           "field (or set it to its default)"} for field, given in refused.items() if given]
+    formats = loss.extra.get("export_formats", [])
+    errors += [{"field": "export.formats", "message": f"{f!r} cannot carry {loss.name!r}'s two encoders; use {formats}"}
+               for f in spec.export.formats if f not in formats]
     return errors
 
 

@@ -19,12 +19,13 @@ from embedmix.core.data.arrays import check_features, check_rows, labels_to_indi
 from embedmix.core.data.builtin import load_builtin
 from embedmix.core.data.dataset import Dataset, Outliers
 from embedmix.core.data.files import read_file
+from embedmix.core.data.modalities import SECOND, PairedDataset, paired_from_arrays, two_modality
 from embedmix.core.data.split import hold_out_outliers, split
 from embedmix.core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
 from embedmix.core.errors import DataError, SpecError
 from embedmix.core.spec import JobSpec, compatibility_errors
 
-__all__ = ["DataError", "Dataset", "TextPairs", "class_count_problem", "dataset_from_arrays", "load_dataset",
+__all__ = ["DataError", "Dataset", "PairedDataset", "TextPairs", "class_count_problem", "dataset_from_arrays", "load_dataset",
            "text_pairs_for"]
 
 
@@ -117,7 +118,8 @@ def text_pairs_for(path: Path, spec: JobSpec, source: str) -> TextPairs:
 def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Dataset | TextPairs:
     """The spec's dataset: built-in by name, a local file by `dataset.path`, or `file_path` (an upload the caller resolved).
 
-    A .jsonl file holds text pairs, which come back as `TextPairs` rather than arrays.
+    A .jsonl file holds text pairs, which come back as `TextPairs` rather than arrays; two-modality
+    data (an array `x2`, or a two-modality loss) comes back as a `PairedDataset`.
     """
     ds = spec.dataset
     if ds.name is not None:
@@ -131,4 +133,6 @@ def load_dataset(spec: JobSpec, *, file_path: str | Path | None = None) -> Datas
             return text_pairs_for(path, spec, ds.id or path.name)
         raw = read_file(path, ds.label_column)
         source = ds.id or path.name
+    if raw.get(SECOND) is not None or two_modality(spec):
+        return paired_from_arrays(raw, spec, source, dataset_from_arrays)
     return dataset_from_arrays(raw, spec, source)

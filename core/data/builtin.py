@@ -9,10 +9,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from embedmix.core.data.modalities import paired_modalities
 from embedmix.core.errors import DataError
 
 
-RawArrays = dict[str, Any]  # x, y, optional x_test / y_test, optional class_names
+RawArrays = dict[str, Any]  # x, y, optional x_test / y_test, optional class_names; two modalities: x2 (x2_test)
 
 
 def cache_dir() -> Path:
@@ -121,5 +122,8 @@ def load_builtin(name: str, size: int | None, params: dict[str, Any]) -> RawArra
         "digits": digits,
         "diabetes": diabetes,
         "blobs": lambda: blobs(int(opts["size"]), int(opts["num_classes"]), int(opts["num_features"]), float(opts["cluster_std"])),
+        "paired_modalities": lambda: paired_modalities(
+            int(opts["size"]), int(opts["num_classes"]), int(opts["latent_dim"]), int(opts["num_features"]),
+            int(opts["num_features_2"]), float(opts["noise"])),
     }
     return makers[name]()

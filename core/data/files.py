@@ -25,7 +25,8 @@ SPLIT_COLUMN = "split"
 FEATURE_ARRAYS = ("x", "x_test")
 # The npz arrays, each with the item size the engine holds it at once read:
 # features become float32, labels int64 class indices (or float32 targets).
-_HELD_ITEMSIZE = {"x": 4, "y": 8, "x_test": 4, "y_test": 8}
+# x2 / x2_test: a second modality, row for row with x / x_test (two-modality losses; core.data.modalities).
+_HELD_ITEMSIZE = {"x": 4, "y": 8, "x_test": 4, "y_test": 8, "x2": 4, "x2_test": 4}
 # pandas spends about 100 us and 2.5 kB per column; wider samples belong in an npz.
 MAX_TABLE_COLUMNS = 16_384
 # Arrow reads a csv in blocks of this size; no row may be longer.
@@ -55,7 +56,8 @@ NO_LIMITS = Limits()
 
 
 def read_npz(path: Path, limits: Limits) -> dict[str, Any]:
-    """Arrays `x`, `y`, optionally `x_test`, `y_test`; object arrays (pickles) are refused.
+    """Arrays `x`, `y`, optionally `x_test`, `y_test` and a second modality `x2`, `x2_test`; object arrays
+    (pickles) are refused.
 
     The members' headers are judged first (:func:`check_npz`), so nothing is
     inflated beyond what they declare and ``limits`` allow.

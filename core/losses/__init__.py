@@ -13,7 +13,11 @@ attributes `two_view` and `labels` (as in the catalog) and accepts:
   normalized_softmax, arcface) and the cross_entropy head, float (B, C) rows
   summing to 1;
 * `loss(view_a, view_b, index)`: losses with per-sample state (isogclr, its
-  class attribute `indexed` set), `index` the rows' training-set indices.
+  class attribute `indexed` set), `index` the rows' training-set indices;
+* `loss(z_a, z_b, labels, epoch=, epochs=)`: two-modality losses (m3col, its
+  class attribute `modalities` 2), the two encoders' embeddings of one batch;
+  the second encoder is handed over with `use_second_encoder` and trained as
+  one of the loss's parameters.
 
 Class-weight losses, the heads (cross_entropy, mse, conr) and amcl (its
 projection heads and temperature network) own learnable parameters: add
@@ -37,6 +41,7 @@ from .conr import ConRLoss
 from .heads import CrossEntropyLoss, MSELoss
 from .infonce import DecoupledSoftmaxLoss, NTXentLoss, SupConLoss
 from .isogclr import ISogCLRLoss
+from .m3col import M3CoLLoss
 from .margin import ContrastiveLoss, TripletLoss
 from .mnrl import MultipleNegativesRankingLoss
 from .multi_similarity import MultiSimilarityLoss
@@ -61,6 +66,7 @@ LOSS_CLASSES: dict[str, type[nn.Module]] = {
     "cacr": CACRLoss,
     "isogclr": ISogCLRLoss,
     "amcl": AMCLLoss,
+    "m3col": M3CoLLoss,
 }
 
 
@@ -115,6 +121,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DecoupledSoftmaxLoss",
     "ISogCLRLoss",
+    "M3CoLLoss",
     "MSELoss",
     "MultiSimilarityLoss",
     "MultipleNegativesRankingLoss",

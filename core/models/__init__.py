@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedmix.core.models.encoders import Encoder, Standardize, conv1d, conv2d, mlp, resnet18
+from embedmix.core.models.encoders import Encoder, EncoderPair, Standardize, conv1d, conv2d, fuse, mlp, resnet18
 from embedmix.core.spec import ModelSpec
 
-__all__ = ["Encoder", "Standardize", "TrainingNet", "build_encoder", "build_net"]
+__all__ = ["Encoder", "EncoderPair", "Standardize", "TrainingNet", "build_encoder", "build_net", "fuse"]
 
 _BUILDERS = {"mlp": mlp, "conv1d": conv1d, "conv2d": conv2d, "resnet18": resnet18}
 

@@ -59,6 +59,27 @@ class Encoder(nn.Module):
         return F.normalize(self.embed_from(self.preprocess(x)), dim=-1)
 
 
+def fuse(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """Two modalities' unit embeddings as one unit embedding, [z_a, z_b] / sqrt(2): cosine is their mean cosine."""
+    return torch.cat([z_a, z_b], dim=-1) * (0.5 ** 0.5)
+
+
+class EncoderPair(nn.Module):
+    """One encoder per modality (two-modality losses): exported together, state keys modality_0.*, modality_1.*.
+
+    `forward(x, x2)` is the fused embedding (`fuse`), what the run evaluates: the official M3CoL code
+    classifies the concatenation of both modalities' embeddings.
+    """
+
+    def __init__(self, modality_0: Encoder, modality_1: Encoder):
+        super().__init__()
+        self.modality_0, self.modality_1 = modality_0, modality_1
+        self.embedding_dim = modality_0.embedding_dim + modality_1.embedding_dim
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return fuse(self.modality_0(x), self.modality_1(x2))
+
+
 def _flat_size(blocks: list[nn.Module], input_shape: tuple[int, ...]) -> int:
     with torch.no_grad():
         h = torch.zeros((2,) + input_shape)

@@ -33,7 +33,8 @@ def _dataset(labels: str, input_rank: list[int] | None = None) -> dict[str, Any]
 def loss_body(name: str) -> dict[str, Any]:
     entry = catalog.LOSSES[name]
     views = {"views": 2} if entry.labels == "none" else {}
-    return {"dataset": _dataset(entry.labels), "objective": {"loss": name, "params": {}, **views},
+    dataset = {"name": "paired_modalities", "size": 200} if entry.extra.get("modalities") == 2 else _dataset(entry.labels)
+    return {"dataset": dataset, "objective": {"loss": name, "params": {}, **views},
             "train": {"epochs": 1, "batch_size": 32}}
 
 

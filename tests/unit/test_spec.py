@@ -296,6 +296,7 @@ def test_every_loss_default_validates_as_explicit_params():
     """Writing each loss's defaults out explicitly must be accepted by the validator."""
     for name, entry in catalog.LOSSES.items():
         dataset = "diabetes" if entry.labels == "target" else "mnist1d"
+        dataset = "paired_modalities" if entry.extra.get("modalities") == 2 else dataset
         views = {"views": 2} if entry.labels == "none" else {}
         data = {"dataset": {"name": dataset}, "objective": {"loss": name, "params": entry.defaults(), **views}}
         spec = validate_spec(data)
