@@ -86,7 +86,8 @@ class Recipe:
     claim: str  # the paper's direction, in words
     baseline: str  # what recipes/NAME-baseline.json is
     baseline_kind: str  # how the specs differ: "no_mixup", "weight_0", "eta_0", "moco", "no_mixed_pairs",
-    # and for the loss methods "beta_0" (objective.params.beta 0), "loss" (another objective), "one_head_fixed" (AMCL)
+    # and for the loss methods "beta_0" (objective.params.beta 0), "loss" (another objective), "one_head_fixed" (AMCL),
+    # "loss_weight_0" (objective.params.weight 0: M3CoL's heads alone)
     protocol: str  # the paper's protocol as these data carry it, in a few words
     hparams: str  # where the hyper-parameters come from
     secondary: tuple[str, ...] = ()
@@ -206,6 +207,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "LeiWangR/cl runs/cifar10_simclr_amcl/config.json: 3 heads of 512 -> 128, beta 1e-4, tau in [1e-5, 2], "
            "top-k 100, temperature network 128; SimCLR's temperature 0.5", ("linear_probe_accuracy", "precision_at_1"),
            seeds=5),
+    Recipe("m3col", "Kumar, Singhal et al., M3CoL: Harnessing Shared Relations via Multimodal Mixup Contrastive "
+           "Learning for Multimodal Classification (TMLR 2025)", "linear_probe_accuracy", "higher",
+           "the mixup-based contrastive term (M3Co, then SoftClip) raises multimodal classification accuracy",
+           "the same two encoders and three heads with weight 0: no contrastive term (the paper's ablation without it)",
+           "loss_weight_0", "two-modality classification on paired_modalities (2,000 samples, 10 classes; x of 32 and x2 of "
+           "16 features from one 8-d latent, noise 1), the fused embedding's linear probe on a random 20% test split",
+           "RaghavSinghal10/M3CoL train_medical.py / model_med.py: lambda_mixup 0.1, mixup_beta 0.15, s_thresh 0.5, "
+           "temperature 0.1, mixup_pct 0.33 (M3Co for 9 of 30 epochs, then SoftClip at 0.125), embeddings mixed",
+           ("knn_accuracy", "precision_at_1"), seeds=10),
     Recipe("input", "Zhang et al., mixup (ICLR 2018)", "knn_accuracy", "higher", "mixup raises accuracy",
            "SupCon without mixing", "no_mixup", "mnist1d (4,000), random 20% test split",
            "facebookresearch/mixup-cifar10: alpha 1", ("precision_at_1",), seeds=8, seed_paper=False),

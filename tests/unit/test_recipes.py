@@ -88,7 +88,13 @@ def _one_head_fixed(m: dict, b: dict) -> None:
         assert m["params"][key] == b["params"][key]
 
 
-LOSS_KINDS = {"beta_0": _beta_0, "loss": _other_loss, "one_head_fixed": _one_head_fixed}
+def _loss_weight_0(m: dict, b: dict) -> None:
+    """M3CoL against its heads alone: the same parameters but the contrastive term's weight, which is 0."""
+    assert m["loss"] == b["loss"] == "m3col" and m["params"]["weight"] > 0 and b["params"]["weight"] == 0
+    assert {**m["params"], "weight": 0} == b["params"]
+
+
+LOSS_KINDS = {"beta_0": _beta_0, "loss": _other_loss, "one_head_fixed": _one_head_fixed, "loss_weight_0": _loss_weight_0}
 
 
 @pytest.mark.parametrize("name", NAMES)
