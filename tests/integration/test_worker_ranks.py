@@ -215,6 +215,17 @@ def test_cancel_stops_both_ranks_at_a_checkpoint(stack: Stack) -> None:
     assert not _worker_tree(stack)
 
 
+def test_a_user_error_in_the_ranks_fails_the_job_once_with_its_code_and_no_rank_left(stack: Stack) -> None:
+    """Only a rank finds it (the device is picked there): the job fails on its first attempt, not as a lost rank."""
+    job_id = _submit(stack, {**SPEC, "train": {**SPEC["train"], "device": "cuda"}})
+    job = stack.wait_status(job_id, "failed")
+    assert job.attempts == 1  # a user error is not retried
+    assert job.error is not None and job.error["code"] == "unsupported", job.error
+    assert "train.device" in job.error["message"] and "Traceback" not in job.error["message"]
+    assert statuses(stack.events(job_id)) == ["running", "failed"]
+    assert not _worker_tree(stack)
+
+
 def test_sigterm_of_the_worker_checkpoints_and_hands_the_job_back(stack: Stack) -> None:
     job_id = _submit(stack, KILL_SPEC)
     stack.wait_checkpoint(job_id)

@@ -1,4 +1,5 @@
-"""`embedmix train` of a 2-device spec: two real ranks, one set of outputs, the one-device result; SIGTERM stops every rank."""
+"""`embedmix train` of a 2-device spec: two real ranks, one set of outputs, the one-device result; SIGTERM or kill -9
+of the CLI stops every rank."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def test_two_ranks_export_once_and_match_one_device(tmp_path):
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0)
 
 
-def test_sigterm_stops_every_rank(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_stopping_the_cli_stops_every_rank(tmp_path, signum):
+    """SIGTERM stops the launcher's session; kill -9 runs no handler, so the parent-death signals must do it."""
     proc = _train(tmp_path, "long", 2, epochs=10_000)
     try:
         metrics = tmp_path / "long" / "metrics.jsonl"
@@ -74,7 +77,7 @@ def test_sigterm_stops_every_rank(tmp_path):
             assert time.monotonic() < deadline, (tmp_path / "long.log").read_text()[-3000:]
             time.sleep(0.5)
         assert len(_processes_naming(str(tmp_path / "long"))) >= 3  # the CLI, the launcher's ranks
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         assert proc.wait(timeout=120) != 0
         deadline = time.monotonic() + 30
         while _processes_naming(str(tmp_path / "long")) and time.monotonic() < deadline:
