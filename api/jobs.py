@@ -61,7 +61,7 @@ from embedmix.api.schemas import (
 )
 from embedmix.api.storage_quota import check_storage_quota
 from embedmix.core import catalog
-from embedmix.core.cost import DataShape, builtin_shape, describe_bytes, estimate
+from embedmix.core.cost import DataShape, builtin_shape, describe_bytes, estimate, rank_budget
 from embedmix.core.data import class_count_problem
 from embedmix.core.data.split import empty_split_message, plan_split
 from embedmix.core.errors import SpecError
@@ -306,16 +306,23 @@ def admission_errors(spec: JobSpec, shape: DataShape, worker_memory: int) -> lis
     Refusing it here is what keeps one spec from taking a worker down; the
     worker's ceiling (worker.memory_ceiling) catches an estimate that was low.
     """
-    cost = estimate(spec, shape)
-    if cost.total <= worker_memory:
+    cost, devices = estimate(spec, shape), spec.resources.devices
+    budget = rank_budget(worker_memory, devices)
+    if cost.total <= budget:
         return []
     part, field = cost.largest()
+    need = f"this job needs about {describe_bytes(cost.total)} of memory at its peak"
+    offer = f"the {describe_bytes(worker_memory)} a worker of this service offers"
+    if devices > 1:
+        need += f" on each of its {devices} ranks (each holds its own data and model)"
+        offer = f"the {describe_bytes(budget)} each rank gets of {offer}"
+        field_hint = f"{field} or resources.devices"
+    else:
+        field_hint = field
     return [
         {
             "field": field,
-            "message": f"this job needs about {describe_bytes(cost.total)} of memory at its peak "
-            f"({part}: {describe_bytes(cost.parts[part])}), over the {describe_bytes(worker_memory)} "
-            f"a worker of this service offers; shrink {field}",
+            "message": f"{need} ({part}: {describe_bytes(cost.parts[part])}), over {offer}; shrink {field_hint}",
         }
     ]
 

@@ -70,6 +70,18 @@ class Estimate:
         return part, WHAT_TO_SHRINK[part]
 
 
+def rank_budget(worker_memory: int, devices: int) -> int:
+    """The memory each of a job's ``devices`` ranks may use of what a worker offers the job: an equal share.
+
+    Each rank is a process of its own holding its own copy of the data and the
+    model, so N ranks need N budgets; a rank's peak is at most the one-device
+    peak of the global batch (`estimate`: its share of the activations, its
+    rows against the gathered batch in the loss), so a job fits when that
+    estimate fits one share.
+    """
+    return worker_memory // devices
+
+
 def describe_bytes(size: int) -> str:
     """A size as people read it in an error message."""
     return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
 from embedmix.core import catalog
-from embedmix.core.cost import describe_bytes
+from embedmix.core.cost import describe_bytes, rank_budget
 from embedmix.core.data import Dataset, load_dataset
 from embedmix.core.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from embedmix.core.export import export
@@ -260,7 +260,7 @@ def _plan_ranks(context: WorkerContext, job: ClaimedJob, spec: JobSpec, run: Run
         "dataset_file": str(file_path) if file_path is not None else None,
         "resume": resume is not None,
         "init_weights": init_weights is not None,
-        "memory_bytes": context.settings.worker_memory_bytes,
+        "memory_bytes": rank_budget(context.settings.worker_memory_bytes, job_devices(job.spec)),  # each rank's share
         "training": _attempt_info(job, resume),
     })
     return resume

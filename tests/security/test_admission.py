@@ -16,6 +16,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from embedmix.api import create_app
+from embedmix.core.cost import builtin_shape, estimate
+from embedmix.core.spec import validate_spec
 from tests.conftest import served_in_thread
 from tests.integration.conftest import Keys, auth
 from tests.integration.test_api import SMALL_SPEC, assert_error, classification_npz, upload
@@ -52,6 +54,21 @@ def test_the_workers_memory_is_a_setting_and_uploads_are_measured_by_their_shape
         big_batch = {**on_upload, "train": {"epochs": 1, "batch_size": 16_384}, "objective": {"loss": "supcon"}}
         # the batch is capped by the upload's 200 rows, so even the largest batch fits
         assert client.post("/v1/jobs", json=big_batch, headers=auth(keys.alice)).status_code == 201
+
+
+def test_each_rank_of_a_multi_device_job_must_fit_its_share_of_the_workers_memory(
+    database_url: str, scratch: Path, broker: redis.Redis, keys: Keys
+) -> None:
+    """N ranks are N processes, each with its own data and model: a spec that fits one
+    device's budget is refused on 2 ranks when it does not fit half of it."""
+    resolved = validate_spec(SMALL_SPEC)
+    peak = estimate(resolved, builtin_shape(resolved)).total
+    settings = security_settings(database_url, scratch, worker_memory_bytes=peak * 3 // 2, max_devices_per_job=2)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/jobs", json=SMALL_SPEC, headers=auth(keys.alice)).status_code == 201
+        two = {**SMALL_SPEC, "resources": {"devices": 2}}
+        error = assert_error(client.post("/v1/jobs", json=two, headers=auth(keys.alice)), 422, "invalid_spec")
+        assert "on each of its 2 ranks" in error["message"] and "resources.devices" in error["message"]
 
 
 def test_an_idempotent_replay_costs_no_submission_quota(
