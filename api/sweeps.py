@@ -47,7 +47,7 @@ from embedmix.api.schemas import (
     TrialOut,
 )
 from embedmix.api.storage_quota import check_storage_quota
-from embedmix.core.spec import JobSpec
+from embedmix.core.spec import JobSpec, selection_metric
 from embedmix.service.settings import Settings
 from embedmix.store.jobs import get_job
 from embedmix.store.models import SWEEP_STATUSES, TRIAL_STATES, Sweep
@@ -250,7 +250,8 @@ def read_trials(sweep: OwnedSweep, session: SessionDep, page: PageDep) -> Page[T
     rows = list_trials(session, sweep.id, after=after, limit=page.limit + 1)
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    series = metric_series(session, [r.job_id for r in rows if r.job_id], f"eval/{sweep.config['metric']}")
+    metric = selection_metric(sweep.spec, sweep.config["metric"])
+    series = metric_series(session, [r.job_id for r in rows if r.job_id], f"eval/{metric}")
     data = [
         TrialOut(
             number=r.number, params=r.params, job_id=r.job_id, state=r.state, value=r.value, error=r.error,

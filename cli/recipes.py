@@ -52,7 +52,6 @@ SMOKE_SEEDS = 2
 DEFAULT_SEEDS = 5
 CONFIDENCE = 0.95
 VALIDATION_FRACTION = 0.2
-VALIDATION_SEED_OFFSET = 1000  # the validation carve's seed is train.seed + this: not the test split's draw
 
 recipes_app = typer.Typer(help="Run each mixing method's recipe against its baseline over seeds; write RESULTS.md.",
                           no_args_is_help=True)
@@ -325,32 +324,10 @@ def smoke_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validation_data(data: Any, fraction: float, seed: int) -> Any:
-    """The training split cut again: `fraction` of it (stratified by class) is evaluated on; the test split is dropped.
-
-    A real outlier set (MixOE's held-out classes) is cut the same way: its training rows
-    split into the pool mixed in training and the out-of-distribution rows evaluated on.
-    This is what a regime is chosen on, so no setting ever sees a test split.
-    """
-    import dataclasses
-
-    import numpy as np
-    import torch
-
-    from embedmix.core.data.split import split
-    from embedmix.core.spec import SplitSpec
-
-    carve = SplitSpec(kind="random", test_fraction=fraction)
-    raw = {"x": data.x_train.numpy(), "y": None if data.y_train is None else data.y_train.numpy()}
-    arrays, desc = split(raw, data.task, carve, seed + VALIDATION_SEED_OFFSET)
-    as_t = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
-    out = dataclasses.replace(data, x_train=as_t(arrays["x_train"]), y_train=as_t(arrays["y_train"]),
-                              x_test=as_t(arrays["x_test"]), y_test=as_t(arrays["y_test"]),
-                              source=f"{data.source} (validation)", split={"kind": "validation", **desc, "of": data.split})
-    outliers = getattr(data, "outliers", None)
-    if outliers is not None:
-        held, _ = split({"x": outliers.x_train.numpy()}, None, carve, seed + VALIDATION_SEED_OFFSET)
-        out.outliers = dataclasses.replace(outliers, x_train=as_t(held["x_train"]), x_test=as_t(held["x_test"]))
+def with_validation(spec: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """The spec with `dataset.split.validation_fraction` set: core carves that share of the training split."""
+    out = copy.deepcopy(spec)
+    out["dataset"].setdefault("split", {})["validation_fraction"] = fraction
     return out
 
 
@@ -377,10 +354,12 @@ def _train(spec: dict[str, Any], *, smoke: bool, device: str | None, init_weight
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if smoke:
         spec = smoke_spec(spec)
+    if validation is not None:
+        spec = with_validation(spec, validation)
     parsed = validate_spec(spec)
     data = load_dataset(parsed)
     if validation is not None:
-        data = validation_data(data, validation, parsed.train.seed)
+        data = data.validation_view()  # evaluated on the validation share alone: no test row is read
     if smoke:
         spec = copy.deepcopy(spec)
         spec["train"]["batch_size"] = max(2, len(data.x_train) // SMOKE_STEPS)

@@ -28,7 +28,7 @@ from embedmix.core.loop import (Callbacks, GroupCallbacks, InitWeights, NullCall
                        load_init_weights, pick_device, seed_everything)
 from embedmix.core.mixup import Batch
 from embedmix.core.models import Encoder, EncoderPair, build_net, fuse
-from embedmix.core.spec import JobSpec
+from embedmix.core.spec import VALIDATION_PREFIX, JobSpec
 
 # Share of the free accelerator memory the training data may take before it stays in host memory.
 DEVICE_DATA_SHARE = 0.5
@@ -295,19 +295,34 @@ class ArrayTrainer(TrainingLoop):
             self.method.after_step(self.net)
 
     def evaluate(self) -> dict[str, float]:
+        """The spec's metrics on the test split; with a validation set, on it (as `val/<metric>`) instead.
+
+        Evaluations during training read the validation set alone, so nothing chosen
+        from them (a sweep's pruning, its best trial) has seen the test split; the
+        final evaluation reports both, the test metrics under their usual names.
+        """
         if self.ranks.rank != 0:
             return {}  # rank 0 reports for the group; the weights are the same on every rank
+        values: dict[str, float] = {}
+        if self.data.x_val is not None:
+            values = {f"{VALIDATION_PREFIX}{k}": v for k, v in self._metrics_on(self.data.validation_view()).items()}
+        if self.data.x_val is None or self.step >= self.total_steps:
+            values |= self._metrics_on(self.data)
+        if hasattr(self.loss, "extra_metrics"):
+            values |= self.loss.extra_metrics()  # a loss's own state (isogclr's temperatures)
+        return values
+
+    def _metrics_on(self, data: Dataset) -> dict[str, float]:
+        """The spec's metrics with `data`'s test side as the queries (its training side is the gallery)."""
         # Metrics a mixing method owns (ECE of its head, utilization, ...) come from the method.
         names = [m for m in self.spec.eval.metrics if not catalog.METRICS[m].extra.get("from_methods")]
         train = None
         if USES_TRAIN & set(names):
-            train = (self._embed(self.data, "train"), self.data.y_train)
-        test_emb = self._embed(self.data, "test")
-        values = evaluate(names, train=train, test=(test_emb, self.data.y_test),
+            train = (self._embed(data, "train"), data.y_train)
+        test_emb = self._embed(data, "test")
+        values = evaluate(names, train=train, test=(test_emb, data.y_test),
                           recall_k=tuple(self.spec.eval.recall_k), knn_k=self.spec.eval.knn_k,
                           knn_temperature=self.spec.eval.knn_temperature, seed=self.spec.train.seed)
         if self.method is not None:
-            values |= self.method.extra_metrics(self.net.encoder, self.data, self.device)
-        if hasattr(self.loss, "extra_metrics"):
-            values |= self.loss.extra_metrics()  # a loss's own state (isogclr's temperatures)
+            values |= self.method.extra_metrics(self.net.encoder, data, self.device)
         return values

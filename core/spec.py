@@ -25,11 +25,15 @@ class Strict(BaseModel):
 
 
 class SplitSpec(Strict):
-    """How the test set is made: a random stratified share, held-out classes (open set), or the file's own test arrays."""
+    """How the test set is made: a random stratified share, held-out classes (open set), or the file's own test arrays;
+    and, optionally, the validation share carved from what is left for training."""
 
     kind: Literal["random", "classes", "given"] = "random"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     holdout_classes: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, max_length=100_000)
+    # A share of the training side held out (seeded, stratified by class) to choose settings on: evaluations
+    # during training and a sweep's metric read it, as `val/<metric>`; the final test metrics are unchanged.
+    validation_fraction: float | None = Field(None, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _classes_need_holdout(self) -> SplitSpec:
@@ -38,6 +42,20 @@ class SplitSpec(Strict):
         if self.kind != "classes" and self.holdout_classes:
             raise ValueError("holdout_classes is only used with split kind 'classes'")
         return self
+
+
+VALIDATION_PREFIX = "val/"  # a metric measured on the validation set (dataset.split.validation_fraction)
+
+
+def selection_metric(spec: dict[str, Any], metric: str) -> str:
+    """The name a run of the resolved `spec` reports `metric` under for choosing settings (a sweep's trials).
+
+    With a validation set that is `val/<metric>`, measured on it, so no choice is
+    made on the test split; without one, the test metric itself. During training
+    the series is `eval/` + this name.
+    """
+    split = spec.get("dataset", {}).get("split", {})
+    return f"{VALIDATION_PREFIX}{metric}" if split.get("validation_fraction") is not None else metric
 
 
 class DatasetSpec(Strict):

@@ -18,6 +18,9 @@ pruners decide; this module only carries their decisions to the jobs:
   quota applying) and its row in one transaction, and send its message.
 * follow: each running trial's ``eval/<metric>`` points are reported by epoch
   (one intermediate value per epoch, so trials of any batch size compare);
+  with a validation set in the base spec (``dataset.split.validation_fraction``)
+  the metric is ``val/<metric>``, measured on it, so nothing is chosen on a test
+  split (``core.evaluate.selection_metric``);
   when the pruner says so the row becomes ``pruned`` and the job is cancelled
   through the jobs' cancel path.
 * tell: a finished job's result is written to its row first (complete with
@@ -56,7 +59,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from embedmix.core.errors import SpecError
-from embedmix.core.spec import validate_spec
+from embedmix.core.spec import selection_metric, validate_spec
 from embedmix.service.settings import Settings
 from embedmix.store.db import DATABASE_DOWN
 from embedmix.store.jobs import (
@@ -316,7 +319,7 @@ class SweepController:
         Returns whether it is still running. The pruner is asked only when a new
         value was reported, as it would be inside an objective function.
         """
-        metric = sweep.config["metric"]
+        metric = selection_metric(sweep.spec, sweep.config["metric"])
         with self.session_factory() as session:
             job = get_job_unscoped(session, row.job_id) if row.job_id else None
             points = list_metrics(session, row.job_id, name=f"eval/{metric}") if job is not None else []
@@ -374,7 +377,7 @@ class SweepController:
                 if state == "pruned" and row.job_id is not None:
                     job = request_cancel(session, sweep.owner_id, row.job_id)
                     if job is None or job.status not in ("cancelled", "cancelling"):
-                        state, value, error = self._outcome(job, sweep.config["metric"])
+                        state, value, error = self._outcome(job, selection_metric(sweep.spec, sweep.config["metric"]))
                 settle_trial(session, sweep.id, number, state, value=value, error=error)
             session.commit()
         return state, value, error

@@ -20,7 +20,7 @@ from embedmix.core.data.builtin import load_builtin
 from embedmix.core.data.dataset import Dataset, Outliers
 from embedmix.core.data.files import read_file
 from embedmix.core.data.modalities import SECOND, PairedDataset, paired_from_arrays, two_modality
-from embedmix.core.data.split import hold_out_outliers, split
+from embedmix.core.data.split import VALIDATION_FIELD, carve_validation, carve_validation_rows, hold_out_outliers, split
 from embedmix.core.data.text_pairs import TextPairs, read_text_pairs, split_pairs
 from embedmix.core.errors import DataError, SpecError
 from embedmix.core.spec import JobSpec, compatibility_errors
@@ -62,6 +62,13 @@ def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Data
         arrays, held, held_desc = hold_out_outliers(arrays, _outlier_count(spec), names)
         desc |= held_desc
         outliers = Outliers(held_desc["outlier_classes"], _as_x(held["x_train"]), _as_x(held["x_test"]))
+    fraction = spec.dataset.split.validation_fraction
+    if fraction is not None:
+        arrays, val_desc = carve_validation(arrays, task, fraction, spec.train.seed)
+        desc |= val_desc
+        if outliers is not None:
+            pool, val = carve_validation_rows(outliers.x_train.numpy(), fraction, spec.train.seed)
+            outliers = Outliers(outliers.classes, _as_x(pool), outliers.x_test, _as_x(val))
     _check_class_counts(arrays["y_train"], task, spec)
     as_y = (lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)))
     return Dataset(
@@ -70,6 +77,8 @@ def dataset_from_arrays(raw: dict[str, Any], spec: JobSpec, source: str) -> Data
         x_test=_as_x(arrays["x_test"]),
         y_test=as_y(arrays["y_test"]),
         task=task, source=source, class_names=names, split=desc, outliers=outliers,
+        x_val=_as_x(arrays["x_val"]) if fraction is not None else None,
+        y_val=as_y(arrays["y_val"]) if fraction is not None else None,
     )
 
 
@@ -110,6 +119,8 @@ def class_count_problem(train_per_class: dict[int, int], spec: JobSpec) -> str |
 def text_pairs_for(path: Path, spec: JobSpec, source: str) -> TextPairs:
     """A .jsonl file of text pairs, checked against the spec (text encoder, two-view loss) and split."""
     errors = compatibility_errors(spec, task=None, input_rank=0)
+    if spec.dataset.split.validation_fraction is not None:
+        errors.append({"field": VALIDATION_FIELD, "message": "text pairs carve no validation set; leave it out"})
     if errors:
         raise SpecError(errors)
     return split_pairs(read_text_pairs(path), spec.dataset.split, spec.train.seed, source)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -22,6 +22,7 @@ class Outliers:
     classes: list[int]
     x_train: torch.Tensor
     x_test: torch.Tensor
+    x_val: torch.Tensor | None = None  # the pool's share held out with the validation set (validation_fraction)
 
 
 @dataclass
@@ -41,6 +42,23 @@ class Dataset:
     class_names: list[str] | None = None
     split: dict[str, Any] = field(default_factory=dict)
     outliers: Outliers | None = None
+    # The validation set carved from the training side (dataset.split.validation_fraction), or None.
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    def validation_view(self) -> Dataset:
+        """This data with the validation set where the test set was: what evaluations that choose settings read.
+
+        Training rows are unchanged, the test split is gone from the view, and
+        a real outlier set's validation share stands in for its test rows.
+        """
+        if self.x_val is None:
+            raise ValueError("the data has no validation set (dataset.split.validation_fraction is not set)")
+        outliers = self.outliers
+        if outliers is not None and outliers.x_val is not None:
+            outliers = replace(outliers, x_test=outliers.x_val, x_val=None)
+        return replace(self, x_test=self.x_val, y_test=self.y_val, x_val=None, y_val=None, outliers=outliers,
+                       source=f"{self.source} (validation)", split={**self.split, "evaluated_on": "validation"})
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +79,7 @@ class Dataset:
             "input_dtype": str(self.x_train.dtype).removeprefix("torch."),
             "train_rows": len(self.x_train),
             "test_rows": len(self.x_test),
+            **({"validation_rows": len(self.x_val)} if self.x_val is not None else {}),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "split": self.split,

@@ -1,4 +1,4 @@
-"""Train/test splits: random (stratified when labelled), class hold-out, or the file's own."""
+"""Train/test splits: random (stratified when labelled), class hold-out, or the file's own; and validation carves."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ def test_share(rows: int, fraction: float) -> int:
     return int(round(fraction * rows))
 
 
-def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: float, seed: int):
+VALIDATION_SEED_OFFSET = 1000  # a validation carve's seed is the split's seed + this: never the test split's draw
+VALIDATION_FIELD = "dataset.split.validation_fraction"
+
+
+def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: float, seed: int,
+            side: str = "test") -> np.ndarray:
+    """The rows a seeded random share (stratified by class when labelled) puts on `side`; both sides must keep rows."""
     rng = np.random.default_rng(seed)
     n = len(x)
     if task == "classification":
@@ -31,18 +37,45 @@ def _random(x: np.ndarray, y: np.ndarray | None, task: Task | None, fraction: fl
         test[rng.permutation(n)[:test_share(n, fraction)]] = True
     if test.all() or not test.any():
         counts = np.unique(y, return_counts=True)[1].tolist() if task == "classification" else None
-        raise DataError(empty_split_message(counts, n, fraction, test.all()))
+        raise DataError(empty_split_message(counts, n, fraction, test.all(), side))
     return test
 
 
-def empty_split_message(class_counts: list[int] | None, n: int, fraction: float, all_test: bool) -> str:
-    """Why a random split left one side empty, in the data's own numbers (classes, rows, fraction)."""
-    empty = "train" if all_test else "test"
+def empty_split_message(class_counts: list[int] | None, n: int, fraction: float, all_test: bool,
+                        side: str = "test") -> str:
+    """Why a random split left one side empty, in the data's own numbers (classes, rows, fraction).
+
+    `side` is the share drawn: "test" (of all rows) or "validation" (of the training rows).
+    """
+    empty = "train" if all_test else side
+    field = f"{side}_fraction"
     if class_counts is None:
-        return f"a test_fraction of {fraction} of {n} rows leaves the {empty} set empty; change test_fraction or add rows"
-    return (f"the split is stratified: each class puts round({fraction} x its rows) in the test set, and "
+        return f"a {field} of {fraction} of {n} rows leaves the {empty} set empty; change {field} or add rows"
+    return (f"the split is stratified: each class puts round({fraction} x its rows) in the {side} set, and "
             f"{len(class_counts)} classes over {n} rows (at most {max(class_counts)} per class) "
-            f"leave the {empty} set empty; use fewer classes, more rows or another test_fraction")
+            f"leave the {empty} set empty; use fewer classes, more rows or another {field}")
+
+
+def carve_validation(arrays: dict[str, np.ndarray], task: Task | None, fraction: float, seed: int
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Cut `fraction` of the training side off as a validation set (x_val/y_val), drawn as a random test split is.
+
+    Only training rows are drawn from, so validation and test never share a row,
+    and the seed is offset (VALIDATION_SEED_OFFSET) so the draw is not the test
+    split's. Returns the arrays and what the model card records.
+    """
+    y = arrays["y_train"]
+    val = _random(arrays["x_train"], y, task, fraction, seed + VALIDATION_SEED_OFFSET, "validation")
+    out = arrays | {"x_train": arrays["x_train"][~val], "y_train": None if y is None else y[~val],
+                    "x_val": arrays["x_train"][val], "y_val": None if y is None else y[val]}
+    return out, {"validation_fraction": fraction, "validation_seed": seed + VALIDATION_SEED_OFFSET,
+                 "validation_rows": int(val.sum())}
+
+
+def carve_validation_rows(x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unlabelled rows (a held-out outlier pool) cut like `carve_validation`: (the rows kept, the validation rows)."""
+    val = _random(x, None, None, fraction, seed + VALIDATION_SEED_OFFSET, "validation")
+    return x[~val], x[val]
 
 
 @dataclass(frozen=True)
@@ -52,15 +85,30 @@ class SplitPlan:
     train_per_class: dict[int, int] | None  # classification: training rows per class id; else None
     train_rows: int
     test_rows: int
+    validation_rows: int = 0  # carved from the training side when the split has a validation_fraction
 
 
 def plan_split(spec: SplitSpec, class_counts: list[int] | None, test_class_counts: list[int] | None,
                rows: int, test_rows: int) -> SplitPlan:
-    """What `split` makes of a file with these counts: `class_counts` over its rows and
-    `test_class_counts` over its own test rows (both None for data without class labels).
+    """What `split` (then `carve_validation`) makes of a file with these counts: `class_counts` over
+    its rows and `test_class_counts` over its own test rows (both None for data without class labels).
 
     The service uses it to refuse a job whose split cannot work before any worker reads the file.
     """
+    plan = _plan_test(spec, class_counts, test_class_counts, rows, test_rows)
+    fraction = spec.validation_fraction
+    if fraction is None:
+        return plan
+    if plan.train_per_class is None:
+        val = test_share(plan.train_rows, fraction)
+        return SplitPlan(None, plan.train_rows - val, plan.test_rows, val)
+    per_class = {c: k - test_share(k, fraction) for c, k in plan.train_per_class.items()}
+    train = sum(per_class.values())
+    return SplitPlan(per_class, train, plan.test_rows, plan.train_rows - train)
+
+
+def _plan_test(spec: SplitSpec, class_counts: list[int] | None, test_class_counts: list[int] | None,
+               rows: int, test_rows: int) -> SplitPlan:
     if spec.kind == "given":
         per_class = None if class_counts is None else dict(enumerate(class_counts))
         return SplitPlan(per_class, rows, test_rows)
