@@ -379,3 +379,16 @@ def test_the_export_holds_both_encoders_and_embeds_as_in_training(tmp_path):
 def test_the_baseline_trains_with_the_heads_alone():
     result = train(_spec(weight=0.0), load_dataset(_spec(weight=0.0)))
     assert math.isfinite(result.metrics["knn_accuracy"])
+
+
+def test_a_validation_carve_takes_both_modalities_of_its_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    x, x2, y = rng.normal(size=(80, 3)), rng.normal(size=(80, 2)), np.arange(80) % 4
+    x[:, 0] = x2[:, 0] = np.arange(80)  # the row's id in both modalities
+    spec = _npz_spec(kind="random", test_fraction=0.25, validation_fraction=0.25)
+    data = load_dataset(spec, file_path=_npz(tmp_path, x=x, x2=x2, y=y))
+    view = data.validation_view()
+    assert len(view.x_test) == len(view.x2_test) == len(data.x_val) > 0
+    torch.testing.assert_close(view.x_test[:, 0], view.x2_test[:, 0])
+    ids = set(data.x_train[:, 0].tolist()) | set(data.x_test[:, 0].tolist()) | set(data.x_val[:, 0].tolist())
+    assert ids == set(range(80))
