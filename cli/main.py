@@ -201,7 +201,7 @@ _register_service_commands()
 
 
 def _register_recipe_commands() -> None:
-    from embedmix.cli import recipes, temperature  # noqa: F401  (temperature registers its study and command)
+    from embedmix.cli import recipes, sweep_recipe, temperature  # noqa: F401  (the studies register themselves)
 
     recipes.register(app)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from embedmix.cli import temperature
+from embedmix.cli import sweep_recipe, temperature
 from embedmix.cli.main import app
 from embedmix.cli.recipes import (RECIPES, RECIPES_DIR, _train, is_complete, load_pair, load_pretrain, paired_t_interval,
                          read_results, render_report, run_seed, run_spec, spec_hash, summarise, verdict,
@@ -37,7 +37,8 @@ def one_thread():
 
 def test_every_recipe_file_belongs_to_a_recipe_and_validates():
     files = {p.name for p in RECIPES_DIR.glob("*.json")}
-    expected = {p.name for r in RECIPES.values() for p in r.spec_files} | {temperature.SPEC_FILE.name}
+    expected = ({p.name for r in RECIPES.values() for p in r.spec_files} | {temperature.SPEC_FILE.name}
+                | {sweep_recipe.sweep_file(n).name for n in sweep_recipe.sweep_names()})
     assert files == expected
     for name in NAMES:
         recipe = RECIPES[name]
