@@ -280,6 +280,23 @@ class ParamSpaceIn(BaseModel):
         return self
 
 
+class PrunerOptionsIn(BaseModel):
+    """The pruner's settings, each optional (Optuna's defaults otherwise); only those of the sweep's ``pruner``.
+
+    Steps are epochs: a trial reports one intermediate value per epoch.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_startup_trials: int | None = Field(None, ge=0, le=MAX_TRIALS, description="median: trials finished before it prunes")
+    n_warmup_steps: int | None = Field(None, ge=0, le=INT32_MAX, description="median: epochs of a trial before it prunes it")
+    interval_steps: int | None = Field(None, ge=1, le=INT32_MAX, description="median: epochs between its looks")
+    min_resource: int | None = Field(None, ge=1, le=INT32_MAX, description="successive_halving: epochs of the first rung")
+    reduction_factor: int | None = Field(None, ge=2, le=INT32_MAX, description="successive_halving: rung to rung factor")
+    min_early_stopping_rate: int | None = Field(None, ge=0, le=INT32_MAX,
+                                                description="successive_halving: rungs skipped before it prunes")
+
+
 class SweepIn(BaseModel):
     """``POST /v1/sweeps``: a base spec and the space searched over its dotted paths."""
 
@@ -299,6 +316,7 @@ class SweepIn(BaseModel):
     pruner: Literal["none", "median", "successive_halving"] = Field(
         "none", description="stops trials whose evaluation after an epoch is behind the others'"
     )
+    pruner_options: PrunerOptionsIn | None = Field(None, description="the pruner's settings (only its own)")
     seed: int = Field(0, ge=0, le=INT32_MAX)
 
 
@@ -338,6 +356,7 @@ class SweepOut(BaseModel):
     parallel: int
     sampler: str
     pruner: str
+    pruner_options: dict[str, int] | None = Field(None, description="the pruner's settings as given")
     seed: int
     trial_states: dict[str, int] = Field(description="how many trials are running, complete, pruned, failed")
     best: SweepBestOut | None

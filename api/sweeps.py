@@ -74,6 +74,12 @@ SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 assert set(get_args(SweepStatus)) == set(SWEEP_STATUSES), "SweepStatus must list the store's statuses"
 SweepIdPath = Annotated[str, Path(max_length=JOB_ID_MAX_LENGTH)]
 UNCANCELLABLE = ("succeeded", "failed")
+# Each pruner's settings in PrunerOptionsIn (Optuna's MedianPruner and SuccessiveHalvingPruner arguments).
+PRUNER_SETTINGS: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "median": frozenset({"n_startup_trials", "n_warmup_steps", "interval_steps"}),
+    "successive_halving": frozenset({"min_resource", "reduction_factor", "min_early_stopping_rate"}),
+}
 INSIDE = 0.381966  # where a float range is probed between its ends: a fraction that makes no whole number
 T = TypeVar("T")
 
@@ -101,7 +107,8 @@ def submit_sweep(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> SweepOut:
     """Submit a sweep; the workers run its trials as jobs."""
-    config = body.model_dump(mode="json", exclude={"name", "spec"})
+    config = body.model_dump(mode="json", exclude={"name", "spec", "pruner_options"})
+    config["pruner_options"] = body.pruner_options.model_dump(exclude_none=True) if body.pruner_options else None
     body_hash = spec_hash(body.model_dump(mode="json")) if idempotency_key else None
     if idempotency_key is not None:
         replayed = find_idempotent_sweep(session, owner.id, idempotency_key)
@@ -176,6 +183,7 @@ def _check_search(body: SweepIn, spec: JobSpec) -> None:
         raise invalid_sweep("metric", f"the base spec does not evaluate {body.metric!r}; it reports {metrics}")
     if body.pruner != "none" and spec.eval.every_epochs == 0:
         raise invalid_sweep("pruner", "a pruner needs evaluations during training: set spec.eval.every_epochs >= 1")
+    _check_pruner_options(body)
     if body.parallel > body.trials:
         raise invalid_sweep("parallel", f"{body.parallel} trials at once is more than the {body.trials} trials in all")
     if body.sampler != "grid":
@@ -193,6 +201,19 @@ def _check_search(body: SweepIn, spec: JobSpec) -> None:
             raise invalid_sweep(f"space.{path}", f"the grid has over {MAX_GRID_POINTS} points in all; make it coarser")
     if body.trials > size:
         raise invalid_sweep("trials", f"the grid has {size} points; ask for at most that many trials")
+
+
+def _check_pruner_options(body: SweepIn) -> None:
+    """Only the chosen pruner's own settings (``worker.sweeps.make_pruner`` hands them to Optuna's pruner)."""
+    if body.pruner_options is None:
+        return
+    own = PRUNER_SETTINGS[body.pruner]
+    for name in body.pruner_options.model_dump(exclude_none=True):
+        if name not in own:
+            owner = next(p for p, names in PRUNER_SETTINGS.items() if name in names)
+            raise invalid_sweep(f"pruner_options.{name}",
+                                f"is a setting of the {owner} pruner; this sweep's pruner is {body.pruner!r}"
+                                + (f" (its settings: {sorted(own)})" if own else ""))
 
 
 def candidate_values(param: ParamSpaceIn) -> list[Any]:

@@ -9,7 +9,8 @@ drives those whose lease it holds or can take; with many workers, the lease
 and a dead controller's sweeps pass to another once their lease expires.
 
 The study lives in Optuna's RDBStorage on the service's own database (its
-own tables, next to ours; named by the sweep id). Optuna's samplers and
+own tables; on PostgreSQL in a schema of their own, ``optuna``: see
+:func:`optuna_storage`; named by the sweep id). Optuna's samplers and
 pruners decide; this module only carries their decisions to the jobs:
 
 * ask: while fewer than ``trials`` were asked and fewer than ``parallel``
@@ -55,8 +56,11 @@ from typing import Any
 import optuna
 from celery import bootsteps
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from embedmix.core.errors import SpecError
 from embedmix.core.spec import selection_metric, validate_spec
@@ -99,6 +103,7 @@ Send = Callable[[str, int], None]  # (job id, the devices it asks for): service.
 
 # The median pruner compares a trial with those that finished; with two finished it has a median to go by.
 MEDIAN_STARTUP_TRIALS = 2
+OPTUNA_SCHEMA = "optuna"  # PostgreSQL: Optuna's tables and alembic_version, apart from ours (optuna_storage)
 SQLITE_BUSY_TIMEOUT_S = 30.0  # Optuna's connections wait for our writers as ours do (store.db)
 STOP_TIMEOUT_S = 10.0
 TELL_STATES = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -107,17 +112,40 @@ TELL_STATES = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage on the service's database.
 
-    Optuna keeps its schema version in ``alembic_version``, the table our own
-    migrations use; our migrations run first (``store.db.migrate``), so Optuna
-    finds the table filled with our revision, never writes it, and its
-    compatibility check (which would compare our revision with its own) is
-    skipped. Its tables (studies, trials, ...) are created on first use.
+    On PostgreSQL Optuna has a schema of its own, ``optuna`` (created here if
+    missing), which is the only schema on its connections' ``search_path``: its
+    tables (studies, trials, ...) and its own ``alembic_version`` live there, apart
+    from ours in the service's schema, so neither migrates the other's tables and
+    Optuna's compatibility check runs against its own version.
+
+    SQLite has no schemas; the embedded default keeps Optuna in the service's one
+    file (one file to back up or move), so there Optuna finds ``alembic_version``
+    filled by our migrations (``store.db.migrate`` runs first), never writes it,
+    and its compatibility check (which would compare our revision with its own)
+    is skipped. Its tables are created on first use on either backend.
+
+    A PostgreSQL deployment whose studies were kept in its own schema before
+    this leaves them there unread: sweeps running across that upgrade start
+    new studies, so finish or cancel them first.
     """
     if make_url(database_url).get_backend_name() == "sqlite":
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs, skip_compatibility_check=True)
+        return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs, skip_compatibility_check=True)
+    create_optuna_schema(database_url)
+    engine_kwargs = {"pool_pre_ping": True, "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"}}
+    return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs)
+
+
+def create_optuna_schema(database_url: str) -> None:
+    """``CREATE SCHEMA IF NOT EXISTS optuna``; two workers starting at once may race, and one finding it made is fine."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
+    except IntegrityError:
+        pass  # the other one's CREATE committed between our check and ours
+    finally:
+        engine.dispose()
 
 
 def make_sampler(config: dict[str, Any], number: int) -> optuna.samplers.BaseSampler:
@@ -137,10 +165,17 @@ def make_sampler(config: dict[str, Any], number: int) -> optuna.samplers.BaseSam
 
 
 def make_pruner(config: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The sweep's pruner with the settings its body gave (``pruner_options``; the API let only its own through).
+
+    A setting left out is Optuna's default, except the median pruner's
+    ``n_startup_trials`` (MEDIAN_STARTUP_TRIALS). Sweeps stored before the
+    options existed have none.
+    """
+    options = config.get("pruner_options") or {}
     if config["pruner"] == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS)
+        return optuna.pruners.MedianPruner(**{"n_startup_trials": MEDIAN_STARTUP_TRIALS, **options})
     if config["pruner"] == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
     return optuna.pruners.NopPruner()
 
 
