@@ -30,14 +30,14 @@ Choices the contract left open:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from embedmix.api.deps import (
     CurrentOwner,
@@ -49,6 +49,7 @@ from embedmix.api.deps import (
     int_in_text,
 )
 from embedmix.api.errors import ApiError, not_found
+from embedmix.api.runtime import Runtime
 from embedmix.api.schemas import (
     ErrorOut,
     EventId,
@@ -491,10 +492,14 @@ def list_own_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-async def read_job(job_id: JobIdPath, owner: CurrentOwner, runtime: RuntimeDep) -> Response:
+async def read_job(job_id: JobIdPath, owner: CurrentOwner, request: Request) -> Response:
     """One job: status, progress, latest metrics, error."""
-    # Most polls never get here: api.poll answers them with the same read_job_json.
-    body = await run_in_threadpool(read_job_json, runtime.engine, owner.id, job_id)
+    # Most polls never get here: api.poll answers them with the same read_job_json. What it
+    # passes on reads on the same poll threads, and the runtime comes from the request (as
+    # the key's dependency takes it): one dependency fewer to solve.
+    runtime: Runtime = request.app.state.runtime
+    loop = asyncio.get_running_loop()
+    body = await loop.run_in_executor(runtime.poll_threads, read_job_json, runtime.engine, owner.id, job_id)
     if body is None:
         raise not_found("job", job_id, param="job_id")
     return Response(body, media_type=JOB_MEDIA_TYPE)

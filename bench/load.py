@@ -43,7 +43,6 @@ from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from embedmix.store.db import make_engine, migrate
 from embedmix.store.models import Job

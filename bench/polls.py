@@ -1,17 +1,20 @@
 """Status polls per second from one API process on PostgreSQL, against a bare FastAPI endpoint.
 
-Three servers in turn, each driven by the same ``wrk -t1 -c16`` on loopback for
-``--seconds``, going round ``--jobs`` jobs of one owner:
+Two servers run side by side, each driven in turn by the same ``wrk -t2 -c16`` on
+loopback for ``--seconds``, for ``--rounds`` rounds (the sides alternate, so a
+shared machine's load falls on both alike; each side's median is reported):
 
-* embedmix with its key cache (the default): most polls take the short way (api.poll);
-* embedmix with ``EMBEDMIX_KEY_CACHE_S=0``: every poll looks its key up and goes
-  through FastAPI's route and dependencies;
+* embedmix with its key cache (the default): ``GET /v1/jobs/{id}`` going round
+  ``--jobs`` jobs of one owner (most take api/poll.py's short way);
 * the peer: a bare FastAPI app under the same uvicorn returning a constant job body.
+
+One more run, once, shows what the key cache saves: embedmix with
+``EMBEDMIX_KEY_CACHE_S=0``, every poll looking its key up in the database.
 
 Each embedmix server is ``embedmix api`` (one process) on a throwaway PostgreSQL
 database and redis-server (bench/load.py's Stack).
 
-    .venv/bin/python bench/polls.py --seconds 10
+    .venv/bin/python bench/polls.py --seconds 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -31,60 +34,82 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import SUBMIT_SPEC, Stack, free_port, parse_wrk, run_wrk  # noqa: E402
-from embedmix.service import BARE_APP, wait_ready  # noqa: E402
+from service import BARE_APP, wait_ready  # noqa: E402  (bench/service.py)
 
 CONNECTIONS = 16
 
 
-def embedmix_polls(tmp: Path, seconds: float, jobs: int, key_cache_s: str) -> dict[str, str]:
+def embedmix_server(tmp: Path, jobs: int, key_cache_s: str) -> tuple[Stack, list[str]]:
+    """``embedmix api`` on its own database with ``jobs`` jobs to poll."""
     limits = {"EMBEDMIX_KEY_CACHE_S": key_cache_s, "EMBEDMIX_SUBMIT_RATE_PER_MINUTE": "1000000",
               "EMBEDMIX_MAX_ACTIVE_JOBS_PER_OWNER": "1000000"}
     stack = Stack(tmp, 1, limits)
-    try:
-        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=30) as client:
-            ids = [client.post("/v1/jobs", json=SUBMIT_SPEC).json()["id"] for _ in range(jobs)]
-        warm = run_wrk(stack.url, stack.key, ids, 2, CONNECTIONS, tmp)
-        warm.communicate()
-        return parse_wrk(run_wrk(stack.url, stack.key, ids, seconds, CONNECTIONS, tmp).communicate()[0])
-    finally:
-        stack.close()
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=30) as client:
+        ids = [client.post("/v1/jobs", json=SUBMIT_SPEC).json()["id"] for _ in range(jobs)]
+    run_wrk(stack.url, stack.key, ids, 2, CONNECTIONS, tmp).communicate()  # warm-up
+    return stack, ids
 
 
-def bare_polls(tmp: Path, seconds: float) -> dict[str, str]:
+def bare_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     (tmp / "bare_app.py").write_text(BARE_APP)
     port = free_port()
     with open(tmp / "bare.log", "wb") as log:
         bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--log-level", "warning"],
                                 cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    wait_ready(url, "/v1/jobs/job_x")  # the bare app has no /readyz
+    run_wrk(url, "none", ["job_x"], 2, CONNECTIONS, tmp).communicate()  # warm-up
+    return bare, url
+
+
+def stop_bare(bare: subprocess.Popen) -> None:
+    bare.send_signal(signal.SIGINT)
     try:
-        wait_ready(url, "/v1/jobs/job_x")  # the bare app has no /readyz
-        run_wrk(url, "none", ["job_x"], 2, CONNECTIONS, tmp).communicate()
-        return parse_wrk(run_wrk(url, "none", ["job_x"], seconds, CONNECTIONS, tmp).communicate()[0])
-    finally:
-        bare.send_signal(signal.SIGINT)
-        try:
-            bare.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(bare.pid, signal.SIGKILL)
+        bare.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(bare.pid, signal.SIGKILL)
+
+
+def polls(url: str, key: str, ids: list[str], seconds: float, tmp: Path) -> dict[str, str]:
+    return parse_wrk(run_wrk(url, key, ids, seconds, CONNECTIONS, tmp).communicate()[0])
+
+
+def median_run(runs: list[dict[str, str]]) -> dict[str, str]:
+    """The run with the median requests/s (its latencies come with it)."""
+    return sorted(runs, key=lambda run: float(run["rps"]))[len(runs) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each side; medians are reported")
     parser.add_argument("--jobs", type=int, default=100, help="distinct jobs the polls go round")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("redis-server") is None:
         sys.exit("needs wrk and redis-server on PATH (Debian: apt-get install wrk redis-server)")
     with tempfile.TemporaryDirectory(prefix="embedmix-polls-") as tmp:
-        cached = embedmix_polls(Path(tmp), args.seconds, args.jobs, "30")
-        uncached = embedmix_polls(Path(tmp), args.seconds, args.jobs, "0")
-        bare = bare_polls(Path(tmp), args.seconds)
-    peer = float(bare["rps"])
-    print(f"GET /v1/jobs/{{id}}, one API process, PostgreSQL, wrk -t1 -c{CONNECTIONS}, {args.seconds:.0f} s, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    for name, result in (("embedmix, key cache on (short way)", cached),
-                         ("embedmix, key cache off (route)", uncached), ("bare FastAPI (peer)", bare)):
+        uncached_stack, ids = embedmix_server(Path(tmp), args.jobs, "0")
+        try:
+            uncached = polls(uncached_stack.url, uncached_stack.key, ids, args.seconds, Path(tmp))
+        finally:
+            uncached_stack.close()
+        stack, ids = embedmix_server(Path(tmp), args.jobs, "30")
+        bare, bare_url = bare_server(Path(tmp))
+        ours, peers = [], []
+        try:
+            for _ in range(args.rounds):
+                ours.append(polls(stack.url, stack.key, ids, args.seconds, Path(tmp)))
+                peers.append(polls(bare_url, "none", ["job_x"], args.seconds, Path(tmp)))
+        finally:
+            stop_bare(bare)
+            stack.close()
+    cached, bare_result = median_run(ours), median_run(peers)
+    peer = float(bare_result["rps"])
+    print(f"GET /v1/jobs/{{id}}, one API process, PostgreSQL, wrk -t2 -c{CONNECTIONS}, {args.seconds:.0f} s x "
+          f"{args.rounds} alternating rounds (medians), load average {os.getloadavg()[0]:.1f}")
+    print("rounds, req/s: embedmix " + ", ".join(r["rps"] for r in ours) + "; peer " + ", ".join(r["rps"] for r in peers))
+    for name, result in (("embedmix, key cache on (the default)", cached),
+                         ("embedmix, key cache off (one run)", uncached), ("bare FastAPI (peer)", bare_result)):
         print(f"{name}: {result['rps']} req/s, p50 {result['p50']}, p99 {result['p99']}, "
               f"non-2xx {result['non2xx']}; ratio to peer {float(result['rps']) / peer:.2f}")
 
