@@ -64,7 +64,7 @@ from embedmix.api.storage_quota import check_storage_quota
 from embedmix.core import catalog
 from embedmix.core.cost import DataShape, builtin_shape, describe_bytes, estimate, rank_budget
 from embedmix.core.data import class_count_problem
-from embedmix.core.data.split import empty_split_message, plan_split
+from embedmix.core.data.split import SplitPlan, empty_split_message, plan_split
 from embedmix.core.errors import SpecError
 from embedmix.core.export import WEIGHTS_FORMAT
 from embedmix.core.spec import (
@@ -423,6 +423,7 @@ def _split_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
 
 _SPLIT_FIELD = {"random": "dataset.split.test_fraction", "classes": "dataset.split.holdout_classes",
                 "given": "dataset.split.kind"}
+VALIDATION_FIELD = "dataset.split.validation_fraction"
 
 
 def _size_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
@@ -437,6 +438,8 @@ def _size_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
         return []
     plan = plan_split(split, info.get("class_counts"), info.get("test_class_counts"),
                       info["train_rows"], info["test_rows"])
+    if split.validation_fraction is not None and plan.test_rows and (problem := _validation_problem(plan)):
+        return [{"field": VALIDATION_FIELD, "message": problem}]
     if plan.train_rows == 0 or plan.test_rows == 0:
         if split.kind == "random":
             counts = None if plan.train_per_class is None else [
@@ -449,6 +452,16 @@ def _size_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
     if plan.train_per_class is not None and (problem := class_count_problem(plan.train_per_class, spec)):
         return [{"field": "objective.loss", "message": problem}]
     return []
+
+
+def _validation_problem(plan: SplitPlan) -> str | None:
+    """What is wrong with the validation carve of a split whose test side is fine: an empty side."""
+    before = plan.train_rows + plan.validation_rows
+    if plan.validation_rows == 0:
+        return f"the validation share of the {before} training rows is empty; raise it"
+    if plan.train_rows == 0:
+        return f"the validation share takes all {before} training rows; lower it"
+    return None
 
 
 def _pooled(info: dict[str, Any]) -> list[int]:

@@ -55,6 +55,17 @@ CASES = [
     pytest.param(SMALL_CLASS, {"objective": {"loss": "cross_entropy"}, "train": {"batch_size": 4},
                                "split": {"kind": "classes", "holdout_classes": [0, 1, 2]}},
                  "dataset.split.holdout_classes", "leaves the train set empty", id="every-class-held-out"),
+    pytest.param(TARGETS, {"objective": {"loss": "mse"}, "train": {"batch_size": 4},
+                           "split": {"kind": "random", "test_fraction": 0.2, "validation_fraction": 0.01}},
+                 "dataset.split.validation_fraction", "validation share of the 32 training rows is empty",
+                 id="validation-empty"),
+    pytest.param(SMALL_CLASS, {"objective": {"loss": "cross_entropy"}, "train": {"batch_size": 4},
+                               "split": {"kind": "random", "test_fraction": 0.2, "validation_fraction": 0.01}},
+                 "dataset.split.validation_fraction", "validation share of the 17 training rows is empty",
+                 id="stratified-validation-empty"),
+    pytest.param(TARGETS, {"objective": {"loss": "mse"}, "train": {"batch_size": 4},
+                           "split": {"kind": "random", "test_fraction": 0.2, "validation_fraction": 0.99}},
+                 "dataset.split.validation_fraction", "takes all 32 training rows", id="validation-takes-all"),
 ]
 
 
