@@ -29,6 +29,7 @@ from embedmix.api.storage_quota import check_storage_quota
 from embedmix.api.uploads import FILE_FIELD, Upload, bad_upload, receive_upload
 from embedmix.core.data.arrays import labels_to_indices
 from embedmix.core.data.files import SUFFIXES, Limits, read_file
+from embedmix.core.data.modalities import SECOND, check_second
 from embedmix.core.data.text_pairs import MAX_PAIRS, count_text_pairs
 from embedmix.core.data.text_pairs import SUFFIX as TEXT_PAIRS_SUFFIX
 from embedmix.core.errors import DataError
@@ -205,9 +206,11 @@ def describe(raw: dict[str, Any], path: Path, label_column: str | None) -> dict[
     for name in class_names or ():
         if problem := unstorable(name):
             raise DataError(f"{path.name}: the label {name[:50]!r} {problem}")
+    second = check_second(raw, path.name)[SECOND] if raw.get(SECOND) is not None else None  # refused now, not in a job
     return {
         "task": task,
         "input_shape": [int(d) for d in raw["x"].shape[1:]],
+        "modalities": 1 if second is None else 2,  # a second input x2 per sample (two-modality losses)
         "num_classes": num_classes,
         "class_names": class_names,
         "class_counts": class_counts,

@@ -383,6 +383,7 @@ def _bind_upload(session: Session, owner_id: int, spec: JobSpec, max_rows: int) 
         )
     errors += compatibility_errors(spec, task=info["task"], input_rank=len(info["input_shape"]))
     errors += _split_errors(spec, info)
+    errors += _modality_errors(spec, info)
     if not errors:
         errors += _size_errors(spec, info)
     if errors:
@@ -451,6 +452,20 @@ def _size_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
         return [{"field": _SPLIT_FIELD[split.kind], "message": message}]
     if plan.train_per_class is not None and (problem := class_count_problem(plan.train_per_class, spec)):
         return [{"field": "objective.loss", "message": problem}]
+    return []
+
+
+def _modality_errors(spec: JobSpec, info: dict[str, Any]) -> list[dict[str, str]]:
+    """A two-modality loss on an upload with one input per sample, or the other way round (the worker refuses both)."""
+    two_loss = catalog.LOSSES[spec.objective.loss].extra.get("modalities") == 2
+    two_data = info.get("modalities", 1) == 2
+    if two_loss and not two_data:
+        return [{"field": "dataset.id", "message": f"{spec.objective.loss!r} trains on two modalities and this upload "
+                 "has one; upload an npz with a second array x2 (one row per row of x)"}]
+    if two_data and not two_loss:
+        losses = sorted(n for n, e in catalog.LOSSES.items() if e.extra.get("modalities") == 2)
+        return [{"field": "objective.loss", "message": f"this upload has two modalities (x and x2); train it with a "
+                 f"two-modality loss: {losses}"}]
     return []
 
 

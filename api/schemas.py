@@ -169,6 +169,8 @@ class DatasetInfo(BaseModel):
         "class labels, and for datasets uploaded before the service counted them"
     )
     test_class_counts: list[int] | None = Field(None, description="rows per class index in the file's own test rows")
+    modalities: int = Field(1, description="inputs per sample: 2 when the file carries a second array x2 "
+                            "(for two-modality losses such as m3col)")
     train_rows: int
     test_rows: int
     label_column: str | None = Field(description="the table column used as labels (csv, parquet)")

@@ -108,3 +108,52 @@ def test_an_upload_reports_its_class_counts_and_a_fitting_job_is_accepted(app_se
         body = job_body(uploaded.json()["id"], {"objective": {"loss": "cross_entropy"}, "train": {"batch_size": 16}})
         accepted = client.post("/v1/jobs", json=body, headers=auth(key))
     assert accepted.status_code == 201, accepted.text
+
+
+def _two_modality_npz(second: bool) -> bytes:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 10)
+    arrays = {"x": rng.normal(size=(40, 6)).astype(np.float32), "y": y}
+    if second:
+        arrays["x2"] = rng.normal(size=(40, 3)).astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("second", "loss", "field"), [(False, "m3col", "dataset.id"), (True, "supcon", "objective.loss")],
+                         ids=["two-modality-loss-on-one", "one-modality-loss-on-two"])
+def test_a_loss_and_an_upload_of_different_modalities_are_a_422_and_the_worker_agrees(
+    app_settings: Settings, tmp_path: Path, second: bool, loss: str, field: str
+) -> None:
+    data = _two_modality_npz(second)
+    _, [(_, key)] = owner_with_keys(app_settings, 1)
+    with TestClient(create_app(app_settings)) as client:
+        uploaded = client.post("/v1/datasets", files={"file": ("data.npz", data)}, headers=auth(key))
+        assert uploaded.status_code == 201, uploaded.text
+        assert uploaded.json()["info"]["modalities"] == (2 if second else 1)
+        body = job_body(uploaded.json()["id"], {"objective": {"loss": loss}, "train": {"batch_size": 8}})
+        refused = client.post("/v1/jobs", json=body, headers=auth(key))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["param"] == field
+        if second:  # the right loss on the same upload is taken
+            fitting = job_body(uploaded.json()["id"], {"objective": {"loss": "m3col"}, "train": {"batch_size": 8}})
+            assert client.post("/v1/jobs", json=fitting, headers=auth(key)).status_code == 201
+
+    path = tmp_path / "data.npz"
+    path.write_bytes(data)
+    local = {**body, "dataset": {"path": str(path)}}
+    with pytest.raises(DataError):
+        load_dataset(validate_spec(local))
+
+
+def test_an_upload_whose_second_modality_does_not_match_x_is_refused(app_settings: Settings) -> None:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.normal(size=(40, 6)).astype(np.float32), x2=rng.normal(size=(39, 3)).astype(np.float32),
+             y=np.repeat(np.arange(4), 10))
+    _, [(_, key)] = owner_with_keys(app_settings, 1)
+    with TestClient(create_app(app_settings)) as client:
+        response = client.post("/v1/datasets", files={"file": ("data.npz", buf.getvalue())}, headers=auth(key))
+    assert response.status_code == 422, response.text
+    assert "x2" in response.json()["error"]["message"] and "39 rows" in response.json()["error"]["message"]
