@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import SUBMIT_SPEC, Stack, free_port, parse_wrk, run_wrk  # noqa: E402
-from service import BARE_APP, wait_ready  # noqa: E402  (bench/service.py)
+from service_latency import BARE_APP, wait_ready  # noqa: E402
 
 CONNECTIONS = 16
 

@@ -6,7 +6,7 @@ process, one worker) on a free port, and a bare FastAPI app serving a constant J
 body under the same uvicorn on another port. Request loops are bounded in count and
 time.
 
-    python bench/service.py [--jobs 10] [--clients 50] [--seconds 10]
+    python bench/service_latency.py [--jobs 10] [--clients 50] [--seconds 10]
 """
 
 from __future__ import annotations
