@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+SHOT_REGIONS = ("many", "medium", "few")  # the imbalanced-regression regions of the mae_<region>_shot metrics
+
 LabelNeed = Literal["class", "target", "none", "optional"]
 Task = Literal["classification", "regression"]
 
@@ -437,6 +439,10 @@ METRICS: dict[str, Entry] = {
         Entry("rmse", "metric", "Root mean squared error of a linear probe.", labels="target", task="regression"),
         Entry("r2", "metric", "Coefficient of determination of a linear probe.", labels="target", task="regression"),
         Entry("spearman", "metric", "Spearman rank correlation of linear-probe predictions and targets.", labels="target", task="regression"),
+        *(Entry(f"mae_{region}_shot", "metric", f"MAE of the linear probe on the test targets in {region}-shot bins "
+                f"(imbalanced regression: the DIR regions ConR reports, by training count per bin; docs/methods.md, ConR); "
+                f"absent when no test target falls there.", labels="target", task="regression")
+          for region in SHOT_REGIONS),
         Entry("accuracy", "metric", "Test accuracy of the jointly trained classification head (classification runs).", labels="class",
               task="classification", extra={"from_methods": ["decoupled_mixup", "rankmixup", "mixoe"]}),
         Entry("ece", "metric", "Expected calibration error of the head, 15 bins.", labels="class", task="classification",

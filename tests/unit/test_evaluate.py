@@ -22,6 +22,7 @@ from embedmix.core.evaluate import (
     metric_keys,
     regression_metrics,
     retrieval_metrics,
+    shot_regions,
     uniformity,
 )
 
@@ -249,6 +250,37 @@ def test_regression_metrics_equal_sklearn_and_scipy() -> None:
     assert result["rmse"] == pytest.approx(np.sqrt(((truth - predicted) ** 2).mean()), rel=1e-4)
     assert result["r2"] == pytest.approx(r2_score(truth, predicted), rel=1e-4)
     assert result["spearman"] == pytest.approx(spearmanr(truth, predicted).statistic, abs=1e-4)
+
+
+def test_shot_regions_by_training_count_per_bin() -> None:
+    # Training range [0, 20] in 20 one-wide bins: bin 0 holds 100 targets, bin 10 three, bin 19 one (the 20);
+    # 104 in all, 5.2 a bin on average, so many-shot is above 4.30 and few-shot below 0.86 a bin.
+    train = np.r_[np.zeros(100), np.full(3, 10.5), 20.0]
+    test = np.array([0.5, 10.2, 5.5, 25.0, -3.0, 19.9])
+    # 5.5 falls in an empty bin (few); 25 and -3 lie outside the range and count in the end bins
+    assert shot_regions(train, test).tolist() == ["many", "medium", "few", "medium", "many", "medium"]
+
+
+def test_shot_mae_is_each_regions_share_of_the_mae() -> None:
+    g = torch.Generator().manual_seed(21)
+    y = torch.cat([torch.rand(400, generator=g) * 4, torch.rand(60, generator=g) * 4 + 4, torch.rand(8, generator=g) * 2 + 8])
+    x = torch.stack([y + 0.5 * torch.randn(len(y), generator=g), torch.randn(len(y), generator=g)], dim=1)
+    order = torch.randperm(len(y), generator=g)
+    train, test = order[:300], order[300:]
+    result = regression_metrics(x[train], y[train], x[test], y[test])
+    regions = shot_regions(y[train].double().numpy(), y[test].double().numpy())
+    counts = {r: int((regions == r).sum()) for r in ("many", "medium", "few")}
+    assert all(counts.values()), counts  # the set is built to have targets in all three
+    weighted = sum(counts[r] * result[f"mae_{r}_shot"] for r in counts) / len(test)
+    assert weighted == pytest.approx(result["mae"], rel=1e-9)
+    assert result["mae_many_shot"] < result["mae_few_shot"]  # the probe fits where the training targets are
+
+
+def test_a_shot_region_without_test_targets_is_absent() -> None:
+    y = torch.cat([torch.linspace(0, 0.04, 50), torch.linspace(0, 1, 50)]).double()  # the test half in bin 0
+    x = torch.stack([y, torch.ones_like(y)], dim=1)
+    result = evaluate(["mae", "mae_many_shot", "mae_few_shot"], train=(x, y), test=(x[:50], y[:50]))
+    assert list(result) == ["mae", "mae_many_shot"]
 
 
 def test_supported_metrics_are_the_catalog_metrics() -> None:
