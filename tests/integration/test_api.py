@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,6 +362,8 @@ def test_submissions_over_the_rate_limit_are_429_until_the_window_turns(
 ) -> None:
     settings = make_settings(database_url, scratch, submit_rate_per_minute=2)
     with TestClient(create_app(settings)) as client:
+        frozen = time.time()  # one window: a minute's turn mid-test would reset the count
+        client.app.state.runtime.submit_rate.clock = lambda: frozen
         submit(client, keys.alice)
         submit(client, keys.alice)
         response = client.post("/v1/jobs", json=SMALL_SPEC, headers=auth(keys.alice))
@@ -844,6 +847,7 @@ def test_npz_and_csv_uploads_are_validated_listed_used_and_deleted(
         "train_rows": 60,
         "test_rows": 0,
         "label_column": None,
+        "modalities": 1,
     }
 
     table = "f1,f2,kind,split\n" + "".join(

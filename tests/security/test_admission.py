@@ -8,6 +8,7 @@ that shrinks it; the estimate's own accuracy is tests/unit/test_cost.py's.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,8 @@ def test_an_idempotent_replay_costs_no_submission_quota(
     settings = security_settings(database_url, scratch, submit_rate_per_minute=2)
     headers = {**auth(keys.alice), "Idempotency-Key": "retry-me"}
     with TestClient(create_app(settings)) as client:
+        frozen = time.time()  # one window for the whole test: a minute's turn mid-test would reset the count
+        client.app.state.runtime.submit_rate.clock = lambda: frozen
         first = client.post("/v1/jobs", json=SMALL_SPEC, headers=headers)
         assert first.status_code == 201
         for _ in range(5):
