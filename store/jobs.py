@@ -262,14 +262,25 @@ def update_progress(
     epoch: int,
     total_steps: int | None = None,
     metrics: dict[str, float] | None = None,
-) -> bool:
-    """Record where a running job is (and its latest eval values); False once it is no longer running."""
+) -> str | None:
+    """Record where a running job is (and its latest eval values); its status, None once it is no longer running.
+
+    The status comes back from the same UPDATE (RETURNING), so a worker's
+    progress write doubles as its cancel-flag read ('cancelling': the user asked
+    to stop) and saves a round trip per flush.
+    """
     values: dict[str, Any] = {"step": step, "epoch": epoch}
     if total_steps is not None:
         values["total_steps"] = total_steps
     if metrics is not None:
         values["metrics"] = metrics
-    return _guarded_update(session, job_id, [Job.status.in_(PROGRESS_STATUSES)], values)
+    return session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(PROGRESS_STATUSES))
+        .values(values)
+        .returning(Job.status)
+        .execution_options(synchronize_session="fetch")
+    ).scalar_one_or_none()
 
 
 def claim_lease(

@@ -3,7 +3,8 @@
 The loop calls back every step, so nothing here writes every step: metric
 points are buffered and written (with the job's progress and latest eval
 values) at most every ``metrics_flush_s``, and the cancel flag is read from the
-database at most every ``cancel_poll_s``. Checkpoints are the exception: they
+database at most every ``cancel_poll_s`` (a flush's progress write returns it, so
+a flush counts as a read). Checkpoints are the exception: they
 are written when the engine makes them, because they are what a new attempt
 resumes from.
 
@@ -161,11 +162,12 @@ class StoreCallbacks:
         if not self._points and self._progress is None:
             return True
         points, progress = list(self._points), self._progress
+        status = None
         try:
             with self.context.session_factory() as session:
                 upsert_metrics(session, self.job_id, points)
                 if progress is not None:
-                    update_progress(
+                    status = update_progress(
                         session,
                         self.job_id,
                         step=progress.step,
@@ -177,6 +179,9 @@ class StoreCallbacks:
         except DATABASE_DOWN:
             self._outage(f"{len(self._points)} metric points kept for the next write")
             return False
+        if status is not None:  # the progress write read the cancel flag too: no separate read is due yet
+            self._last_poll = self._last_flush
+            self._cancel_requested = self._cancel_requested or status == "cancelling"
         del self._points[: len(points)]
         if self._database_down:
             self._database_down = False

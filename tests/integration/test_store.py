@@ -226,7 +226,7 @@ def test_terminal_states_are_never_overwritten(session: Session) -> None:
         transition(session, job_id, ["succeeded"], "failed")
     cancelled = request_cancel(session, owner, job_id)
     assert cancelled is not None and cancelled.status == "succeeded"
-    assert not update_progress(session, job_id, step=5, epoch=1)
+    assert update_progress(session, job_id, step=5, epoch=1) is None
     session.commit()
     job = get_job(session, owner, job_id)
     assert job is not None
@@ -239,11 +239,12 @@ def test_cancel_queued_and_running_jobs(session: Session) -> None:
     owner = _owner(session)
     queued, running = _job(session, owner), _job(session, owner)
     assert transition(session, running, ["queued"], "running")
-    assert update_progress(session, running, step=3, epoch=1, total_steps=10, metrics={"p": 0.5})
+    assert update_progress(session, running, step=3, epoch=1, total_steps=10, metrics={"p": 0.5}) == "running"
     session.commit()
     assert request_cancel(session, owner, queued).status == "cancelled"
     assert request_cancel(session, owner, running).status == "cancelling"
-    assert update_progress(session, running, step=4, epoch=1), "the loop reports while it stops"
+    # the loop reports while it stops, and its progress write tells it the user asked to
+    assert update_progress(session, running, step=4, epoch=1) == "cancelling"
     assert transition(session, running, ["cancelling"], "cancelled")
     session.commit()
     job = get_job(session, owner, running)
