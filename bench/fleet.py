@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import heapq
 import itertools
@@ -175,10 +176,10 @@ class JobRates:
         return [
             f"training window {self.seconds:.1f} s, {self.steps_per_s:.1f} steps/s",
             f"metric rows/s {self.metric_rows_per_s:.2f}   event rows/s {self.event_rows_per_s:.3f}",
-            f"heartbeats/s {self.heartbeats_per_s:.3f}   progress flushes/s {self.flushes_per_s:.2f}   "
-            f"cancel-flag reads/s {self.status_reads_per_s:.2f}",
-            f"checkpoint {self.checkpoint_bytes / 1e6:.2f} MB, {self.checkpoints_per_s:.4f}/s "
-            f"({self.checkpoint_bytes * self.checkpoints_per_s / 1e3:.1f} kB/s)",
+            (f"heartbeats/s {self.heartbeats_per_s:.3f}   progress flushes/s {self.flushes_per_s:.2f}   "
+             f"cancel-flag reads/s {self.status_reads_per_s:.2f}"),
+            (f"checkpoint {self.checkpoint_bytes / 1e6:.2f} MB, {self.checkpoints_per_s:.4f}/s "
+             f"({self.checkpoint_bytes * self.checkpoints_per_s / 1e3:.1f} kB/s)"),
             f"statements/s {self.statements_per_s:.2f}   connections one worker process opened {self.connections}",
         ]
 
@@ -263,11 +264,9 @@ def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(Exception):  # not up yet
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
         time.sleep(0.2)
     raise SystemExit(f"{what} did not come up in {timeout:.0f} s")
 
@@ -381,6 +380,9 @@ class Fleet:
             # a clock that never moves: the callbacks flush and poll only when this script says
             callbacks = StoreCallbacks(context, lease, clock=lambda: 0.0)
             self.workers.append(SimWorker(job.id, lease, callbacks))
+        # the step before ended with a pause (drain, growing): renew every lease so none lapsed meanwhile
+        for worker in self.workers:
+            self.operation("heartbeat", worker, 0.0)
 
     def close(self) -> None:
         for worker in self.workers:
