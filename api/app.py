@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
@@ -28,7 +27,6 @@ from embedmix.api.deps import reject_unknown_query
 from embedmix.api.docs import DocsPolicyMiddleware
 from embedmix.api.errors import document_errors, install_error_handlers
 from embedmix.api.limits import BodyLimitMiddleware, InputGuardMiddleware
-from embedmix.api.poll import JobPollMiddleware
 from embedmix.api.runtime import Runtime
 from embedmix.api.telemetry import RequestMetricsMiddleware
 from embedmix.api.uploads import MULTIPART_OVERHEAD, clear_stale_uploads
@@ -96,7 +94,6 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
         return settings.max_request_bytes
 
     app.add_middleware(DocsPolicyMiddleware)
-    app.add_middleware(JobPollMiddleware, runtime=runtime, route=_route(jobs.router, "GET", "/v1/jobs/{job_id}"))
     app.add_middleware(InputGuardMiddleware, max_json_depth=settings.max_json_depth)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     if settings.cors_origins:
@@ -109,10 +106,6 @@ def _add_middleware(app: FastAPI, runtime: Runtime) -> None:
             expose_headers=["ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition"],
         )
     app.add_middleware(RequestMetricsMiddleware, telemetry=runtime.telemetry)
-
-
-def _route(router: APIRouter, method: str, path: str) -> APIRoute:
-    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path and method in r.methods)
 
 
 def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:

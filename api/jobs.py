@@ -33,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -46,6 +48,7 @@ from embedmix.api.deps import (
     PageDep,
     RuntimeDep,
     SessionDep,
+    cached_caller,
     int_in_text,
 )
 from embedmix.api.errors import ApiError, not_found
@@ -102,7 +105,7 @@ RETRY_AFTER_QUOTA_S = 30
 MAX_METRIC_PAGE = 1000
 MetricPageSize = ascii_int(1, MAX_METRIC_PAGE)
 UNCANCELLABLE = ("succeeded", "failed")
-JOB_MEDIA_TYPE = "application/json"  # GET /v1/jobs/{id}, from the route or api.poll
+JOB_MEDIA_TYPE = "application/json"  # GET /v1/jobs/{id}
 INIT_JOB_FIELD = f"{INIT_FROM_FIELD}.job"
 
 
@@ -519,17 +522,55 @@ def list_own_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
+class JobReadRoute(APIRoute):
+    """The route of ``GET /v1/jobs/{job_id}``, the request clients repeat every second a job trains.
+
+    FastAPI's dependency solving costs more than the job's read itself. A
+    request that brings nothing to solve, no query string and a key the
+    process's KeyCache vouches for, gets the read with that caller and no
+    solving; any other (a key not cached or missing, a query string, an id not
+    found among the caller's jobs) goes to FastAPI's handler of
+    :func:`read_job`, with its 401, 422 and 404. Both answer with
+    :func:`job_response`: one body, one response model.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        solved = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            caller = None if request.scope["query_string"] else await cached_caller(request)
+            if caller is not None:
+                body = await read_job_body(request, caller.id, request.path_params["job_id"])
+                if body is not None:
+                    return job_response(body)
+            return await solved(request)
+
+        return handle
+
+
 async def read_job(job_id: JobIdPath, owner: CurrentOwner, request: Request) -> Response:
     """One job: status, progress, latest metrics, error."""
-    # Most polls never get here: api.poll answers them with the same read_job_json. What it
-    # passes on reads on the same poll threads, and the runtime comes from the request (as
-    # the key's dependency takes it): one dependency fewer to solve.
-    runtime: Runtime = request.app.state.runtime
-    loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(runtime.poll_threads, read_job_json, runtime.engine, owner.id, job_id)
+    body = await read_job_body(request, owner.id, job_id)
     if body is None:
         raise not_found("job", job_id, param="job_id")
+    return job_response(body)
+
+
+# Added here, not with @router.get, for its route class (which include_router keeps).
+router.add_api_route("/{job_id}", read_job, methods=["GET"], response_model=JobOut, responses=_ERRORS,
+                     route_class_override=JobReadRoute)
+
+
+async def read_job_body(request: Request, owner_id: int, job_id: str) -> bytes | None:
+    """:func:`read_job_json` on the runtime's poll threads, not FastAPI's pool: a plain
+    executor hop costs less than anyio's, and polls do not queue behind forty
+    submissions holding that pool."""
+    runtime: Runtime = request.app.state.runtime
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(runtime.poll_threads, read_job_json, runtime.poll_engine, owner_id, job_id)
+
+
+def job_response(body: bytes) -> Response:
     return Response(body, media_type=JOB_MEDIA_TYPE)
 
 

@@ -23,12 +23,13 @@ from embedmix.service.settings import Settings
 from embedmix.store import (
     ArtifactStore,
     artifact_store_from_url,
+    make_autocommit_engine,
     make_engine,
     make_session_factory,
 )
 
 ENCODER_CACHE_SIZE = 4
-# Threads for api.poll's reads: a poll holds one for a single-row query, so a few serve
+# Threads for the status poll's reads (api.jobs.read_job_body): a poll holds one for a single-row query, so a few serve
 # thousands a second (store.db sizes the connection pool for them).
 POLL_THREADS = 4
 
@@ -37,6 +38,7 @@ POLL_THREADS = 4
 class Runtime:
     settings: Settings
     engine: Engine
+    poll_engine: Engine  # the status poll's single-statement reads (make_autocommit_engine)
     session_factory: sessionmaker[Session]
     artifacts: ArtifactStore
     queue: TrainQueue
@@ -60,6 +62,7 @@ class Runtime:
         return cls(
             settings=settings,
             engine=engine,
+            poll_engine=make_autocommit_engine(settings.database_url),
             session_factory=session_factory,
             artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
             queue=queue,
@@ -83,3 +86,4 @@ class Runtime:
         self.queue.close()
         self.submit_rate.close()
         self.engine.dispose()
+        self.poll_engine.dispose()

@@ -5,8 +5,12 @@ loopback for ``--seconds``, for ``--rounds`` rounds (the sides alternate, so a
 shared machine's load falls on both alike; each side's median is reported):
 
 * embedmix with its key cache (the default): ``GET /v1/jobs/{id}`` going round
-  ``--jobs`` jobs of one owner (most take api/poll.py's short way);
+  ``--jobs`` jobs of one owner (answered by ``api.jobs.JobReadRoute`` without dependency solving);
 * the peer: a bare FastAPI app under the same uvicorn returning a constant job body.
+
+Beside req/s, each run takes the CPU time its server process spent (user + system,
+psutil) and PostgreSQL's processes spent, per request: a figure other work on the
+machine barely moves, where req/s swings with it.
 
 One more run, once, shows what the key cache saves: embedmix with
 ``EMBEDMIX_KEY_CACHE_S=0``, every poll looking its key up in the database.
@@ -23,12 +27,14 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -70,8 +76,36 @@ def stop_bare(bare: subprocess.Popen) -> None:
         os.killpg(bare.pid, signal.SIGKILL)
 
 
-def polls(url: str, key: str, ids: list[str], seconds: float, tmp: Path) -> dict[str, str]:
-    return parse_wrk(run_wrk(url, key, ids, seconds, CONNECTIONS, tmp).communicate()[0])
+def polls(url: str, key: str, ids: list[str], seconds: float, tmp: Path, server_pid: int) -> dict[str, str]:
+    """One wrk run, with the CPU microseconds a request cost the server and PostgreSQL."""
+    server, database = cpu_seconds([server_pid]), cpu_seconds(postgres_pids())
+    result = parse_wrk(run_wrk(url, key, ids, seconds, CONNECTIONS, tmp).communicate()[0])
+    requests = float(result["rps"]) * seconds
+    result["server_us"] = f"{(cpu_seconds([server_pid]) - server) / requests * 1e6:.0f}"
+    result["postgres_us"] = f"{(cpu_seconds(postgres_pids()) - database) / requests * 1e6:.0f}"
+    return result
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system seconds of these processes and their children (ones gone meanwhile count as 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *process.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+def api_pid(stack: Stack) -> int:
+    return next(p.pid for p in stack.procs if "api" in p.args)
 
 
 def median_run(runs: list[dict[str, str]]) -> dict[str, str]:
@@ -90,7 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="embedmix-polls-") as tmp:
         uncached_stack, ids = embedmix_server(Path(tmp), args.jobs, "0")
         try:
-            uncached = polls(uncached_stack.url, uncached_stack.key, ids, args.seconds, Path(tmp))
+            uncached = polls(uncached_stack.url, uncached_stack.key, ids, args.seconds, Path(tmp), api_pid(uncached_stack))
         finally:
             uncached_stack.close()
         stack, ids = embedmix_server(Path(tmp), args.jobs, "30")
@@ -98,8 +132,8 @@ def main() -> None:
         ours, peers = [], []
         try:
             for _ in range(args.rounds):
-                ours.append(polls(stack.url, stack.key, ids, args.seconds, Path(tmp)))
-                peers.append(polls(bare_url, "none", ["job_x"], args.seconds, Path(tmp)))
+                ours.append(polls(stack.url, stack.key, ids, args.seconds, Path(tmp), api_pid(stack)))
+                peers.append(polls(bare_url, "none", ["job_x"], args.seconds, Path(tmp), bare.pid))
         finally:
             stop_bare(bare)
             stack.close()
@@ -111,7 +145,10 @@ def main() -> None:
     for name, result in (("embedmix, key cache on (the default)", cached),
                          ("embedmix, key cache off (one run)", uncached), ("bare FastAPI (peer)", bare_result)):
         print(f"{name}: {result['rps']} req/s, p50 {result['p50']}, p99 {result['p99']}, "
-              f"non-2xx {result['non2xx']}; ratio to peer {float(result['rps']) / peer:.2f}")
+              f"non-2xx {result['non2xx']}; ratio to peer {float(result['rps']) / peer:.2f}; CPU a request: "
+              f"server {result['server_us']} us, PostgreSQL {result['postgres_us']} us")
+    cpu = statistics.median(float(b["server_us"]) / float(o["server_us"]) for o, b in zip(ours, peers))
+    print(f"server CPU a request, peer / embedmix (median over rounds): {cpu:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from embedmix.store.artifacts import (
 )
 from embedmix.store.checkpoints import add_checkpoint, get_checkpoint, latest_checkpoint, list_checkpoints
 from embedmix.store.datasets import create_dataset, delete_dataset, get_dataset, list_datasets
-from embedmix.store.db import make_engine, make_session_factory, migrate
+from embedmix.store.db import make_autocommit_engine, make_engine, make_session_factory, migrate
 from embedmix.store.events import NewEvent, add_events, list_events
 from embedmix.store.jobs import (
     ActiveJobLimit,
@@ -109,6 +109,7 @@ __all__ = [
     "list_events",
     "list_jobs",
     "list_metrics",
+    "make_autocommit_engine",
     "make_engine",
     "make_session_factory",
     "migrate",

@@ -30,7 +30,7 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 # enough that a stuck lock surfaces as an error instead of a hang.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Per process: as many connections as the API runs requests at once on threads (FastAPI's
-# pool of 40 and the 4 poll threads of api.poll), so a request waits for a thread, never
+# pool of 40; the status poll's threads read through their own make_autocommit_engine), so a request waits for a thread, never
 # for a connection (which times out as a 503). 20 stay open: a connection past them is
 # closed when returned, and with only 10, polls from 16 clients opened and closed a
 # backend per request. Two API processes and a few workers fit PostgreSQL's default of 100.
@@ -64,6 +64,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
     return engine
+
+
+def make_autocommit_engine(url: str) -> Engine:
+    """:func:`make_engine` with connections in autocommit from the start, for reads of one statement.
+
+    The status poll's read is one SELECT: in a transaction it is three round
+    trips (BEGIN, the SELECT, the ROLLBACK when the connection closes), here
+    one. Set on the engine, not per connection with ``execution_options``,
+    which would send a SET to restore the isolation level at every return to
+    the pool.
+    """
+    return make_engine(url, isolation_level="AUTOCOMMIT")
 
 
 def _note_checkin(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:

@@ -1,18 +1,23 @@
-"""The status poll's short way (api.poll): what it answers is exactly what the route answers,
-and everything it cannot answer reaches the route unchanged."""
+"""The status poll's route (api.jobs.JobReadRoute): a poll with a cached key is answered without
+FastAPI's dependency solving, with exactly the bytes and headers the solved route answers, and
+every request it cannot answer that way gets the solved route's own answer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-import embedmix.api.poll
+import embedmix.api.jobs
 from embedmix.api.app import create_app
+from embedmix.api.deps import get_current_owner
+from embedmix.api.key_cache import Caller
 from embedmix.service.settings import Settings
 from tests.conftest import wait_for
 from tests.integration.conftest import auth, owner_with_keys
@@ -28,17 +33,18 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def short_way(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The job ids the short way read (the route reads through api.jobs, not api.poll)."""
-    read: list[str] = []
-    original = embedmix.api.poll.read_job_json
+def solved(client: TestClient) -> list[str]:
+    """The paths of the requests whose caller FastAPI solved (through a dependency override, which
+    the solver honours and the unsolved answer never reaches)."""
+    paths: list[str] = []
 
-    def counted(engine: Any, owner_id: int, job_id: str) -> bytes | None:
-        read.append(job_id)
-        return original(engine, owner_id, job_id)
+    async def counted(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                              Depends(HTTPBearer(auto_error=False))]) -> Caller:
+        paths.append(request.url.path)
+        return await get_current_owner(request, credentials)
 
-    monkeypatch.setattr(embedmix.api.poll, "read_job_json", counted)
-    return read
+    client.app.dependency_overrides[get_current_owner] = counted  # type: ignore[attr-defined]
+    return paths
 
 
 def answer(response: httpx.Response) -> tuple[int, bytes, str, str]:
@@ -46,54 +52,77 @@ def answer(response: httpx.Response) -> tuple[int, bytes, str, str]:
             response.headers["content-length"])
 
 
-def test_a_poll_with_a_known_key_is_answered_the_short_way_exactly_as_the_route_answers(
-    client: TestClient, app_settings: Settings, short_way: list[str]
+def test_a_poll_with_a_cached_key_is_answered_unsolved_exactly_as_the_solved_route_answers(
+    client: TestClient, app_settings: Settings, solved: list[str]
 ) -> None:
     _, [(_, key)] = owner_with_keys(app_settings, 1)
     job_id = client.post("/v1/jobs", json=SPEC, headers=auth(key)).json()["id"]
     path = f"/v1/jobs/{job_id}"
+    assert solved == ["/v1/jobs"]  # the submission: the key is cached from here on
 
-    short = client.get(path, headers=auth(key))  # the key was cached when it submitted
-    assert short_way == [job_id]
-    assert short.json()["id"] == job_id and short.json()["status"] == "queued"
-    assert client.get(path, headers={"Authorization": f"bearer  {key} "}).content == short.content
-    assert short_way == [job_id, job_id]
+    unsolved = client.get(path, headers=auth(key))
+    assert unsolved.json()["id"] == job_id and unsolved.json()["status"] == "queued"
+    assert client.get(path, headers={"Authorization": f"bearer  {key} "}).content == unsolved.content
+    assert solved == ["/v1/jobs"]
 
-    client.app.state.runtime.keys.distrust()  # type: ignore[attr-defined]  # now only the route answers
-    by_route = client.get(path, headers=auth(key))
-    assert short_way == [job_id, job_id]
-    assert answer(short) == answer(by_route)
+    client.app.state.runtime.keys.distrust()  # type: ignore[attr-defined]  # now every request is solved
+    by_solver = client.get(path, headers=auth(key))
+    assert solved == ["/v1/jobs", path]
+    assert answer(unsolved) == answer(by_solver)
 
     metrics = client.get("/metrics").text
     assert 'embedmix_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} 3.0' in metrics
 
 
-def test_what_the_short_way_cannot_answer_reaches_the_route(
-    client: TestClient, app_settings: Settings, short_way: list[str], monkeypatch: pytest.MonkeyPatch
+def test_what_the_unsolved_answer_cannot_give_gets_the_solved_routes_answer(
+    client: TestClient, app_settings: Settings, solved: list[str]
 ) -> None:
     _, [(_, alice)] = owner_with_keys(app_settings, 1)
     _, [(_, bob)] = owner_with_keys(app_settings, 1)
     job_id = client.post("/v1/jobs", json=SPEC, headers=auth(alice)).json()["id"]
     assert client.get("/v1/jobs", headers=auth(bob)).status_code == 200  # bob's key is now cached too
     path = f"/v1/jobs/{job_id}"
+    solved.clear()
 
     not_bobs = client.get(path, headers=auth(bob))
     assert not_bobs.status_code == 404 and not_bobs.json()["error"]["code"] == "not_found"
-    assert short_way == [job_id]  # looked, found nothing of bob's, handed on
-
     query = client.get(path, params={"verbose": "1"}, headers=auth(alice))
     assert query.status_code == 422 and query.json()["error"]["param"] == "verbose"
-    for headers in ({}, auth("em_unknown_key"), {"Authorization": f"Basic {alice}"}):
-        refused = client.get(path, headers=headers)
-        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
-    assert short_way == [job_id]
     assert client.get("/v1/jobs/job_unknown", headers=auth(alice)).status_code == 404
     too_long = client.get("/v1/jobs/" + "j" * 65, headers=auth(alice))
     assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "job_id"
-    assert short_way == [job_id, "job_unknown"]  # looked for the first, left the second to the route
+    for headers in ({}, auth("em_unknown_key"), {"Authorization": f"Basic {alice}"}):
+        refused = client.get(path, headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    # each went to the solver (the query's 422 came from a dependency solved before the caller)
+    assert solved == [path, "/v1/jobs/job_unknown", "/v1/jobs/" + "j" * 65, path, path, path]
+    assert client.get(path, headers=auth(alice)).json()["id"] == job_id
+    assert len(solved) == 6  # the owner's own poll did not
+
+
+def test_a_database_error_in_an_unsolved_poll_is_the_503_every_route_answers(
+    client: TestClient, app_settings: Settings, solved: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, [(_, key)] = owner_with_keys(app_settings, 1)
+    job_id = client.post("/v1/jobs", json=SPEC, headers=auth(key)).json()["id"]
 
     def failing(*args: Any) -> bytes:
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(embedmix.api.poll, "read_job_json", failing)
-    assert client.get(path, headers=auth(alice)).json()["id"] == job_id  # the route read it
+    monkeypatch.setattr(embedmix.api.jobs, "read_job_json", failing)
+    down = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+    assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
+    assert "retry-after" in down.headers
+    assert solved == ["/v1/jobs"]
+
+
+def test_a_poll_reads_outside_a_transaction(client: TestClient) -> None:
+    """One round trip a poll: in a transaction a single SELECT is three (BEGIN, it, ROLLBACK)."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    with runtime.poll_engine.connect() as connection:
+        driver = connection.connection.dbapi_connection
+        # psycopg2 sends no BEGIN in autocommit; Python 3.11's sqlite3 none with isolation_level None
+        assert driver.autocommit if hasattr(driver, "autocommit") else driver.isolation_level is None
+    with runtime.engine.connect() as connection:  # the other requests' engine keeps its transactions
+        driver = connection.connection.dbapi_connection
+        assert not driver.autocommit if hasattr(driver, "autocommit") else driver.isolation_level is not None
