@@ -8,10 +8,12 @@ ntxent loss's parameters:
 
     -log( e^{q.k+/tau} / (e^{q.k+/tau} + sum_{n in queue} e^{q.n/tau}) ).
 
-It is computed by the ntxent module itself with references = [keys of the batch;
-queue] and PairWeights of two blocks: batch keys (pos = identity, neg = 0: as in
-MoCo, the other keys of the batch are not negatives) and queue (pos = 0, neg = 1).
-After the loss the batch's keys replace the oldest queue entries. The key
+It is the ntxent loss with references = [keys of the batch; queue] and
+PairWeights of two blocks: batch keys (pos = identity, neg = 0: as in MoCo, the
+other keys of the batch are not negatives) and queue (pos = 0, neg = 1). Since
+the B x B block carries nothing but each query's own key, :func:`moco_infonce`
+computes it as cross-entropy over [own key; queue] with the key as class 0,
+without the B x (B + K) weights (the tests check the two agree). After the loss the batch's keys replace the oldest queue entries. The key
 encoder is updated after every optimizer step, theta_k <- m theta_k + (1 - m)
 theta_q, on parameters only; its BatchNorm statistics come from its own forward
 passes in train mode (single device, so no shuffle-BN). Queue, pointer and key
@@ -36,22 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedmix.core.losses import PairWeights
-from embedmix.core.losses.infonce import decoupled_pair_terms, safe_divide
-from embedmix.core.losses.pairs import cosine_matrix
 from embedmix.core.mixup.base import Batch, MixingMethod
 from embedmix.core.mixup.mixing import uniform
 from embedmix.core.models import TrainingNet
 
 _KEY = "key_net."
-
-
-def moco_weights(batch: int, queue: int, device: torch.device | None = None) -> PairWeights:
-    """Weights over [batch keys; queue]: key i is query i's only positive, the queue its negatives."""
-    eye = torch.eye(batch, device=device)
-    keys = PairWeights(eye, torch.zeros_like(eye))
-    negatives = PairWeights(torch.zeros(batch, queue, device=device), torch.ones(batch, queue, device=device))
-    return PairWeights.cat(keys, negatives)
 
 
 @torch.no_grad()
@@ -86,23 +77,22 @@ def hard_negative_mixes(query: Tensor, queue: Tensor, n_hard: int, s: int, s_pri
     return torch.cat(parts, dim=1)
 
 
-def infonce_with_extra(temperature: float, query: Tensor, refs: Tensor, weights: PairWeights, extra: Tensor) -> Tensor:
-    """NTXentLoss.pair_loss over [refs shared by all queries; `extra` negatives of each query alone].
+def moco_infonce(temperature: float, query: Tensor, keys: Tensor, queue: Tensor, extra: Tensor | None) -> Tensor:
+    """Mean over queries of -log softmax at the own key, over [own key; queue; own extra negatives].
 
-    `extra` is (B, S, d) unit-norm; its logits q_i . e_is / tau join query i's
-    denominator with neg weight 1. Equal to the ntxent module's value when S = 0.
+    `keys` (B, d) and `queue` (K, d) unit-norm; `extra` (B, S, d) unit-norm
+    negatives of each query alone (MoCHi's), or None.
     """
     anchors = F.normalize(query, dim=1)
-    logits = cosine_matrix(anchors, F.normalize(refs, dim=1)) / temperature
-    extra_logits = torch.einsum("bd,bsd->bs", anchors, extra.to(anchors.dtype)) / temperature
-    logits = torch.cat([logits, extra_logits], dim=1)
-    weights = PairWeights.cat(weights, PairWeights(torch.zeros_like(extra_logits), torch.ones_like(extra_logits))).like(logits)
-    terms = decoupled_pair_terms(logits, weights)
-    return safe_divide((weights.pos * terms).sum(), weights.pos.sum())
+    logits = [(anchors * keys.to(anchors.dtype)).sum(dim=1, keepdim=True), anchors @ queue.to(anchors.dtype).T]
+    if extra is not None:
+        logits.append(torch.einsum("bd,bsd->bs", anchors, extra.to(anchors.dtype)))
+    target = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    return F.cross_entropy(torch.cat(logits, dim=1) / temperature, target)
 
 
 class MoCo(MixingMethod):
-    """MoCo v2: momentum key encoder + queue of negatives; InfoNCE through the ntxent loss."""
+    """MoCo v2: momentum key encoder + queue of negatives; InfoNCE at the ntxent loss's temperature."""
 
     def __init__(self, spec, base_loss: nn.Module, *, num_classes: int | None, embedding_dim: int):
         super().__init__(spec, base_loss, num_classes=num_classes, embedding_dim=embedding_dim)
@@ -138,9 +128,9 @@ class MoCo(MixingMethod):
     def after_step(self, net: TrainingNet) -> None:
         if self.key_net is None:
             return
-        m = self.momentum
-        for pk, pq in zip(self.key_net.parameters(), net.parameters()):
-            pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+        keys, queries = list(self.key_net.parameters()), [p.detach() for p in net.parameters()]
+        torch._foreach_mul_(keys, self.momentum)  # two batched kernels, not two per tensor
+        torch._foreach_add_(keys, queries, alpha=1.0 - self.momentum)
 
     # -- checkpoint (the key encoder may not exist yet when a checkpoint is loaded) ------
     def state_dict(self, *args: Any, **kwargs: Any):
@@ -183,13 +173,8 @@ class MoCo(MixingMethod):
     def batch_loss(self, net: TrainingNet, batch: Batch) -> Tensor:
         q, k = self.queries_and_keys(net, batch)
         queue = self.queue.clone()  # the loss sees the queue before this batch's keys go in
-        refs = torch.cat([k, queue])
-        weights = moco_weights(len(q), len(queue), q.device)
         extra = self.synthetic(F.normalize(q.detach(), dim=1), queue, batch.gen)
-        if extra is None or extra.shape[1] == 0:
-            loss = self.base_loss(q, weights=weights, ref=refs)
-        else:
-            loss = infonce_with_extra(self.base_loss.temperature, q, refs, weights, extra)
+        loss = moco_infonce(self.base_loss.temperature, q, k, queue, extra)
         self._enqueue(k)
         return loss
 

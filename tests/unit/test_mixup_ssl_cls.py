@@ -27,7 +27,8 @@ from embedmix.core.mixup.classification import (
     ood_scores,
 )
 from embedmix.core.mixup.mixing import cutmix_region, paste, sample_lambda_float
-from embedmix.core.mixup.moco import hard_negative_mixes, infonce_with_extra, moco_weights
+from embedmix.core.losses import PairWeights
+from embedmix.core.mixup.moco import hard_negative_mixes, moco_infonce
 from embedmix.core.models import build_net
 from embedmix.core.spec import SpecError, validate_spec
 from embedmix.core.array_train import ArrayTrainer
@@ -95,17 +96,28 @@ NTX = {"temperature": 0.2}
 # --------------------------------------------------------------------------- MoCo
 
 
-def test_moco_loss_is_infonce_against_the_own_key_and_the_queue():
+def moco_weights(batch: int, queue: int) -> PairWeights:
+    """MoCo as ntxent weights over [batch keys; queue]: key i is query i's only positive, the queue its negatives."""
+    eye = torch.eye(batch, dtype=torch.float64)
+    return PairWeights.cat(PairWeights(eye, torch.zeros_like(eye)),
+                           PairWeights(torch.zeros(batch, queue, dtype=torch.float64), torch.ones(batch, queue, dtype=torch.float64)))
+
+
+def test_moco_loss_is_the_ntxent_loss_against_the_own_key_and_the_queue():
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    q = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
     k = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
     queue = F.normalize(torch.randn(20, 5, generator=g, dtype=torch.float64), dim=1)
     ntxent = losses.build("ntxent", temperature=0.2)
-    ours = ntxent(q, weights=moco_weights(6, 20).like(q), ref=torch.cat([k, queue]))
+    by_ntxent = ntxent(q, weights=moco_weights(6, 20), ref=torch.cat([k, queue]))
+    ours = moco_infonce(0.2, q, k, queue, None)
     qn = F.normalize(q, dim=1)
     logits = torch.cat([(qn * k).sum(1, keepdim=True), qn @ queue.T], dim=1) / 0.2
     reference = F.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
-    assert torch.allclose(ours, reference, rtol=1e-10)
+    assert torch.allclose(ours, reference, rtol=1e-12) and torch.allclose(ours, by_ntxent, rtol=1e-10)
+    (grad,) = torch.autograd.grad(ours, q)
+    (grad_ntxent,) = torch.autograd.grad(by_ntxent, q)
+    assert torch.allclose(grad, grad_ntxent, rtol=1e-9, atol=1e-12)
 
 
 def test_moco_queue_and_momentum_update():
@@ -150,17 +162,16 @@ def test_mochi_synthetic_negatives_are_unit_norm_detached_and_harder():
 def test_mochi_synthetic_negatives_enter_the_denominator_only_of_their_query():
     g = torch.Generator().manual_seed(3)
     q = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    refs = F.normalize(torch.randn(4 + 10, 6, generator=g, dtype=torch.float64), dim=1)
+    keys = F.normalize(torch.randn(4, 6, generator=g, dtype=torch.float64), dim=1)
+    queue = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
     extra = F.normalize(torch.randn(4, 3, 6, generator=g, dtype=torch.float64), dim=-1)
-    w = moco_weights(4, 10).like(q)
-    ntxent = losses.build("ntxent", temperature=0.2)
-    empty = infonce_with_extra(0.2, q, refs, w, extra[:, :0])
-    assert torch.allclose(empty, ntxent(q, weights=w, ref=refs), rtol=1e-12)
-    ours = infonce_with_extra(0.2, q, refs, w, extra)
+    empty = moco_infonce(0.2, q, keys, queue, extra[:, :0])
+    assert torch.allclose(empty, moco_infonce(0.2, q, keys, queue, None), rtol=1e-12)
+    ours = moco_infonce(0.2, q, keys, queue, extra)
     qn = F.normalize(q, dim=1)
     rows = []
     for i in range(4):  # per query: its key, the queue, its own synthetic negatives
-        logits = torch.cat([qn[i] @ refs[i:i + 1].T, qn[i] @ refs[4:].T, qn[i] @ extra[i].T]) / 0.2
+        logits = torch.cat([qn[i] @ keys[i:i + 1].T, qn[i] @ queue.T, qn[i] @ extra[i].T]) / 0.2
         rows.append(-F.log_softmax(logits, dim=0)[0])
     assert torch.allclose(ours, torch.stack(rows).mean(), rtol=1e-10)
     ours.backward()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import email
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -58,6 +59,14 @@ def test_no_file_imports_a_room_by_its_bare_name() -> None:
     bare = [hit for source in SOURCES for path in sorted((ROOT / source).rglob("*.py"))
             if "__pycache__" not in path.parts for hit in _bare_room_imports(path)]
     assert bare == [], "import these as embedmix.<room>:\n" + "\n".join(bare)
+
+
+def test_no_bench_script_hides_a_module_it_runs_beside() -> None:
+    """``python bench/x.py`` puts bench/ first on sys.path: a bench/ssl.py there stood in for the
+    standard library's ssl (which asyncio and httpx import) in every bench script."""
+    hidden = sorted(path.name for path in (ROOT / "bench").glob("*.py")
+                    if path.stem in sys.stdlib_module_names or path.stem in ROOMS or path.stem == NAMESPACE)
+    assert hidden == []
 
 
 def test_the_wheel_holds_every_room_under_the_namespace_and_nothing_else(tmp_path: Path) -> None:
