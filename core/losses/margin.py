@@ -32,6 +32,51 @@ def weighted_mean_nonzero(losses: Tensor, weight: Tensor) -> Tensor:
     return torch.dot(weight, losses) / count.clamp_min(torch.finfo(count.dtype).tiny)
 
 
+class _ContrastiveMeans(torch.autograd.Function):
+    """The two hinge means of ContrastiveLoss from the distances, forward and backward written out.
+
+    At large B the cost of this loss is fresh (B, N) matrices more than arithmetic:
+    at B = 4096 each is 64 MB, and the page faults of touching it cost more
+    than a pass over it. Through autograd the two hinges, their indicators for
+    the counts, and the backward of each dot product, relu and subtraction are
+    one fresh matrix apiece (nine in all). Here the forward builds both hinges in
+    one scratch matrix, which ends up holding the negatives' indicator
+    [d < neg_margin] and is kept for the backward; the backward rebuilds the
+    positives' indicator [d > pos_margin] in its one output matrix. The value
+    and gradient are those of `weighted_mean_nonzero` on the two hinges (relu'
+    is 0 at the kink, the counts are constant); the weights get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, dist: Tensor, pos: Tensor, neg: Tensor, pos_margin: float,  # type: ignore[override]
+                neg_margin: float) -> Tensor:
+        scratch = torch.sub(dist, pos_margin).relu_()
+        pos_sum, pos_count = _sum_and_count_(scratch, pos)
+        torch.sub(dist, neg_margin, out=scratch).neg_().relu_()
+        neg_sum, neg_count = _sum_and_count_(scratch, neg)
+        ctx.save_for_backward(dist, pos, neg, scratch, pos_count, neg_count)
+        ctx.pos_margin = pos_margin
+        return pos_sum / pos_count + neg_sum / neg_count
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        dist, pos, neg, neg_active, pos_count, neg_count = ctx.saved_tensors
+        out = torch.gt(dist, ctx.pos_margin, out=torch.empty_like(dist)).mul_(pos).mul_(grad / pos_count)
+        return out.addcmul_(neg_active, neg, value=-(grad / neg_count)), None, None, None, None
+
+
+def _sum_and_count_(hinge: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """sum(w * h) and sum(w * [h > 0]) (floored at the smallest normal) of a hinge h >= 0.
+
+    `hinge` is left holding its indicator [h > 0]: it is scratch, and reusing it
+    saves a (B, N) matrix.
+    """
+    weight = weight.reshape(-1)
+    total = torch.dot(weight, hinge.reshape(-1))
+    count = torch.dot(weight, hinge.sign_().reshape(-1))
+    return total, count.clamp_min(torch.finfo(count.dtype).tiny)
+
+
 class ContrastiveLoss(PairLoss):
     """relu(d - pos_margin) over positives plus relu(neg_margin - d) over negatives.
 
@@ -48,10 +93,10 @@ class ContrastiveLoss(PairLoss):
         self.neg_margin = neg_margin
 
     def pair_loss(self, anchors: Tensor, refs: Tensor, weights: PairWeights) -> Tensor:
+        if weights.pos.requires_grad or weights.neg.requires_grad:
+            raise ValueError("contrastive: pair weights are data and get no gradient; detach them")
         dist = euclidean_matrix(anchors, refs)
-        pos = weighted_mean_nonzero((dist - self.pos_margin).relu_(), weights.pos)
-        neg = weighted_mean_nonzero((self.neg_margin - dist).relu_(), weights.neg)
-        return pos + neg
+        return _ContrastiveMeans.apply(dist, weights.pos, weights.neg, self.pos_margin, self.neg_margin)
 
 
 def triplet_window_sums(dist: Tensor, neg_weight: Tensor, low: Tensor | None, high: Tensor) -> tuple[Tensor, Tensor]:

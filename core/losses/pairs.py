@@ -90,12 +90,15 @@ class _DistanceFromSquared(torch.autograd.Function):
     At 0 sqrt has an infinite slope, which even a zero pair weight would turn
     into NaN (0 * inf); the gradient there is 0, as torch.cdist (PML's
     distance) gives. One function instead of clamp + sqrt + `where`s also
-    saves (B, N) passes, most of the cost of the distance losses at large B.
+    saves (B, N) passes, most of the cost of the distance losses at large B;
+    the forward works in place on `squared` (the caller's scratch), since a
+    fresh (B, N) matrix costs more in page faults than the pass over it.
     """
 
     @staticmethod
     def forward(ctx, squared: Tensor, tolerance: float) -> Tensor:  # type: ignore[override]
-        root = squared.masked_fill(squared <= tolerance, 0.0).sqrt_()
+        root = F.threshold_(squared, tolerance, 0.0).sqrt_()  # x <= tolerance -> 0; NaN stays NaN
+        ctx.mark_dirty(squared)
         ctx.save_for_backward(root)
         return root
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from embedmix.core.catalog import LOSSES
 from embedmix.core.losses import LOSS_CLASSES, PairWeights, build
+from embedmix.core.losses.pairs import euclidean_matrix
+from embedmix.core.losses.proxies import class_cosines
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 10
@@ -213,6 +215,36 @@ def test_triplet_soft_weights_equal_brute_force(triplets: str) -> None:
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
 
 
+def contrastive_reference(x: torch.Tensor, weights: PairWeights, ref: torch.Tensor, pos_margin: float,
+                          neg_margin: float) -> torch.Tensor:
+    """The contrastive formula left to autograd: two weighted means of relu hinges over their non-zero pairs."""
+    dist = euclidean_matrix(F.normalize(x, dim=1), F.normalize(ref, dim=1))
+    pos, neg = F.relu(dist - pos_margin), F.relu(neg_margin - dist)
+    return ((weights.pos * pos).sum() / (weights.pos * (pos > 0)).sum()
+            + (weights.neg * neg).sum() / (weights.neg * (neg > 0)).sum())
+
+
+@pytest.mark.parametrize("margins", [(0.0, 1.0), (0.3, 0.9), (-0.1, 1.5)])
+def test_contrastive_hand_written_backward_equals_autograd(margins: tuple[float, float]) -> None:
+    """Mixed weights against the batch (self-pairs at distance 0, weight 0) and a queue, duplicates included."""
+    x, y = data(14, size=20)
+    x[1] = x[0]
+    queue = torch.randn(15, DIM, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    weights = PairWeights.cat(soft_weights(y, 14), PairWeights(torch.full((20, 15), 0.2, dtype=torch.float64),
+                                                               torch.full((20, 15), 0.8, dtype=torch.float64)))
+    loss = make("contrastive", pos_margin=margins[0], neg_margin=margins[1])
+    ours = value_and_grad(lambda e: loss(e, weights=weights, ref=torch.cat([e, queue])), x)
+    reference = value_and_grad(lambda e: contrastive_reference(e, weights, torch.cat([e, queue]), *margins), x)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-15)
+
+
+def test_contrastive_refuses_weights_that_need_a_gradient() -> None:
+    x, y = data()
+    weights = PairWeights.from_labels(y)
+    with pytest.raises(ValueError, match="no gradient"):
+        make("contrastive")(x, weights=PairWeights(weights.pos.double().requires_grad_(True), weights.neg.double()))
+
+
 def test_triplet_all_is_not_cubic() -> None:
     """All triplets of 2048 rows (2.7e8 of them) in O(B^2) memory: PML would enumerate them."""
     x = torch.randn(2048, 32, requires_grad=True)
@@ -271,6 +303,25 @@ def test_arcface_is_stable_when_all_competitors_underflow() -> None:
     value = loss(x, torch.tensor([0, 1]))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("num_classes", [6, 40])
+def test_class_cosines_equal_normalized_product(num_classes: int) -> None:
+    """Norms divided out after the product (C <= d) or before it (C > d): the scaled cosines and their gradients."""
+    x, _ = data(9)
+    x[2] = 0.0  # a zero embedding: cosines 0, finite gradient
+    weight = torch.randn(num_classes, DIM, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def both(fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e, w = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        cos = fn(e, w)
+        (cos * torch.linspace(-1, 1, cos.numel(), dtype=cos.dtype).reshape(cos.shape)).sum().backward()
+        return cos.detach(), e.grad, w.grad
+
+    ours = both(lambda e, w: class_cosines(e, w, 20.0))
+    reference = both(lambda e, w: 20.0 * F.normalize(e, dim=1) @ F.normalize(w, dim=1).T)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
+    assert torch.equal(ours[0][2], torch.zeros(num_classes, dtype=torch.float64)) and torch.isfinite(ours[1]).all()
 
 
 def test_soft_target_shape_is_checked() -> None:
