@@ -5,10 +5,8 @@ the same embeddings, the MoCo queue evolving alike over steps that wrap around i
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,13 +18,9 @@ from embedmix.core.array_train import ArrayTrainer
 from embedmix.core.data import load_dataset
 from embedmix.core.mixup import Batch
 from embedmix.core.spec import resolve_for_task, validate_spec
+from tests.bench_scripts import bench_script
 
-PATH = Path(__file__).resolve().parents[2] / "bench" / "selfsupervised.py"
-spec = importlib.util.spec_from_file_location("bench_ssl", PATH)
-assert spec is not None and spec.loader is not None
-bench_ssl = importlib.util.module_from_spec(spec)
-sys.modules["bench_ssl"] = bench_ssl
-spec.loader.exec_module(bench_ssl)
+bench_ssl = bench_script("selfsupervised")
 
 ARGS = SimpleNamespace(size=240, epochs=2, batch=32, lr=1e-3, projection_dim=16, queue=64, momentum=0.9, seed=3)
 

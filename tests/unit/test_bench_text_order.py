@@ -3,9 +3,7 @@ sentence-transformers' trainer yields, epoch by epoch, exactly the batches embed
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -13,13 +11,9 @@ import torch
 from embedmix.core.data import load_dataset
 from embedmix.core.spec import validate_spec
 from embedmix.core.text_train import TextTrainer
+from tests.bench_scripts import bench_script
 
-PATH = Path(__file__).resolve().parents[2] / "bench" / "text.py"
-spec = importlib.util.spec_from_file_location("bench_text", PATH)
-assert spec is not None and spec.loader is not None
-bench_text = importlib.util.module_from_spec(spec)
-sys.modules["bench_text"] = bench_text
-spec.loader.exec_module(bench_text)
+bench_text = bench_script("text")
 
 
 def test_the_peer_sampler_yields_the_batches_embedmix_trains_on(tmp_path: Path) -> None:

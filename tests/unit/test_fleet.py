@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from tests.bench_scripts import bench_script
 
-PATH = Path(__file__).resolve().parents[2] / "bench" / "fleet.py"
-spec = importlib.util.spec_from_file_location("bench_fleet", PATH)
-assert spec is not None and spec.loader is not None
-fleet = importlib.util.module_from_spec(spec)
-sys.modules["bench_fleet"] = fleet
-spec.loader.exec_module(fleet)
+fleet = bench_script("fleet")
 
 
 def test_percentile_is_nearest_rank() -> None:
