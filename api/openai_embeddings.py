@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-import numpy as np
+import torch
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,15 +71,16 @@ def create_embeddings(body: EmbeddingsIn, owner: CurrentOwner, session: SessionD
         vectors, units = embed_with_job(job, inputs, session, runtime)
     except ApiError as exc:
         raise _named_for_this_body(exc) from None
-    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+    dim = vectors.shape[1]
+    if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(
             422, "invalid_request",
-            f"this model's embeddings have {len(vectors[0])} dimensions; it cannot give {body.dimensions}",
+            f"this model's embeddings have {dim} dimensions; it cannot give {body.dimensions}",
             param="dimensions",
         )
-    encode = _base64 if body.encoding_format == "base64" else list
+    encoded = _base64_rows(vectors) if body.encoding_format == "base64" else vectors.tolist()
     return EmbeddingsOut(
-        data=[Embedding(index=i, embedding=encode(vector)) for i, vector in enumerate(vectors)],
+        data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(encoded)],
         model=job.id,
         usage=Usage(prompt_tokens=units, total_tokens=units),
     )
@@ -93,5 +94,7 @@ def _named_for_this_body(exc: ApiError) -> ApiError:
                     headers=exc.headers, details=exc.details)
 
 
-def _base64(vector: list[float]) -> str:
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+def _base64_rows(vectors: torch.Tensor) -> list[str]:
+    """Each vector's float32 little-endian bytes in base64, as OpenAI sends them."""
+    rows = vectors.numpy().astype("<f4", copy=False)
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]

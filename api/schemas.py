@@ -192,15 +192,28 @@ class DatasetOut(FromRow):
 class EmbedIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Any] = Field(
+    inputs: list[Any] | None = Field(
+        None,
         description="raw samples, each of the model's input shape (see the model card's input.shape); "
-        "strings for a text model (input.type 'text')"
+        "strings for a text model (input.type 'text'). Give this or inputs_base64.",
+    )
+    inputs_base64: str | None = Field(
+        None,
+        description="array models: the whole batch as one base64 string of its float32 little-endian "
+        "bytes, row-major (n x input.shape), instead of inputs: a quarter of the bytes, and no number "
+        "formatted or parsed at either end",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float",
+        description="base64: embeddings is one base64 string of the n x embedding_dim float32 "
+        "little-endian matrix, row-major",
     )
 
 
 class EmbedOut(BaseModel):
-    embeddings: list[list[float]] = Field(
-        description="one L2-normalised vector per input, in order"
+    embeddings: list[list[float]] | str = Field(
+        description="one L2-normalised vector per input, in order; with encoding_format base64, "
+        "their float32 matrix as one base64 string"
     )
     embedding_dim: int
     model: str = Field(description="the job whose model made them")

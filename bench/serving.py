@@ -12,11 +12,16 @@ alternating:
 * `onnx direct`: an in-process onnxruntime `InferenceSession` on the downloaded ONNX,
   default options but for intra-op spinning (off: see `Model.__init__`); text: the
   bundle's own tokenizer.json makes the int64 inputs, inside the timing;
-* `route in-process`: what the route does once the request is parsed, called in this
-  process (`api.embedding.to_batch`/`to_texts` + `embed` on the encoder rebuilt from
-  the same safetensors file the service loads; the routes run torch, not onnxruntime);
+* `route in-process, onnx` and `route in-process, torch`: what the route does once the
+  request is parsed, called in this process (`api.embedding.to_batch`/`to_texts` + `embed`,
+  in batches of `EMBED_BATCH`) on each encoder the service can serve: `core.onnx_encoder`
+  on the downloaded ONNX, and the torch encoder rebuilt from the safetensors file. The
+  service runs a text model's ONNX and an array model's safetensors (`api.models._served_file`);
 * `POST /embed`, `POST /v1/embeddings` (float) and (base64): over HTTP with httpx,
   one keep-alive connection, the client's JSON encode and decode inside the timing;
+* `POST /embed float32 bytes` (array model): `/embed` from the float32 array the direct
+  session is given, sent as `inputs_base64` and answered with `encoding_format: "base64"`
+  (what `EmbedmixClient.embed_array` does), the base64 both ways inside the timing;
 * `st encode` (text): sentence-transformers' `encode` on the downloaded folder, its
   `batch_size` set to the request's size.
 
@@ -152,6 +157,7 @@ class Model:
                  client: httpx.Client, samples: list[Any]) -> None:
         import onnxruntime as ort
         from embedmix.core.export import load_safetensors
+        from embedmix.core.onnx_encoder import OnnxEncoder
 
         self.kind, self.job_id, self.card, self.client = kind, job_id, card, client
         self.samples = samples  # what a client holds: Python lists (array rows) or strings
@@ -163,7 +169,11 @@ class Model:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.encoder = load_safetensors(files["safetensors"])
+        self.torch_encoder = load_safetensors(files["safetensors"])
+        self.onnx_encoder = (OnnxEncoder(onnx.read_bytes(), (files["onnx"] / "tokenizer.json").read_text())
+                             if kind == "text" else OnnxEncoder(onnx.read_bytes()))
+        # What the service serves (api.models._served_file).
+        self.encoder = self.onnx_encoder if kind == "text" else self.torch_encoder
         self.tokenizer = None
         self.st = None
         if kind == "text":
@@ -197,14 +207,15 @@ class Model:
         texts = self.batch(n)
         return lambda: self.session.run(None, self.feed(texts))[0]
 
-    def route_in_process(self, n: int) -> Callable[[], list[list[float]]]:
+    def route_in_process(self, n: int, encoder: Any = None) -> Callable[[], list[list[float]]]:
         from embedmix.api.embedding import embed, to_batch, to_texts
 
+        encoder = encoder if encoder is not None else self.encoder
         inputs = self.batch(n)
         if self.kind == "text":
-            return lambda: embed(self.encoder, to_texts(inputs, 10_000))
+            return lambda: embed(encoder, to_texts(inputs, 10_000)).tolist()
         shape = self.card["input"]["shape"]
-        return lambda: embed(self.encoder, to_batch(inputs, shape, 10_000))
+        return lambda: embed(encoder, to_batch(inputs, shape, 10_000)).tolist()
 
     def st_encode(self, n: int) -> Callable[[], np.ndarray]:
         texts = self.batch(n)
@@ -224,6 +235,23 @@ class Model:
 
         return call
 
+    def http_embed_bytes(self, n: int) -> Callable[[], np.ndarray]:
+        """``/embed`` as a client holding a float32 array calls it: ``inputs_base64`` and
+        ``encoding_format: "base64"``, the array's bytes both ways (what ``EmbedmixClient.embed_array``
+        sends), encoding and decoding inside the timing."""
+        array = self.arrays[:n]
+        path = f"/v1/jobs/{self.job_id}/embed"
+
+        def call() -> np.ndarray:
+            body = json.dumps({"inputs_base64": base64.b64encode(array.astype("<f4").tobytes()).decode(),
+                               "encoding_format": "base64"}).encode()
+            response = self.client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 200, response.text
+            out = json.loads(response.content)
+            return np.frombuffer(base64.b64decode(out["embeddings"]), dtype="<f4").reshape(n, out["embedding_dim"])
+
+        return call
+
     def http_openai(self, n: int, encoding: str) -> Callable[[], Any]:
         inputs = self.batch(n)
 
@@ -239,11 +267,14 @@ class Model:
         return call
 
     def sides(self, n: int) -> dict[str, Callable[[], Any]]:
-        sides = {"onnx direct": self.direct(n), "route in-process": self.route_in_process(n),
+        sides = {"onnx direct": self.direct(n), "route in-process, onnx": self.route_in_process(n, self.onnx_encoder),
+                 "route in-process, torch": self.route_in_process(n, self.torch_encoder),
                  "POST /embed": self.http_embed(n), "POST /v1/embeddings float": self.http_openai(n, "float"),
                  "POST /v1/embeddings base64": self.http_openai(n, "base64")}
         if self.st is not None:
             sides["st encode"] = self.st_encode(n)
+        else:
+            sides["POST /embed float32 bytes"] = self.http_embed_bytes(n)
         return sides
 
 
@@ -271,6 +302,8 @@ def check_same_vectors(model: Model) -> float:
              np.abs(direct - np.asarray(model.http_openai(n, "base64")(), dtype=np.float32)).max()]
     if model.st is not None:
         diffs.append(np.abs(direct - model.st_encode(n)()).max())
+    else:
+        diffs.append(np.abs(direct - model.http_embed_bytes(n)()).max())
     return float(max(diffs))
 
 
@@ -298,7 +331,7 @@ def breakdown(model: Model, n: int, repeats: int) -> dict[str, Any]:
     over ``repeats`` real calls alongside the client's wall time.
     """
     import torch
-    from embedmix.api.embedding import to_batch, to_texts
+    from embedmix.api.embedding import embed, to_batch, to_texts
     from embedmix.api.limits import json_problem
     from embedmix.api.schemas import EmbedIn, EmbedOut
     from embedmix.service.settings import Settings
@@ -314,8 +347,7 @@ def breakdown(model: Model, n: int, repeats: int) -> dict[str, Any]:
     batch = convert()
 
     def forward() -> torch.Tensor:
-        with torch.inference_mode():
-            return model.encoder(batch).float()
+        return embed(model.encoder, batch)
 
     vectors = forward()
     lists = vectors.tolist()
@@ -328,7 +360,7 @@ def breakdown(model: Model, n: int, repeats: int) -> dict[str, Any]:
         "server: json.loads request": median_time(lambda: json.loads(body), repeats),
         "server: EmbedIn validation": median_time(lambda: EmbedIn.model_validate(parsed), repeats),
         "server: inputs -> tensor (to_batch/to_texts)": median_time(convert, repeats),
-        "server: model forward (torch)": median_time(forward, repeats),
+        "server: model (the served encoder, api.embedding.embed)": median_time(forward, repeats),
         "server: embeddings .tolist()": median_time(vectors.tolist, repeats),
         "server: EmbedOut(...) from lists": median_time(
             lambda: EmbedOut(embeddings=lists, embedding_dim=len(lists[0]), model=model.job_id), repeats),
@@ -464,7 +496,7 @@ def report_breakdown(kind: str, n: int, b: dict[str, Any]) -> None:
     print(f"| onnx direct, same batch (median) | {ms(b['onnx_direct'])} | {100 * b['onnx_direct'] / wall:.0f}% |")
     pieces = b["pieces"]
     json_s = sum(v for k, v in pieces.items() if "json" in k.lower() or "Embed" in k or "tolist" in k)
-    model_s = pieces["server: model forward (torch)"] + pieces["server: inputs -> tensor (to_batch/to_texts)"]
+    model_s = pieces["server: model (the served encoder, api.embedding.embed)"] + pieces["server: inputs -> tensor (to_batch/to_texts)"]
     print(f"JSON and its Python objects (dumps/loads both ends, validation, tolist, EmbedOut): {ms(json_s)} ms "
           f"({100 * json_s / wall:.0f}%); model incl. input conversion: {ms(model_s)} ms ({100 * model_s / wall:.0f}%); "
           f"HTTP and the rest: {ms(rest)} ms ({100 * rest / wall:.0f}%)")

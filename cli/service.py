@@ -202,15 +202,15 @@ def download(job_id: str, fmt: str = typer.Option("onnx", "--format", help="an e
 def embed(job_id: str, inputs: Path = typer.Argument(..., help=".npy or .json file with one input per row (a text model: a JSON list of strings)"),
           url: Url = None, api_key: Key = None) -> None:
     """Embed inputs with a job's model; prints the embeddings as JSON."""
-    if inputs.suffix == ".npy":
-        import numpy as np
-
-        rows = np.load(inputs, allow_pickle=False).tolist()
-    else:
-        rows = json.loads(inputs.read_text())
     with _client(url, api_key) as client:
         try:
-            print(json.dumps(client.embed(job_id, rows)))
+            if inputs.suffix == ".npy":  # sent as float32 bytes, not as JSON numbers
+                import numpy as np
+
+                embeddings = client.embed_array(job_id, np.load(inputs, allow_pickle=False)).tolist()
+            else:
+                embeddings = client.embed(job_id, json.loads(inputs.read_text()))
+            print(json.dumps(embeddings))
         except ApiError as exc:
             _fail(exc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -178,6 +179,18 @@ class EmbedmixClient:
 
     def embed(self, job_id: str, inputs: list[Any]) -> list[list[float]]:
         return self._call("POST", f"/v1/jobs/{job_id}/embed", json={"inputs": inputs})["embeddings"]
+
+    def embed_array(self, job_id: str, array: Any) -> Any:
+        """Embed a numpy array of samples (n x the model's input shape); returns the (n, d)
+        float32 embeddings. Both ways travel as float32 bytes in base64, so neither end
+        writes or parses a number. Needs numpy, which the client alone does not install."""
+        import numpy as np
+
+        batch = np.ascontiguousarray(array, dtype="<f4")
+        body = {"inputs_base64": base64.b64encode(batch.tobytes()).decode("ascii"), "encoding_format": "base64"}
+        out = self._call("POST", f"/v1/jobs/{job_id}/embed", json=body)
+        matrix = np.frombuffer(base64.b64decode(out["embeddings"]), dtype="<f4")
+        return matrix.reshape(len(batch), out["embedding_dim"]).astype(np.float32)
 
     # -- datasets, catalog, keys -------------------------------------------------
     def upload_dataset(self, path: str | Path, *, label_column: str | None = None) -> dict[str, Any]:

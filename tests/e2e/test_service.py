@@ -8,6 +8,9 @@ worker are real processes; nothing is mocked.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,6 +65,14 @@ def test_submit_follow_download_and_embed(service, tmp_path):
         onnx_out = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
         api_out = np.asarray(c.embed(job["id"], x.tolist()))
         np.testing.assert_allclose(api_out, onnx_out, atol=1e-4)
+        np.testing.assert_array_equal(c.embed_array(job["id"], x), api_out.astype(np.float32))
+        np.save(tmp_path / "x.npy", x)  # the CLI sends an .npy file's rows as float32 bytes
+        printed = subprocess.run(
+            [sys.executable, "-m", "embedmix.cli.main", "embed", job["id"], str(tmp_path / "x.npy"),
+             "--url", service.url, "--api-key", service.key],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+        np.testing.assert_array_equal(np.array(json.loads(printed), dtype=np.float32), api_out.astype(np.float32))
         assert c.card(job["id"])["embedding_dim"] == 16
 
 

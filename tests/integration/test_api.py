@@ -761,6 +761,66 @@ def test_embed_equals_onnxruntime_on_the_downloaded_model(
         np.testing.assert_allclose(np.array(body["embeddings"]), expected, atol=1e-4)
 
 
+def test_embed_in_base64_gives_the_float_route_s_vectors_bit_for_bit(
+    client: TestClient, keys: Keys, finished: Finished, trained: Trained
+) -> None:
+    """The batch's float32 bytes in, the embedding matrix's float32 bytes out: the same
+    numbers as the JSON lists, which carry each float32 exactly (as a float64)."""
+    x = trained.x_test.astype(np.float32)
+    url = f"/v1/jobs/{finished.job_id}/embed"
+    as_lists = client.post(url, json={"inputs": x.tolist()}, headers=auth(keys.alice)).json()
+    packed = base64.b64encode(x.astype("<f4").tobytes()).decode()
+    response = client.post(
+        url, json={"inputs_base64": packed, "encoding_format": "base64"}, headers=auth(keys.alice)
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["embedding_dim"] == 16 and body["model"] == finished.job_id
+    matrix = np.frombuffer(base64.b64decode(body["embeddings"]), dtype="<f4").reshape(len(x), 16)
+    np.testing.assert_array_equal(matrix, np.array(as_lists["embeddings"], dtype=np.float32))
+    mixed = client.post(url, json={"inputs_base64": packed}, headers=auth(keys.alice)).json()
+    assert mixed["embeddings"] == as_lists["embeddings"]  # base64 in, float lists out
+    lists_in = client.post(
+        url, json={"inputs": x.tolist(), "encoding_format": "base64"}, headers=auth(keys.alice)
+    ).json()
+    assert lists_in["embeddings"] == body["embeddings"]
+
+
+def _packed(values: list[float]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"inputs_base64": "not base64!"}, "inputs_base64", "not valid base64"),
+        ({"inputs_base64": "AAAA\u00e9AAA"}, "inputs_base64", "not valid base64"),
+        ({"inputs_base64": _packed([0.0] * 39)}, "inputs_base64", "156 bytes, not a whole number of samples of shape [40]"),
+        ({"inputs_base64": ""}, "inputs_base64", "0 bytes"),
+        ({"inputs_base64": _packed([0.0] * 40 * 6)}, "inputs_base64", "at most 5"),
+        ({"inputs_base64": _packed([0.0] * 40 + [0.0] * 39 + [float("nan")])}, "inputs_base64.1", "NaN"),
+        ({"inputs": [[0.0] * 40], "inputs_base64": _packed([0.0] * 40)}, "inputs", "not both"),
+        ({}, "inputs", "give inputs"),
+    ],
+)
+def test_embed_refuses_base64_inputs_that_do_not_fit_the_model(
+    database_url: str,
+    scratch: Path,
+    broker: redis.Redis,
+    keys: Keys,
+    db: sessionmaker[Session],
+    trained: Trained,
+    body: dict[str, Any],
+    param: str,
+    fragment: str,
+) -> None:
+    settings = make_settings(database_url, scratch, max_embed_inputs=5)
+    job = seed_finished_job(db, settings, keys.alice_id, trained, formats=("safetensors",))
+    with TestClient(create_app(settings)) as client:
+        response = client.post(f"/v1/jobs/{job.job_id}/embed", json=body, headers=auth(keys.alice))
+    assert fragment in assert_error(response, 422, "invalid_inputs", param)["message"]
+
+
 @pytest.mark.parametrize(
     ("inputs", "fragment"),
     [
@@ -791,14 +851,25 @@ def test_embed_refuses_inputs_that_do_not_fit_the_model(
     assert fragment in assert_error(response, 422, "invalid_inputs", "inputs")["message"]
 
 
-def test_embed_needs_the_safetensors_export(
+def test_embed_runs_either_export_alone(
     client: TestClient, keys: Keys, db: sessionmaker[Session], settings: Settings, trained: Trained
 ) -> None:
-    job = seed_finished_job(db, settings, keys.alice_id, trained, formats=("onnx",))
+    """Each file alone serves the same vectors; a job with neither gets a 404 naming what to export."""
+    x = trained.x_test.astype(np.float32)
+    served = {}
+    for formats in (("onnx",), ("safetensors",)):
+        job = seed_finished_job(db, settings, keys.alice_id, trained, formats=formats)
+        response = client.post(f"/v1/jobs/{job.job_id}/embed", json={"inputs": x.tolist()}, headers=auth(keys.alice))
+        assert response.status_code == 200, response.text
+        served[formats[0]] = np.array(response.json()["embeddings"])
+    expected = ort.InferenceSession(str(trained.out / "model.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(served["onnx"], expected)  # the very graph a user downloads
+    np.testing.assert_allclose(served["safetensors"], expected, atol=1e-5)
+    job = seed_finished_job(db, settings, keys.alice_id, trained, formats=("torchscript",))
     response = client.post(
         f"/v1/jobs/{job.job_id}/embed", json={"inputs": [[0.0] * 40]}, headers=auth(keys.alice)
     )
-    assert_error(response, 404, "not_found", "format")
+    assert "safetensors" in assert_error(response, 404, "not_found", "format")["message"]
 
 
 # -- datasets ------------------------------------------------------------------------------

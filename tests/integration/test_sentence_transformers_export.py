@@ -156,7 +156,8 @@ def test_onnx_bundle_with_its_tokenizer_equals_embed(text_job: TextJob, tmp_path
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "inputs.json", "model.onnx", "tokenizer.json"]
     described = json.loads((folder / "inputs.json").read_text())
     assert described["inputs"]["input_ids"]["dtype"] == "int64" and described["output"]["name"] == "embedding"
-    np.testing.assert_allclose(onnx_with_bundled_tokenizer(folder, TEXTS), text_job.embedded, atol=1e-5)
+    # Equal, not close: /embed runs this very graph on the same inputs (core.onnx_encoder).
+    np.testing.assert_array_equal(onnx_with_bundled_tokenizer(folder, TEXTS), text_job.embedded)
 
 
 def test_int8_bundle_is_close_to_fp32_and_its_card_records_the_parity(text_job: TextJob, tmp_path: Path) -> None:
@@ -170,3 +171,21 @@ def test_int8_bundle_is_close_to_fp32_and_its_card_records_the_parity(text_job: 
     p1 = parity["metrics"]["precision_at_1"]
     assert p1["fp32"] == pytest.approx(text_job.card["metrics"]["precision_at_1"], abs=1e-4)
     assert p1["change"] == pytest.approx(p1["int8"] - p1["fp32"])
+
+
+def test_embed_runs_the_onnx_bundle_and_agrees_with_the_safetensors_encoder(text_job: TextJob) -> None:
+    """The service serves a text job from its ONNX zip (onnxruntime, the zip's tokenizer); the
+    safetensors file rebuilt in torch gives the same vectors, and usage counts each text's own
+    tokens, not the padding of the batch."""
+    from embedmix.core.export import load_safetensors
+
+    response = text_job.client.get(f"/v1/jobs/{text_job.job_id}/model", headers=text_job.headers)
+    assert response.status_code == 200
+    weights = Path(text_job.client.app.state.runtime.settings.work_dir) / "served.safetensors"
+    weights.write_bytes(response.content)
+    torch_vectors = load_safetensors(weights)(TEXTS).detach().numpy()
+    np.testing.assert_allclose(text_job.embedded, torch_vectors, atol=1e-5)
+    used = text_job.client.post("/v1/embeddings", json={"model": text_job.job_id, "input": TEXTS},
+                                headers=text_job.headers).json()["usage"]["prompt_tokens"]
+    own = load_safetensors(weights).tokenizer.encode_batch(TEXTS)
+    assert used == sum(len(e.ids) for e in own) < len(TEXTS) * max(len(e.ids) for e in own)

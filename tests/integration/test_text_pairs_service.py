@@ -9,11 +9,13 @@ pairs, one epoch, max_length 16).
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi.testclient import TestClient
 
 from embedmix.api import create_app
@@ -90,3 +92,10 @@ def test_upload_jsonl_train_minilm_and_embed_strings(tmp_path: Path, redis_serve
 
         numbers = client.post(f"/v1/jobs/{job_id}/embed", json={"inputs": [[1.0, 2.0]]}, headers=headers)
         assert numbers.status_code == 422 and "must be a string" in numbers.json()["error"]["message"]
+        packed = client.post(f"/v1/jobs/{job_id}/embed", json={"inputs_base64": "AAAAAA=="}, headers=headers)
+        assert packed.status_code == 422 and packed.json()["error"]["param"] == "inputs_base64"
+        assert "text model" in packed.json()["error"]["message"]
+        as_bytes = client.post(f"/v1/jobs/{job_id}/embed", json={"inputs": texts, "encoding_format": "base64"},
+                               headers=headers).json()
+        matrix = np.frombuffer(base64.b64decode(as_bytes["embeddings"]), dtype="<f4").reshape(3, 384)
+        np.testing.assert_array_equal(matrix, np.array(z, dtype=np.float32))
