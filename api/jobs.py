@@ -30,7 +30,6 @@ Choices the contract left open:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Coroutine
@@ -38,7 +37,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from embedmix.api.deps import (
@@ -86,7 +84,6 @@ from embedmix.store import (
     create_job,
     find_idempotent_job,
     get_dataset,
-    get_job_row,
     list_events,
     list_jobs,
     list_metrics,
@@ -562,27 +559,14 @@ router.add_api_route("/{job_id}", read_job, methods=["GET"], response_model=JobO
 
 
 async def read_job_body(request: Request, owner_id: int, job_id: str) -> bytes | None:
-    """:func:`read_job_json` on the runtime's poll threads, not FastAPI's pool: a plain
-    executor hop costs less than anyio's, and polls do not queue behind forty
-    submissions holding that pool."""
+    """The job's body by the runtime's batched reads (:mod:`embedmix.api.job_reads`), on
+    its poll threads, not FastAPI's pool: polls do not queue behind forty submissions holding it."""
     runtime: Runtime = request.app.state.runtime
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(runtime.poll_threads, read_job_json, runtime.poll_engine, owner_id, job_id)
+    return await runtime.job_reads.read(owner_id, job_id)
 
 
 def job_response(body: bytes) -> Response:
     return Response(body, media_type=JOB_MEDIA_TYPE)
-
-
-def read_job_json(engine: Engine, owner_id: int, job_id: str) -> bytes | None:
-    """The owner's job as the JSON body of ``GET /v1/jobs/{id}``, or None if it is not theirs.
-
-    One statement on a bare connection, and the model dumped once here (not
-    validated again and dumped by FastAPI): this is the request clients repeat.
-    """
-    with engine.connect() as connection:
-        row = get_job_row(connection, owner_id, job_id)
-    return None if row is None else JobOut.of(row).model_dump_json().encode()
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from embedmix.api.embedding import EncoderCache
+from embedmix.api.job_reads import JobReads
 from embedmix.api.key_cache import KeyCache, RevocationListener
 from embedmix.api.queue import TrainQueue
 from embedmix.api.rate_limit import SubmitRateLimiter
@@ -29,8 +30,8 @@ from embedmix.store import (
 )
 
 ENCODER_CACHE_SIZE = 4
-# Threads for the status poll's reads (api.jobs.read_job_body): a poll holds one for a single-row query, so a few serve
-# thousands a second (store.db sizes the connection pool for them).
+# Threads for the status poll's batched reads (api.job_reads): a batch holds one for one query, so a few
+# serve thousands of polls a second (store.db sizes the connection pool for them).
 POLL_THREADS = 4
 
 
@@ -46,6 +47,7 @@ class Runtime:
     keys: KeyCache
     revocations: RevocationListener
     poll_threads: ThreadPoolExecutor
+    job_reads: JobReads
     streams: StreamLimits
     encoders: EncoderCache
     telemetry: Telemetry
@@ -59,17 +61,20 @@ class Runtime:
         session_factory = make_session_factory(engine)
         queue = TrainQueue(settings.redis_url, settings.max_devices_per_job)
         keys = KeyCache(settings.key_cache_s)
+        poll_engine = make_autocommit_engine(settings.database_url)
+        poll_threads = ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="polls")
         return cls(
             settings=settings,
             engine=engine,
-            poll_engine=make_autocommit_engine(settings.database_url),
+            poll_engine=poll_engine,
             session_factory=session_factory,
             artifacts=artifact_store_from_url(settings.artifacts, settings.s3_endpoint_url),
             queue=queue,
             submit_rate=SubmitRateLimiter(settings.redis_url, settings.submit_rate_per_minute),
             keys=keys,
             revocations=RevocationListener(settings.redis_url, keys),
-            poll_threads=ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="polls"),
+            poll_threads=poll_threads,
+            job_reads=JobReads(poll_engine, poll_threads),
             streams=StreamLimits(settings.max_streams_per_key, settings.max_streams),
             encoders=EncoderCache(ENCODER_CACHE_SIZE),
             telemetry=Telemetry(session_factory, queue.depth),

@@ -4,7 +4,11 @@ every request it cannot answer that way gets the solved route's own answer."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import httpx
@@ -14,9 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-import embedmix.api.jobs
+import embedmix.api.job_reads
 from embedmix.api.app import create_app
 from embedmix.api.deps import get_current_owner
+from embedmix.api.job_reads import JobReads
 from embedmix.api.key_cache import Caller
 from embedmix.service.settings import Settings
 from tests.conftest import wait_for
@@ -109,7 +114,7 @@ def test_a_database_error_in_an_unsolved_poll_is_the_503_every_route_answers(
     def failing(*args: Any) -> bytes:
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(embedmix.api.jobs, "read_job_json", failing)
+    monkeypatch.setattr(embedmix.api.job_reads, "read_jobs_json", failing)
     down = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
     assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
     assert "retry-after" in down.headers
@@ -126,3 +131,74 @@ def test_a_poll_reads_outside_a_transaction(client: TestClient) -> None:
     with runtime.engine.connect() as connection:  # the other requests' engine keeps its transactions
         driver = connection.connection.dbapi_connection
         assert not driver.autocommit if hasattr(driver, "autocommit") else driver.isolation_level is not None
+
+
+class GatedExecutor(ThreadPoolExecutor):
+    """A poll-thread pool whose batches wait for ``gate`` and count their keys, so a test can
+    hold a batch in flight while more polls arrive."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.gate = threading.Event()
+        self.batches: list[list[tuple[int, str]]] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        engine, keys = args
+        self.batches.append(list(keys))
+
+        def gated() -> Any:
+            self.gate.wait(30)
+            return fn(engine, keys)
+
+        return super().submit(gated)
+
+
+def test_polls_waiting_together_share_one_read_and_each_gets_only_its_own_job(
+    client: TestClient, app_settings: Settings
+) -> None:
+    alice_id, [(_, alice)] = owner_with_keys(app_settings, 1)
+    bob_id, [(_, bob)] = owner_with_keys(app_settings, 1)
+    alice_job = client.post("/v1/jobs", json=SPEC, headers=auth(alice)).json()["id"]
+    bob_job = client.post("/v1/jobs", json=SPEC, headers=auth(bob)).json()["id"]
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    executor = GatedExecutor()
+    reads = JobReads(runtime.poll_engine, executor, in_flight=1)
+
+    async def polls() -> list[bytes | None]:
+        first = asyncio.ensure_future(reads.read(alice_id, alice_job))  # starts a batch, held at the gate
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(reads.read(owner, job)) for owner, job in
+                [(alice_id, alice_job), (alice_id, bob_job), (bob_id, bob_job), (bob_id, "job_missing")] * 3]
+        await asyncio.sleep(0.05)
+        executor.gate.set()
+        return [await first] + [await r for r in rest]
+
+    bodies = asyncio.run(polls())
+    executor.shutdown()
+    assert [len(batch) for batch in executor.batches] == [1, 4]  # twelve polls, four distinct, one read
+    ids = [None if body is None else json.loads(body)["id"] for body in bodies]
+    assert ids == [alice_job] + [alice_job, None, bob_job, None] * 3  # Bob's job is not Alice's
+
+
+def test_a_poll_arriving_during_a_read_waits_for_the_next_and_sees_what_changed_before_it(
+    client: TestClient, app_settings: Settings
+) -> None:
+    owner_id, [(_, key)] = owner_with_keys(app_settings, 1)
+    job_id = client.post("/v1/jobs", json=SPEC, headers=auth(key)).json()["id"]
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    executor = GatedExecutor()
+    reads = JobReads(runtime.poll_engine, executor, in_flight=1)
+
+    async def polls() -> tuple[bytes | None, bytes | None]:
+        before = asyncio.ensure_future(reads.read(owner_id, job_id))
+        await asyncio.sleep(0)
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key)).status_code == 200
+        after = asyncio.ensure_future(reads.read(owner_id, job_id))  # the first read is still in flight
+        await asyncio.sleep(0.05)
+        executor.gate.set()
+        return await before, await after
+
+    _, after = asyncio.run(polls())
+    executor.shutdown()
+    assert len(executor.batches) == 2
+    assert after is not None and json.loads(after)["status"] == "cancelled"
