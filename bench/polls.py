@@ -12,6 +12,10 @@ Beside req/s, each run takes the CPU time its server process spent (user + syste
 psutil) and PostgreSQL's processes spent, per request: a figure other work on the
 machine barely moves, where req/s swings with it.
 
+After the rounds, a second client (asyncio, the same 16 connections, one request in flight on
+each, as wrk) times every poll of each side once more: its percentiles are the latency a
+Python caller sees, next to wrk's.
+
 One more run, once, shows what the key cache saves: embedmix with
 ``EMBEDMIX_KEY_CACHE_S=0``, every poll looking its key up in the database.
 
@@ -24,6 +28,7 @@ database and redis-server (bench/load.py's Stack).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -31,7 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -86,6 +93,52 @@ def polls(url: str, key: str, ids: list[str], seconds: float, tmp: Path, server_
     return result
 
 
+def client_latencies(port: int, key: str, ids: list[str], seconds: float) -> dict[str, float]:
+    """Per-poll latency seen by a second client: CONNECTIONS asyncio connections, each sending
+    its next GET when the last response has fully arrived (what wrk does), timed per request.
+
+    wrk's p99 here reads a ~200 ms tail on 1-3% of polls that neither this client at the same
+    rate, nor the server's own histogram, nor the sockets' queues show (BENCHMARKS.md).
+    """
+    async def connection(k: int, until: float, latencies: list[float]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        while time.perf_counter() < until:
+            request = f"GET /v1/jobs/{ids[i % len(ids)]} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+            i += CONNECTIONS
+            started = time.perf_counter()
+            writer.write(request.encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+
+    async def run() -> list[float]:
+        latencies: list[float] = []
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(connection(k, until, latencies) for k in range(CONNECTIONS)))
+        return sorted(latencies)
+
+    latencies = run_loop(run())
+
+    def at(q: float) -> float:
+        return latencies[int(q * (len(latencies) - 1))] * 1000
+
+    return {"rps": len(latencies) / seconds, "p50": at(0.5), "p90": at(0.9), "p99": at(0.99),
+            "over_100ms": sum(t > 0.1 for t in latencies) / len(latencies)}
+
+
+def run_loop(coroutine: Any) -> Any:
+    """The coroutine on uvloop (uvicorn's loop, a dependency of the service) or asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system seconds of these processes and their children (ones gone meanwhile count as 0)."""
     total = 0.0
@@ -134,6 +187,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 ours.append(polls(stack.url, stack.key, ids, args.seconds, Path(tmp), api_pid(stack)))
                 peers.append(polls(bare_url, "none", ["job_x"], args.seconds, Path(tmp), bare.pid))
+            second = {"embedmix": client_latencies(stack.port, stack.key, ids, args.seconds),
+                      "bare FastAPI": client_latencies(int(bare_url.rsplit(":", 1)[1]), "none", ["job_x"], args.seconds)}
         finally:
             stop_bare(bare)
             stack.close()
@@ -149,6 +204,10 @@ def main() -> None:
               f"server {result['server_us']} us, PostgreSQL {result['postgres_us']} us")
     cpu = statistics.median(float(b["server_us"]) / float(o["server_us"]) for o, b in zip(ours, peers))
     print(f"server CPU a request, peer / embedmix (median over rounds): {cpu:.2f}")
+    for name, seen in second.items():
+        print(f"second client (asyncio, {CONNECTIONS} connections, one run), {name}: {seen['rps']:.0f} req/s, "
+              f"p50 {seen['p50']:.2f} ms, p90 {seen['p90']:.2f} ms, p99 {seen['p99']:.2f} ms, "
+              f"over 100 ms {100 * seen['over_100ms']:.2f}%")
 
 
 if __name__ == "__main__":
