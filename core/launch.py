@@ -10,11 +10,13 @@ left running. Only rank 0's output reaches the console.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
 import sys
 from functools import partial
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -107,3 +109,18 @@ def join_group(device: torch.device) -> Ranks:
 def leave_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End a launched rank that has done its work, without the interpreter's teardown.
+
+    At exit, C++ static destructors can find a gloo group's threads still
+    joinable and abort the rank ("terminate called without an active exception",
+    SIGABRT, with no Python frame left), which its launcher reports as a crashed
+    rank, and which then stops the other ranks mid-export. Nothing is left to do
+    once a rank's files are written, so it flushes its output and leaves at once.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -58,6 +58,7 @@ from embedmix.core.export import export
 from embedmix.core.launch import (
     STOP_GRACE_S,
     die_with_parent,
+    exit_rank,
     join_group,
     launched_rank,
     leave_group,
@@ -393,3 +394,4 @@ def _projection(run: RunDir, encoder: Any, data: Any, device: Any, seed: int) ->
 
 if __name__ == "__main__":
     rank_main(Path(sys.argv[1]))
+    exit_rank()  # an error above exits the usual way, with its traceback
