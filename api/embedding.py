@@ -34,7 +34,7 @@ EMBED_BATCH = 256
 
 
 # What the embed routes run: an encoder rebuilt from safetensors, or an ONNX export in onnxruntime.
-Encoder = nn.Module | OnnxEncoder
+ServedEncoder = nn.Module | OnnxEncoder
 
 
 class EncoderCache:
@@ -42,7 +42,7 @@ class EncoderCache:
 
     def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str], Encoder] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], ServedEncoder] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(
@@ -51,8 +51,8 @@ class EncoderCache:
         sha256: str,
         read_bytes: Callable[[], Iterable[bytes]],
         directory: str | None,
-        load: Callable[[str], Encoder],
-    ) -> Encoder:
+        load: Callable[[str], ServedEncoder],
+    ) -> ServedEncoder:
         """The cached encoder, or ``load`` of the file whose chunks ``read_bytes()`` gives."""
         key = (job_id, sha256)
         with self._lock:
@@ -69,7 +69,7 @@ class EncoderCache:
         return encoder
 
 
-def _load(chunks: Iterable[bytes], directory: str | None, load: Callable[[str], Encoder]) -> Encoder:
+def _load(chunks: Iterable[bytes], directory: str | None, load: Callable[[str], ServedEncoder]) -> ServedEncoder:
     """The loaders read from a path, so the bytes pass through a private temporary file."""
     with tempfile.TemporaryDirectory(prefix="embedmix-model-", dir=directory) as folder:
         path = Path(folder) / "model"
@@ -204,7 +204,7 @@ UNIT_TOLERANCE = 1e-3
 
 
 @torch.inference_mode()
-def embed(encoder: Encoder, batch: torch.Tensor | list[str]) -> torch.Tensor:
+def embed(encoder: ServedEncoder, batch: torch.Tensor | list[str]) -> torch.Tensor:
     """Unit-length float32 embeddings (n, d) of raw inputs (samples, or strings for a text model),
     in bounded batches.
 
@@ -232,7 +232,7 @@ def to_base64(embeddings: torch.Tensor) -> str:
     return base64.b64encode(embeddings.numpy().astype("<f4", copy=False).tobytes()).decode("ascii")
 
 
-def input_units(encoder: Encoder, batch: torch.Tensor | list[str]) -> int:
+def input_units(encoder: ServedEncoder, batch: torch.Tensor | list[str]) -> int:
     """What a request consumed: tokens for a text model (as its tokeniser cuts them), samples otherwise."""
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is None or not isinstance(batch, list):

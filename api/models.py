@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from embedmix.api.deps import OwnedJob, PageDep, RuntimeDep, SessionDep
-from embedmix.api.embedding import Encoder, embed, input_units, model_batch, to_base64
+from embedmix.api.embedding import ServedEncoder, embed, input_units, model_batch, to_base64
 from embedmix.api.errors import ApiError, not_found
 from embedmix.api.runtime import Runtime
 from embedmix.api.schemas import CheckpointOut, EmbedIn, EmbedOut, ErrorOut, Page
@@ -36,7 +36,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["outputs"])
 
 ModelFormat = Literal[tuple(EXPORT_FORMATS)]  # type: ignore[valid-type]
 # The exports the embed routes can run (see _served_file), with their loaders.
-SERVED_FORMATS: dict[str, Callable[[str], Encoder]] = {"onnx": load_onnx, "safetensors": load_safetensors}
+SERVED_FORMATS: dict[str, Callable[[str], ServedEncoder]] = {"onnx": load_onnx, "safetensors": load_safetensors}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
