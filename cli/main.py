@@ -134,8 +134,7 @@ def train(
 
     from embedmix.core.data import load_dataset
     from embedmix.core.errors import DataError, Diverged, SpecError, UnsupportedSpec
-    from embedmix.core.export import export
-    from embedmix.core.launch import in_launched_rank, join_group, launched_rank, leave_group, rank_command, run_ranks
+    from embedmix.core.launch import exit_rank, in_launched_rank, join_group, launched_rank, leave_group, rank_command, run_ranks
     from embedmix.core.train import pick_device, train as run_training
 
     spec = _load(spec_path)
@@ -174,8 +173,16 @@ def train(
             _fail(str(exc))
         finally:
             leave_group()
-    if ranks.rank != 0:
-        return  # rank 0 exports for the group
+    if ranks.rank == 0:  # rank 0 exports for the group
+        _export_and_report(result, data, out)
+    if in_launched_rank():
+        exit_rank()  # the gloo group's teardown at interpreter exit can abort a finished rank
+
+
+def _export_and_report(result, data, out: Path) -> None:
+    """Write the model's exports and card into OUT and print its test metrics and files."""
+    from embedmix.core.export import export
+
     card = export(result, data, out, training={"steps": result.step, "epochs": result.epoch,
                                                "seconds": round(result.seconds, 2)})
     table = Table(title=f"{result.spec.name}: test metrics")
