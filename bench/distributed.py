@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 
 from embedmix.core.array_train import ArrayTrainer
 from embedmix.core.data import load_dataset
+from embedmix.core.launch import exit_rank
 from embedmix.core.loop import NullCallbacks
 from embedmix.core.spec import validate_spec
 
@@ -64,6 +65,7 @@ def rank_main(rank: int, world: int, init: str, out: str, spec_dict: dict) -> No
     if rank == 0:
         Path(out).write_text(json.dumps({"rate": rate, "losses": losses}))
     dist.destroy_process_group()
+    exit_rank()  # the gloo teardown at interpreter exit can abort a finished rank
 
 
 def main() -> None:

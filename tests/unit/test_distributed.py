@@ -23,6 +23,7 @@ from embedmix.core import catalog
 from embedmix.core.array_train import ArrayTrainer
 from embedmix.core.data import load_dataset
 from embedmix.core.distributed import Ranks, class_balanced_order, class_groups, shard_rows, shard_sizes
+from embedmix.core.launch import exit_rank
 from embedmix.core.spec import validate_spec
 
 STEPS = 3
@@ -103,6 +104,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str, cases: list[
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    exit_rank()  # as the service's ranks leave: the gloo teardown at interpreter exit can abort a finished rank
 
 
 def _spawn(tmp: Path, world: int, cases: list[str]) -> list[dict]:
