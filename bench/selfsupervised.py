@@ -123,6 +123,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench/'s own modules, shadowing nothing installed
+from side_by_side import load_average, median  # noqa: E402
+
 METHODS = ("moco", "simclr", "barlow_twins")
 SIDES = ("embedmix", "lightly", "lightly_fused")
 LABELS = {"embedmix": "embedmix", "lightly": "lightly (plain loop)", "lightly_fused": "lightly, fused AdamW"}
@@ -495,14 +498,6 @@ def piece_timings(work: Path, methods: list[str], repeats: int) -> list[tuple[st
 
 # -- the parent ----------------------------------------------------------------------------
 
-def _load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
@@ -569,7 +564,7 @@ def main() -> None:
         print(f"MNIST-1D {len(data.x_train)} train / {len(data.x_test)} held out; conv1d width 32, embedding 64, "
               f"projection {args.projection_dim}; batch {args.batch}, {args.epochs} epoch(s) = {steps} steps, "
               f"AdamW lr {args.lr} constant, wd {WEIGHT_DECAY}, seed {args.seed}; torch {torch.__version__}, "
-              f"{args.threads} thread(s), {args.rounds} round(s); load average at start {_load_average()}", flush=True)
+              f"{args.threads} thread(s), {args.rounds} round(s); load average at start {load_average()}", flush=True)
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {s: [] for s in sides} for m in methods}
         for r in range(args.rounds):
             # --tiny: one child per side trains every method (start-up, not training, is most of a small run);
@@ -581,7 +576,7 @@ def main() -> None:
                         runs[method][side].append(result)
                         print(f"round {r + 1} {method:12s} {side:13s} {result['steps_per_s']:7.2f} steps/s  "
                               f"train {result['train_s']:6.2f} s  kNN {result['knn']:.4f}  "
-                              f"(load average {_load_average()})", flush=True)
+                              f"(load average {load_average()})", flush=True)
         pieces = piece_timings(work, methods, repeats=3 if args.tiny else 15)
         report(args, runs, methods, sides, baseline, pieces)
         if args.json:
@@ -628,18 +623,18 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
         for side in sides:
             rs = runs[method][side]
             knn = statistics.median(r["knn"] for r in rs)
-            print(f"| {method} | {LABELS[side]} | {_median(rs, 'steps_per_s'):.2f} | {_median(rs, 'steps_per_cpu_s'):.2f} | "
-                  f"{_median(rs, 'train_s'):.2f} | {knn:.4f} | {rs[0]['losses'][0]:.4f} | "
-                  f"{statistics.median(r['losses'][-1] for r in rs):.4f} | {_median(rs, 'rss_mib'):.0f} | {_median(rs, 'wall_s'):.1f} |")
+            print(f"| {method} | {LABELS[side]} | {median(rs, 'steps_per_s'):.2f} | {median(rs, 'steps_per_cpu_s'):.2f} | "
+                  f"{median(rs, 'train_s'):.2f} | {knn:.4f} | {rs[0]['losses'][0]:.4f} | "
+                  f"{statistics.median(r['losses'][-1] for r in rs):.4f} | {median(rs, 'rss_mib'):.0f} | {median(rs, 'wall_s'):.1f} |")
     print()
     for method in methods:
         ours = runs[method]["embedmix"]
         for side in sides[1:]:
             peer = runs[method][side]
             per_round = [a["steps_per_s"] / b["steps_per_s"] for a, b in zip(ours, peer)]
-            cpu = _median(ours, "steps_per_cpu_s") / _median(peer, "steps_per_cpu_s")
+            cpu = median(ours, "steps_per_cpu_s") / median(peer, "steps_per_cpu_s")
             knn_diff = statistics.median(r["knn"] for r in ours) - statistics.median(r["knn"] for r in peer)
-            print(f"{method}: embedmix / {LABELS[side]} steps/s {_median(ours, 'steps_per_s') / _median(peer, 'steps_per_s'):.2f} "
+            print(f"{method}: embedmix / {LABELS[side]} steps/s {median(ours, 'steps_per_s') / median(peer, 'steps_per_s'):.2f} "
                   f"(per round {', '.join(f'{x:.2f}' for x in per_round)}; per CPU second {cpu:.2f}); "
                   f"kNN accuracy embedmix - peer {knn_diff:+.4f}")
     print("\nper-step pieces where the sides' code differs, each side's own on the same tensors, timed in turns "
@@ -654,7 +649,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
                           for m in methods))
     spread = {m: {s: sorted({round(r["knn"], 4) for r in runs[m][s]}) for s in sides} for m in methods}
     print(f"kNN accuracy over rounds: {spread}")
-    print(f"load average at the end {_load_average()}")
+    print(f"load average at the end {load_average()}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench/'s own modules, shadowing nothing installed
+from side_by_side import load_average, median  # noqa: E402
+
 SIDES = ("embedmix", "st", "st_frozen")
 LABELS = {"embedmix": "embedmix", "st": "sentence-transformers", "st_frozen": "sentence-transformers, token embeddings frozen"}
 SCALE = 20.0  # MNRL scale = 1 / temperature: 0.05
@@ -153,6 +156,19 @@ def epoch_batches(seed: int, epoch: int, n: int, batch: int) -> list[list[int]]:
 
     order = epoch_order(seed, epoch, n).tolist()
     return [order[k * batch:(k + 1) * batch] for k in range(max(1, n // batch))]
+
+
+def record_batches(trainer: Any) -> list[list[int]]:
+    """The list into which `trainer` (a TextTrainer) will record the row indices of each batch it trains on."""
+    batches: list[list[int]] = []
+    batch_loss = trainer.batch_loss
+
+    def recording(idx: Any) -> Any:
+        batches.append(idx.tolist())
+        return batch_loss(idx)
+
+    trainer.batch_loss = recording
+    return batches
 
 
 def embedmix_order_sampler(seed: int, recorded: list[list[int]] | None = None) -> Any:
@@ -249,14 +265,7 @@ def child_embedmix(work: Path, threads: int) -> dict[str, Any]:
     test_texts = data.anchors_test + data.positives_test
     pretrained = embed_tokens(trainer.encoder, trainer.encoder.tokenize(test_texts), trainer.device).numpy()
 
-    batches: list[list[int]] = []
-    batch_loss = trainer.batch_loss
-
-    def recording(idx: torch.Tensor) -> torch.Tensor:
-        batches.append(idx.tolist())
-        return batch_loss(idx)
-
-    trainer.batch_loss = recording  # type: ignore[method-assign]
+    batches = record_batches(trainer)
     result = trainer.run()
     trained = embed_tokens(trainer.encoder, trainer.encoder.tokenize(test_texts), trainer.device).numpy()
     n_test = len(data.anchors_test)
@@ -362,14 +371,6 @@ def run_child(side: str, work: Path, threads: int) -> dict[str, Any]:
 
 # -- the parent ----------------------------------------------------------------------
 
-def _load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=640)
@@ -413,7 +414,7 @@ def main() -> None:
         n_train, n_test = len(data.anchors_train), len(data.anchors_test)
         print(f"{args.pairs} pairs: {n_train} train, {n_test} held out; batch {args.batch}, lr {args.lr}, "
               f"{args.epochs} epoch(s), max_length {args.max_length}, seed {args.seed}, {args.threads} threads, "
-              f"{args.rounds} round(s); load average at start {_load_average()}", flush=True)
+              f"{args.rounds} round(s); load average at start {load_average()}", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
         for r in range(args.rounds):
             order = sides if r % 2 == 0 else sides[::-1]
@@ -422,7 +423,7 @@ def main() -> None:
                 runs[side].append(result)
                 print(f"round {r + 1} {side:9s} {result['samples_per_s']:7.2f} samples/s  train {result['train_s']:6.2f} s  "
                       f"peak RSS {result['rss_train_mib']:6.0f} MiB  R@1 {result['metrics']['recall_at_1']:.3f}  "
-                      f"(load average {_load_average()})", flush=True)
+                      f"(load average {load_average()})", flush=True)
         report(args, runs, sides)
         if args.json:
             for side in runs:
@@ -453,22 +454,22 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], side
     for side in sides:
         rs = runs[side]
         m = {k: statistics.median(r["metrics"][k] for r in rs) for k in rs[0]["metrics"]}
-        print(f"| {LABELS[side]} | {_median(rs, 'samples_per_s'):.2f} | {_median(rs, 'train_s'):.2f} | {_median(rs, 'setup_s'):.2f} | "
-              f"{_median(rs, 'rss_train_mib'):.0f} | {_median(rs, 'wall_s'):.1f} | {m['recall_at_1']:.3f} | "
+        print(f"| {LABELS[side]} | {median(rs, 'samples_per_s'):.2f} | {median(rs, 'train_s'):.2f} | {median(rs, 'setup_s'):.2f} | "
+              f"{median(rs, 'rss_train_mib'):.0f} | {median(rs, 'wall_s'):.1f} | {m['recall_at_1']:.3f} | "
               f"{m['recall_at_5']:.3f} | {m['mrr_at_10']:.3f} |")
-    ours = _median(runs["embedmix"], "samples_per_s")
+    ours = median(runs["embedmix"], "samples_per_s")
     print()
     for side in sides[1:]:
         per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["embedmix"], runs[side])]
-        print(f"embedmix / {LABELS[side]} samples/s: {ours / _median(runs[side], 'samples_per_s'):.2f} "
+        print(f"embedmix / {LABELS[side]} samples/s: {ours / median(runs[side], 'samples_per_s'):.2f} "
               f"(per round {', '.join(f'{x:.2f}' for x in per_round)}); peak RSS ratio "
-              f"{_median(runs['embedmix'], 'rss_train_mib') / _median(runs[side], 'rss_train_mib'):.2f}")
+              f"{median(runs['embedmix'], 'rss_train_mib') / median(runs[side], 'rss_train_mib'):.2f}")
     spread = {s: sorted({round(r["metrics"]["recall_at_1"], 6) for r in runs[s]}) for s in sides}
     print(f"recall@1 over rounds: {spread}")
     if "st" in runs and "pre_step_s" in runs["st"][0]:
-        print(f"peer's trainer.train() call to its first step (inside its train s): {_median(runs['st'], 'pre_step_s'):.2f} s; "
-              f"embedmix's tokenisation of the train texts (inside its train s): {_median(runs['embedmix'], 'tokenize_s'):.2f} s")
-    print(f"load average at the end {_load_average()}")
+        print(f"peer's trainer.train() call to its first step (inside its train s): {median(runs['st'], 'pre_step_s'):.2f} s; "
+              f"embedmix's tokenisation of the train texts (inside its train s): {median(runs['embedmix'], 'tokenize_s'):.2f} s")
+    print(f"load average at the end {load_average()}")
 
 
 if __name__ == "__main__":

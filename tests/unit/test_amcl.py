@@ -17,6 +17,7 @@ from embedmix.core.export import export, load_safetensors
 from embedmix.core.losses import build
 from embedmix.core.spec import SpecError, validate_spec
 from embedmix.core.train import train
+from tests.callbacks import StopAt
 
 B, DIM = 5, 6
 SMALL = {"head_dim": 4, "head_hidden": 7, "temperature_hidden": 5, "beta": 0.05, "tau_min": 0.05, "tau_max": 2.0}
@@ -205,23 +206,6 @@ def test_bad_specs_name_the_field(spec, field):
     assert field in fields_of(spec)
 
 
-class _StopAt:
-    def __init__(self, step: int):
-        self.at, self.step, self.checkpoints = step, 0, []
-
-    def on_progress(self, p):
-        self.step = p.step
-
-    def on_metrics(self, step, epoch, values):
-        pass
-
-    def on_checkpoint(self, state, step, epoch):
-        self.checkpoints.append(state)
-
-    def should_stop(self):
-        return self.step >= self.at
-
-
 def test_training_trains_the_heads_and_resumes_exactly():
     spec = _spec()
     data = load_dataset(spec)
@@ -231,7 +215,7 @@ def test_training_trains_the_heads_and_resumes_exactly():
     assert math.isfinite(result.metrics["precision_at_1"])
     assert all(not torch.equal(start[k], v) for k, v in straight.loss.state_dict().items())  # heads and phi learn
 
-    stop = _StopAt(5)  # mid-epoch: 6 steps an epoch
+    stop = StopAt(5)  # mid-epoch: 6 steps an epoch
     assert ArrayTrainer(spec, data, stop).run().stopped
     saved = torch.load(io.BytesIO(stop.checkpoints[-1]), weights_only=True)["loss"]
     assert {k.split(".")[0] for k in saved} == {"projections", "phi"}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from embedmix.core.data import load_dataset
 from embedmix.core.spec import validate_spec
 from embedmix.core.text_train import TextTrainer
@@ -23,14 +21,7 @@ def test_the_peer_sampler_yields_the_batches_embedmix_trains_on(tmp_path: Path) 
     job = validate_spec(bench_text.job_spec(path, args))
     data = load_dataset(job)
     trainer = TextTrainer(job, data)
-    trained: list[list[int]] = []
-    batch_loss = trainer.batch_loss
-
-    def recording(idx: torch.Tensor) -> torch.Tensor:
-        trained.append(idx.tolist())
-        return batch_loss(idx)
-
-    trainer.batch_loss = recording  # type: ignore[method-assign]
+    trained = bench_text.record_batches(trainer)
     trainer.run()
 
     yielded: list[list[int]] = []

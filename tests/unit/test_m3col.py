@@ -23,6 +23,7 @@ from embedmix.core.mixup.mixing import sample_beta
 from embedmix.core.spec import SpecError, validate_spec
 from embedmix.core.train import train
 
+from tests.callbacks import StopAt
 from tests.references import assert_same
 
 B, DIM, CLASSES = 6, 5, 3
@@ -312,23 +313,6 @@ def test_two_modality_data_with_a_one_modality_loss_is_refused(tmp_path):
 # ---------------------------------------------------------------- training, resume, export
 
 
-class _StopAt:
-    def __init__(self, step: int):
-        self.at, self.step, self.checkpoints = step, 0, []
-
-    def on_progress(self, p):
-        self.step = p.step
-
-    def on_metrics(self, step, epoch, values):
-        pass
-
-    def on_checkpoint(self, state, step, epoch):
-        self.checkpoints.append(state)
-
-    def should_stop(self):
-        return self.step >= self.at
-
-
 def test_training_trains_both_encoders_and_heads_and_resumes_exactly():
     spec = _spec()  # 2 epochs, mixco_fraction 0.5: epoch 0 M3Co, epoch 1 SoftClip
     data = load_dataset(spec)
@@ -339,7 +323,7 @@ def test_training_trains_both_encoders_and_heads_and_resumes_exactly():
     changed = {k.split(".")[0] for k, v in straight.loss.state_dict().items() if not torch.equal(start[k], v)}
     assert changed == {"heads", "fusion", "second"}
 
-    stop = _StopAt(3)  # mid-epoch of the M3Co epoch: 6 steps an epoch
+    stop = StopAt(3)  # mid-epoch of the M3Co epoch: 6 steps an epoch
     assert ArrayTrainer(spec, data, stop).run().stopped
     saved = torch.load(io.BytesIO(stop.checkpoints[-1]), weights_only=True)["loss"]
     assert {k.split(".")[0] for k in saved} == {"heads", "fusion", "second"}

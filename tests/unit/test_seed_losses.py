@@ -16,6 +16,7 @@ from embedmix.core.losses import build
 from embedmix.core.losses.conr import conr_regulariser
 from embedmix.core.spec import SpecError, validate_spec
 from embedmix.core.train import train
+from tests.callbacks import StopAt
 from tests.references import assert_same, value_and_grad
 
 DIM = 6
@@ -310,23 +311,6 @@ def _isogclr_spec(**train_over):
     })
 
 
-class _StopAt:
-    def __init__(self, step: int):
-        self.at, self.step, self.checkpoints, self.metrics = step, 0, [], []
-
-    def on_progress(self, p):
-        self.step = p.step
-
-    def on_metrics(self, step, epoch, values):
-        self.metrics.append(values)
-
-    def on_checkpoint(self, state, step, epoch):
-        self.checkpoints.append(state)
-
-    def should_stop(self):
-        return self.step >= self.at
-
-
 def test_isogclr_resume_continues_the_temperatures_exactly_and_reports_their_distribution():
     from embedmix.core.array_train import ArrayTrainer
 
@@ -334,7 +318,7 @@ def test_isogclr_resume_continues_the_temperatures_exactly_and_reports_their_dis
     data = load_dataset(spec)
     straight = ArrayTrainer(spec, data)
     result = straight.run()
-    stop = _StopAt(7)  # mid-epoch (5 steps an epoch)
+    stop = StopAt(7)  # mid-epoch (5 steps an epoch)
     first = ArrayTrainer(spec, data, stop)
     assert first.run().stopped
     resumed = ArrayTrainer(spec, data)
