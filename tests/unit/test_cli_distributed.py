@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import free_port
+
 SPEC = {
     "name": "two-ranks", "dataset": {"name": "mnist1d", "size": 400},
     "model": {"encoder": "mlp", "embedding_dim": 16, "width": 32},
@@ -64,6 +66,28 @@ def test_two_ranks_export_once_and_match_one_device(tmp_path):
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0)
+
+# A one-rank group, joined as a rank the launcher started: the environment torch.distributed.run gives each rank.
+RANK_CHILD = """
+import atexit, sys
+from embedmix.cli.main import main
+atexit.register(lambda: print("teardown ran", flush=True))
+sys.argv = ["embedmix", "train", sys.argv[1], "--out", sys.argv[2]]
+main()
+"""
+
+
+def test_a_launched_rank_leaves_without_the_interpreter_teardown(tmp_path):
+    """The gloo group's teardown at interpreter exit can abort a finished rank (SIGABRT), so a rank that has
+    exported leaves with exit_rank: its files written, exit code 0, and no atexit handler run."""
+    (tmp_path / "spec.json").write_text(json.dumps({**SPEC, "train": {**SPEC["train"], "epochs": 1}}))
+    env = {**ENV, "TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-c", RANK_CHILD, str(tmp_path / "spec.json"), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file() and "card:" in done.stdout
+    assert "teardown ran" not in done.stdout
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
