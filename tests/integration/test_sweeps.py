@@ -11,6 +11,7 @@ process, which hosts the controller, is in tests/chaos/test_sweep_kill.py.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from embedmix.store.models import Job, Sweep, SweepTrial, utcnow
 from embedmix.store.sweeps import active_trial_jobs, settle_trial, trial_idempotency_key
 from tests.conftest import RedisServer, wait_for
 from tests.integration.conftest import Keys, auth
+from embedmix.worker.callbacks import EVAL_PREFIX, StoreCallbacks
 from embedmix.worker.context import WorkerContext
 from embedmix.worker.sweeps import SweepController, optuna_storage, run_controller
 from embedmix.worker.train_task import run_job
@@ -47,7 +49,7 @@ TINY: dict[str, Any] = {
     "export": {"formats": ["safetensors"]},
 }
 # Large enough to learn something in an epoch (precision_at_1 about 0.3 at lr 0.03, 0.13 at lr 10),
-# and long enough (4 epochs) that a controller polling twice a second sees a bad trial's first epochs.
+# with epochs enough (4) for a pruned trial to stop before its last.
 LEARNS: dict[str, Any] = {
     **TINY,
     "dataset": {"name": "mnist1d", "size": 1500},
@@ -183,16 +185,60 @@ def run_in_background(sent: Sent, context: WorkerContext, stop: threading.Event)
     return thread
 
 
-def test_a_median_pruner_stops_a_clearly_bad_trial_early(
-    client: TestClient, keys: Keys, db: sessionmaker[Session], settings: Settings, context: WorkerContext
-) -> None:
-    """lr 10 ruins training (precision_at_1 about 0.13 against 0.3): such a trial is cut after a few of its 12 epochs.
+class ControllerPasses:
+    """Holds a trial job after each epoch's eval values until the controller has made a whole pass after them.
 
-    12 epochs leave a controller polling twice a second many passes to see a bad trial's
-    first values even on a loaded machine; a trial whose job ends before the cancel reaches
-    it ends as its job did (``SweepController._settle``), which would leave nothing pruned.
+    Without it the test is a race: on a fast machine a job trains all its epochs between two
+    of the controller's polls, and the pruner's cancel finds it exporting.
     """
-    spec = {**LEARNS, "train": {**LEARNS["train"], "epochs": 12}}
+
+    def __init__(self) -> None:
+        self.count: float = 0
+        self.changed = threading.Condition()
+
+    def passed(self) -> None:
+        with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+
+    def wait_for_one(self) -> None:
+        with self.changed:
+            seen = self.count + 2  # the pass under way may have read the metrics before they were written
+            assert self.changed.wait_for(lambda: self.count >= seen, timeout=SWEEP_TIMEOUT_S)
+
+    def release(self) -> None:
+        """Let every held job go on: the controller has stopped, no pass will come."""
+        with self.changed:
+            self.count = math.inf
+            self.changed.notify_all()
+
+    def hold_jobs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        run_once, on_metrics = SweepController.run_once, StoreCallbacks.on_metrics
+
+        def counted(controller: SweepController) -> None:
+            run_once(controller)
+            self.passed()
+
+        def held(callbacks: StoreCallbacks, step: int, epoch: int, values: dict[str, float]) -> None:
+            on_metrics(callbacks, step, epoch, values)
+            if any(name.startswith(EVAL_PREFIX) for name in values):
+                callbacks.flush()
+                self.wait_for_one()
+
+        monkeypatch.setattr(SweepController, "run_once", counted)
+        monkeypatch.setattr(StoreCallbacks, "on_metrics", held)
+
+
+def test_a_median_pruner_stops_a_clearly_bad_trial_early(
+    client: TestClient, keys: Keys, db: sessionmaker[Session], settings: Settings, context: WorkerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lr 10 ruins training (precision_at_1 about 0.13 against 0.3): such a trial is cut before the last of its epochs.
+
+    Each job waits after an epoch's eval values until the controller has looked at them
+    (ControllerPasses), so the pruner sees a bad trial's first epoch while its job still runs.
+    """
+    spec = LEARNS
     body = {
         **LR_SWEEP,
         "spec": spec,
@@ -202,6 +248,8 @@ def test_a_median_pruner_stops_a_clearly_bad_trial_early(
         # pruner has two finished trials to judge the bad ones by. One trial at a time.
         "trials": 4, "parallel": 1, "sampler": "grid", "pruner": "median", "seed": 4,
     }
+    passes = ControllerPasses()
+    passes.hold_jobs(monkeypatch)
     sweep = submit(client, keys.alice, body)
     sent, stop = Sent(), threading.Event()
     worker = run_in_background(sent, context, stop)
@@ -212,8 +260,9 @@ def test_a_median_pruner_stops_a_clearly_bad_trial_early(
                  SWEEP_TIMEOUT_S, "the sweep to end")
     finally:
         stop.set()
-        worker.join()
         controller.join()
+        passes.release()
+        worker.join()
     assert sweep_status(db, sweep["id"]) == "succeeded"
     trials = client.get(f"/v1/sweeps/{sweep['id']}/trials", headers=auth(keys.alice)).json()["data"]
     pruned_bad = [t for t in trials if t["state"] == "pruned" and t["params"]["train.lr"] == 10.0]
