@@ -8,12 +8,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:  # the CLI imports torch only in the commands that train
+    from embedmix.core.data import Dataset, TextPairs
+    from embedmix.core.loop import TrainResult
 
 app = typer.Typer(help="embedmix: train embedding models with mixup and contrastive methods, locally or as a service.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -179,7 +183,7 @@ def train(
         exit_rank()  # the gloo group's teardown at interpreter exit can abort a finished rank
 
 
-def _export_and_report(result, data, out: Path) -> None:
+def _export_and_report(result: TrainResult, data: Dataset | TextPairs, out: Path) -> None:
     """Write the model's exports and card into OUT and print its test metrics and files."""
     from embedmix.core.export import export
 
